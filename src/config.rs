@@ -1,0 +1,455 @@
+//! The one TOML configuration file: serde structs (unknown keys rejected), their defaults, and
+//! `validate()`, whose errors name the offending field. Loaded by `main` (`run`, `check`, `demo`)
+//! and by the tests; `conf/edgegate.toml` documents every key shown here.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A configuration problem, phrased as `field: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(field: impl std::fmt::Display, msg: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{field}: {msg}"))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The domain under which workspaces live (`ws-{id}.{base_domain}`).
+    pub base_domain: String,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub default: Option<DefaultRouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Plain-HTTP listener addresses.
+    #[serde(default = "default_listen")]
+    pub http: Vec<String>,
+    /// Peers whose `X-Forwarded-For` is kept and appended to (IPs or CIDRs).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            http: default_listen(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".to_string()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Tokio work stealing between the worker threads.
+    #[serde(default = "yes")]
+    pub work_stealing: bool,
+    /// Seconds a graceful stop waits before runtimes are shut down.
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+    /// Seconds the runtimes get to finish their tasks after the grace period.
+    #[serde(default = "default_graceful_shutdown")]
+    pub graceful_shutdown_timeout_seconds: u64,
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    /// Unix socket over which Pingora's graceful upgrade hands over listeners.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            threads: default_threads(),
+            work_stealing: true,
+            grace_period_seconds: default_grace(),
+            graceful_shutdown_timeout_seconds: default_graceful_shutdown(),
+            pid_file: default_pid_file(),
+            upgrade_sock: default_upgrade_sock(),
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    2
+}
+fn yes() -> bool {
+    true
+}
+fn default_grace() -> u64 {
+    5
+}
+fn default_graceful_shutdown() -> u64 {
+    5
+}
+fn default_pid_file() -> String {
+    "/tmp/edgegate.pid".to_string()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/edgegate_upgrade.sock".to_string()
+}
+
+/// Where route records come from.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Redis, as the app writes it (production).
+    #[default]
+    Redis,
+    /// Records written in this file under `[store.records]` (local runs and the demo).
+    Static,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// For `kind = "static"`: full key name (prefix included) → hash fields.
+    #[serde(default)]
+    pub records: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prepended to every key edgegate reads or writes.
+    pub key_prefix: String,
+    /// Pub/sub channel on which the app publishes key names to drop from the cache.
+    pub invalidate_channel: String,
+    pub connect_timeout_ms: u64,
+    /// Deadline for one Redis command; past it the request gets 503.
+    pub command_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".to_string(),
+            key_prefix: String::new(),
+            invalidate_channel: "edgegate:invalidate".to_string(),
+            connect_timeout_ms: 500,
+            command_timeout_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// How long a found record is served from memory.
+    pub ttl_ms: u64,
+    /// How long "no such record" is served from memory.
+    pub negative_ttl_ms: u64,
+    /// Upper bound on cached records; past it expired entries are swept, then the oldest half.
+    pub max_entries: usize,
+    /// How long a resolved upstream DNS name is kept.
+    pub dns_ttl_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 1000,
+            negative_ttl_ms: 1000,
+            max_entries: 100_000,
+            dns_ttl_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout_ms: u64,
+    /// Longest wait for upstream bytes on a plain HTTP request.
+    pub read_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    /// How long an idle pooled upstream connection is kept.
+    pub pool_idle_timeout_ms: u64,
+    /// How long an upgraded (WebSocket) connection may stay silent in both directions.
+    pub ws_idle_timeout_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 3000,
+            read_timeout_ms: 60_000,
+            write_timeout_ms: 60_000,
+            pool_idle_timeout_ms: 60_000,
+            ws_idle_timeout_secs: 3600,
+        }
+    }
+}
+
+/// One entry of the route table: a host pattern or a path-prefix pattern, and the Redis record
+/// whose upstream field names where the request goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Used in logs and metric labels.
+    pub name: String,
+    /// Host pattern with `{id}`, optionally `{port}`, and `{base_domain}`.
+    pub host: Option<String>,
+    /// Path-prefix pattern `/prefix/{id}/`.
+    pub path: Option<String>,
+    /// For path routes: the hosts on which the prefix is served (default: `[default].hosts`).
+    pub hosts: Option<Vec<String>>,
+    /// Redis key template, `{id}` is the canonical id (the key prefix is added).
+    pub key: String,
+    /// Record field that holds the upstream (`ip`, `ip:port`, `host`, `host:port`).
+    #[serde(default = "default_upstream_field")]
+    pub upstream_field: String,
+    /// Record field that holds the owning user.
+    #[serde(default = "default_owner_field")]
+    pub owner_field: String,
+    /// Record field that must read `running` for the request to be proxied (absent: no check).
+    pub status_field: Option<String>,
+    /// Port used when the record's upstream has none.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// For `{port}` routes: the lowest and highest port a host may name.
+    pub ports: Option<[u16; 2]>,
+    /// Send the browser's Host upstream (false: the upstream's own `host:port`).
+    #[serde(default = "yes")]
+    pub preserve_host: bool,
+    /// For path routes: remove the matched prefix before proxying.
+    #[serde(default = "yes")]
+    pub strip_prefix: bool,
+}
+
+fn default_upstream_field() -> String {
+    "backend".to_string()
+}
+fn default_owner_field() -> String {
+    "owner".to_string()
+}
+fn default_port() -> u16 {
+    8080
+}
+
+/// The app API: hosts that are proxied without a Redis lookup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultRouteConfig {
+    pub hosts: Vec<String>,
+    pub upstream: String,
+    #[serde(default = "yes")]
+    pub preserve_host: bool,
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Self::parse(&text)
+    }
+
+    /// Parse and validate config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            // toml's message spans several lines (with a source excerpt); keep it to one.
+            let msg = e.message().trim().to_string();
+            ConfigError(format!("config: {msg}"))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check everything serde cannot: patterns, ranges, addresses. The route table's own
+    /// compilation (`route::RouteTable::new`) shares the pattern checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bd = &self.base_domain;
+        if bd.is_empty()
+            || !bd
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return Err(bad("base_domain", format!("{bd:?} is not a DNS name")));
+        }
+        if self.listen.http.is_empty() {
+            return Err(bad("listen.http", "at least one address is required"));
+        }
+        for (i, addr) in self.listen.http.iter().enumerate() {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                bad(
+                    format!("listen.http[{i}]"),
+                    format!("{addr:?} is not ip:port"),
+                )
+            })?;
+        }
+        for (i, p) in self.listen.trusted_proxies.iter().enumerate() {
+            crate::headers::IpNet::parse(p).ok_or_else(|| {
+                bad(
+                    format!("listen.trusted_proxies[{i}]"),
+                    format!("{p:?} is not an IP or CIDR"),
+                )
+            })?;
+        }
+        if self.server.threads == 0 {
+            return Err(bad("server.threads", "must be at least 1"));
+        }
+        match self.store.kind {
+            StoreKind::Redis => {
+                if !self.store.records.is_empty() {
+                    return Err(bad(
+                        "store.records",
+                        "only used with store.kind = \"static\"",
+                    ));
+                }
+                redis::parse_redis_url(&self.redis.url)
+                    .ok_or_else(|| bad("redis.url", "not a redis:// or rediss:// URL"))?;
+            }
+            StoreKind::Static => {}
+        }
+        for (field, v) in [
+            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
+            ("redis.command_timeout_ms", self.redis.command_timeout_ms),
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
+            ("upstream.read_timeout_ms", self.upstream.read_timeout_ms),
+            ("upstream.write_timeout_ms", self.upstream.write_timeout_ms),
+            (
+                "upstream.ws_idle_timeout_secs",
+                self.upstream.ws_idle_timeout_secs,
+            ),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "must be greater than 0"));
+            }
+        }
+        if self.redis.invalidate_channel.is_empty() {
+            return Err(bad("redis.invalidate_channel", "must not be empty"));
+        }
+        if self.cache.max_entries == 0 {
+            return Err(bad("cache.max_entries", "must be at least 1"));
+        }
+        if self.routes.is_empty() && self.default.is_none() {
+            return Err(bad(
+                "route",
+                "no route and no [default]: nothing can be served",
+            ));
+        }
+        if let Some(d) = &self.default {
+            if d.hosts.is_empty() {
+                return Err(bad("default.hosts", "at least one host is required"));
+            }
+            crate::upstream::UpstreamAddr::parse(&d.upstream, 80)
+                .map_err(|e| bad("default.upstream", format!("{:?} {e}", d.upstream)))?;
+        }
+        // Pattern checks live with the matcher; compiling the table runs them all.
+        crate::route::RouteTable::new(self)?;
+        Ok(())
+    }
+
+    pub fn ws_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream.ws_idle_timeout_secs)
+    }
+
+    /// Parsed trusted-proxy networks (validated already).
+    pub fn trusted_proxies(&self) -> Vec<crate::headers::IpNet> {
+        self.listen
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| crate::headers::IpNet::parse(p))
+            .collect()
+    }
+}
+
+/// `route[i].field` for error messages.
+pub(crate) fn route_field(i: usize, field: &str) -> String {
+    format!("route[{i}].{field}")
+}
+
+pub(crate) fn route_error(i: usize, field: &str, msg: impl std::fmt::Display) -> ConfigError {
+    bad(route_field(i, field), msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        base_domain = "example.test"
+        [[route]]
+        name = "workspace"
+        host = "ws-{id}.{base_domain}"
+        key = "workspace:{id}"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(c.cache.ttl_ms, 1000);
+        assert_eq!(c.upstream.ws_idle_timeout_secs, 3600);
+        assert_eq!(c.routes[0].upstream_field, "backend");
+        assert!(c.routes[0].preserve_host);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = Config::parse(&format!("{MINIMAL}\nbogus = 1\n")).unwrap_err();
+        assert!(err.0.contains("bogus"), "{err}");
+        assert!(!err.0.contains('\n'), "one line: {err:?}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (MINIMAL.replace("ws-{id}", "ws-x"), "route[0].host"),
+            (MINIMAL.replace("example.test", "bad domain"), "base_domain"),
+            (
+                format!("{MINIMAL}\n[upstream]\nconnect_timeout_ms = 0\n"),
+                "upstream.connect_timeout_ms",
+            ),
+            (
+                format!("{MINIMAL}\n[listen]\nhttp = [\"nope\"]\n"),
+                "listen.http[0]",
+            ),
+            (
+                format!(
+                    "{MINIMAL}\n[[route]]\nname = \"p\"\nhost = \"p-{{id}}--{{port}}.{{base_domain}}\"\nkey = \"k:{{id}}\"\n"
+                ),
+                "route[1].ports",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = Config::parse(&text).unwrap_err();
+            assert!(err.0.starts_with(field), "{field}: got {err}");
+        }
+    }
+}

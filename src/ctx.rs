@@ -1,0 +1,69 @@
+//! The per-request state (`RequestCtx`, Pingora's `CTX`): everything decided about one request
+//! lives here and nowhere else, so no later request, on this connection or another, can
+//! inherit a target. Created by `new_ctx`, filled by `request_filter`, read by the later hooks.
+
+use crate::error::GatewayError;
+use crate::route::WorkspaceId;
+use crate::upstream::Target;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    /// The matched route's name (logs and metrics).
+    pub route: Option<Arc<str>>,
+    pub workspace: Option<WorkspaceId>,
+    pub is_upgrade: bool,
+    /// Where this request goes; `None` until routing and auth have decided.
+    pub target: Option<Target>,
+    /// The refusal edgegate answered with, if any.
+    pub refusal: Option<GatewayError>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        Self {
+            request_id: new_request_id(),
+            started: Instant::now(),
+            route: None,
+            workspace: None,
+            is_upgrade: false,
+            target: None,
+            refusal: None,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// 24 hex digits: a random per-process tag and a counter, unique across instances and restarts
+/// without a random draw per request.
+fn new_request_id() -> String {
+    static TAG: once_cell::sync::Lazy<u32> = once_cell::sync::Lazy::new(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish() as u32
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:08x}{:016x}", *TAG, n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_unique() {
+        let a = super::new_request_id();
+        let b = super::new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 24);
+    }
+}

@@ -1,0 +1,248 @@
+//! Request headers at both ends: reading the browser's Host in `request_filter`, and rewriting
+//! the upstream request in `upstream_request_filter` (SPEC §5). The browser's Host (port
+//! included) and Origin go upstream untouched by default: code-server compares a WebSocket's
+//! Origin with Host, or with `X-Forwarded-Host`, and refuses a mismatch.
+
+use crate::ctx::RequestCtx;
+use crate::error::GatewayError;
+use pingora::http::RequestHeader;
+use std::net::IpAddr;
+
+/// Headers that only edgegate may set; client-sent copies are removed before any upstream.
+const OWNED: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-request-id",
+    "x-edgegate-user",
+    "x-edgegate-workspace",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// The browser's Host: the single `Host` header, or the authority of an absolute-form or
+/// HTTP/2 request. Missing, duplicated or disagreeing → 400.
+pub fn browser_host(req: &RequestHeader) -> Result<&str, GatewayError> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Some(h.to_str().map_err(|_| GatewayError::BadHost)?),
+        (None, None) => None,
+        _ => return Err(GatewayError::BadHost),
+    };
+    let authority = req.uri.authority().map(|a| a.as_str());
+    match (header, authority) {
+        (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => Err(GatewayError::BadHost),
+        (Some(h), _) => Ok(h),
+        (None, Some(a)) => Ok(a),
+        (None, None) => Err(GatewayError::BadHost),
+    }
+}
+
+/// Lower-case, without port or trailing dot, checked to be a DNS name or IP literal.
+pub fn normalize_host(raw: &str) -> Result<String, GatewayError> {
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: `[::1]` or `[::1]:8080`.
+        let end = rest.find(']').ok_or(GatewayError::BadHost)?;
+        let port = &rest[end + 1..];
+        if !(port.is_empty() || valid_port(port.strip_prefix(':').ok_or(GatewayError::BadHost)?)) {
+            return Err(GatewayError::BadHost);
+        }
+        rest[..end]
+            .parse::<std::net::Ipv6Addr>()
+            .map_err(|_| GatewayError::BadHost)?;
+        return Ok(raw[..end + 2].to_ascii_lowercase());
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if valid_port(port) => h,
+            Some(_) => return Err(GatewayError::BadHost),
+            None => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty()
+        || host.len() > 253
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(GatewayError::BadHost);
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 5
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && p.parse::<u16>().is_ok()
+}
+
+/// An IP network for `listen.trusted_proxies`.
+#[derive(Debug, Clone, Copy)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(IpNet { addr: ip, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // Keep the top `prefix` bits of an address `width` bits wide.
+        let top = |bits: u128, width: u32| {
+            bits.checked_shr(width - u32::from(self.prefix))
+                .unwrap_or(0)
+        };
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                top(u32::from(n).into(), 32) == top(u32::from(a).into(), 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => top(n.into(), 128) == top(a.into(), 128),
+            _ => false,
+        }
+    }
+}
+
+/// What the upstream request needs from outside the CTX.
+pub struct Forwarding<'a> {
+    pub client_ip: Option<IpAddr>,
+    pub trusted_proxies: &'a [IpNet],
+    pub proto: &'static str,
+}
+
+/// Rewrite the upstream copy of the request: edgegate's own headers replace any the client
+/// sent, Host stays the browser's unless the route says otherwise, Origin is never touched,
+/// and a stripped tunnel path replaces the browser's.
+pub fn rewrite_upstream_request(
+    req: &mut RequestHeader,
+    ctx: &RequestCtx,
+    fwd: &Forwarding<'_>,
+) -> pingora::Result<()> {
+    let browser_host = browser_host(req)
+        .map(str::to_owned)
+        .map_err(|_| pingora::Error::explain(pingora::ErrorType::HTTPStatus(400), "bad host"))?;
+
+    let trusted = fwd
+        .client_ip
+        .is_some_and(|ip| fwd.trusted_proxies.iter().any(|n| n.contains(ip)));
+    let mut xff = String::new();
+    if trusted {
+        for v in req.headers.get_all("x-forwarded-for") {
+            if let Ok(v) = v.to_str() {
+                if !xff.is_empty() {
+                    xff.push_str(", ");
+                }
+                xff.push_str(v.trim());
+            }
+        }
+    }
+    for name in OWNED {
+        req.remove_header(*name);
+    }
+    if let Some(ip) = fwd.client_ip {
+        if !xff.is_empty() {
+            xff.push_str(", ");
+        }
+        xff.push_str(&ip.to_string());
+    }
+    if !xff.is_empty() {
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    req.insert_header("x-forwarded-proto", fwd.proto)?;
+    req.insert_header("x-forwarded-host", browser_host.as_str())?;
+    req.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if let Some(id) = &ctx.workspace {
+        req.insert_header("x-edgegate-workspace", id.as_str())?;
+    }
+    if let Some(target) = &ctx.target {
+        if let Some(h) = &target.host_header {
+            req.insert_header(http::header::HOST, h.as_str())?;
+        }
+        if let Some(p) = &target.upstream_path {
+            let uri = http::Uri::try_from(p.as_str()).map_err(|_| {
+                pingora::Error::explain(pingora::ErrorType::HTTPStatus(400), "bad upstream path")
+            })?;
+            req.set_uri(uri);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_normalisation_table() {
+        let cases: &[(&str, Result<&str, GatewayError>)] = &[
+            ("ws-abc.example.test", Ok("ws-abc.example.test")),
+            ("WS-ABC.Example.Test", Ok("ws-abc.example.test")),
+            ("ws-abc.example.test:8443", Ok("ws-abc.example.test")),
+            ("ws-abc.example.test.", Ok("ws-abc.example.test")),
+            ("ws-abc.example.test.:80", Ok("ws-abc.example.test")),
+            ("[::1]:8080", Ok("[::1]")),
+            ("[::1]", Ok("[::1]")),
+            ("127.0.0.1:80", Ok("127.0.0.1")),
+            ("", Err(GatewayError::BadHost)),
+            (":80", Err(GatewayError::BadHost)),
+            ("a.test:", Err(GatewayError::BadHost)),
+            ("a.test:99999", Err(GatewayError::BadHost)),
+            ("a.test:x", Err(GatewayError::BadHost)),
+            ("a test", Err(GatewayError::BadHost)),
+            ("a/b.test", Err(GatewayError::BadHost)),
+            ("a%2eb.test", Err(GatewayError::BadHost)),
+            ("[::1", Err(GatewayError::BadHost)),
+            ("[zz]:80", Err(GatewayError::BadHost)),
+        ];
+        for (raw, want) in cases {
+            let got = normalize_host(raw);
+            assert_eq!(
+                got.as_deref().map_err(Clone::clone),
+                want.clone(),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_or_disagreeing_host_is_rejected() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("req");
+        req.append_header("host", "a.test").expect("h");
+        assert_eq!(browser_host(&req), Ok("a.test"));
+        req.append_header("host", "b.test").expect("h");
+        assert_eq!(browser_host(&req), Err(GatewayError::BadHost));
+
+        let mut abs = RequestHeader::build("GET", b"http://b.test/x", None).expect("req");
+        abs.append_header("host", "a.test").expect("h");
+        assert_eq!(browser_host(&abs), Err(GatewayError::BadHost));
+    }
+
+    #[test]
+    fn trusted_proxy_networks() {
+        let net = IpNet::parse("10.0.0.0/8").expect("net");
+        assert!(net.contains("10.1.2.3".parse().expect("ip")));
+        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
+        assert!(net.contains("::ffff:10.0.0.1".parse().expect("ip")));
+        let one = IpNet::parse("127.0.0.1").expect("net");
+        assert!(one.contains("127.0.0.1".parse().expect("ip")));
+        assert!(!one.contains("127.0.0.2".parse().expect("ip")));
+        let v6 = IpNet::parse("fd00::/8").expect("net");
+        assert!(v6.contains("fd12::1".parse().expect("ip")));
+        assert!(!v6.contains("fe80::1".parse().expect("ip")));
+        assert!(IpNet::parse("10.0.0.0/33").is_none());
+        assert!(IpNet::parse("nope").is_none());
+    }
+}

@@ -1,0 +1,126 @@
+//! edgegate: a programmable edge gateway for cloud-development workspaces, on Pingora.
+//!
+//! `build_server` turns a validated `Config` into a Pingora `Server` with the proxy service
+//! (`proxy::Gateway`); `main` runs it, and the tests start it on an ephemeral port with
+//! `BackgroundGateway`. The request path is described at the top of `proxy.rs`.
+
+pub mod config;
+pub mod ctx;
+pub mod demo;
+pub mod error;
+pub mod headers;
+pub mod proxy;
+pub mod route;
+pub mod upstream;
+
+use config::{Config, StoreKind};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use route::store::{self, Invalidate, Records, RedisRuntime};
+use std::sync::Arc;
+
+/// Build the server and its proxy service from a validated config. `opt` carries Pingora's
+/// command-line switches (`upgrade` for a graceful handover).
+pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String> {
+    let conf = ServerConf {
+        threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
+        grace_period_seconds: Some(config.server.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
+        pid_file: config.server.pid_file.clone(),
+        upgrade_sock: config.server.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    // Redis gets a runtime of its own that lives as long as the proxy service holding it.
+    let redis_rt = match config.store.kind {
+        StoreKind::Redis => {
+            Some(Arc::new(RedisRuntime::new().map_err(|e| {
+                format!("cannot start the Redis runtime: {e}")
+            })?))
+        }
+        StoreKind::Static => None,
+    };
+    let store = store::build(config, redis_rt.as_deref())?;
+    let cache = Records::new_cache(config);
+    if let Some(handle) = redis_rt.as_ref().and_then(|r| r.handle()) {
+        let c = cache.clone();
+        let invalidate: Invalidate = Arc::new(move |key: Option<&str>| match key {
+            Some(k) => {
+                c.invalidate(k);
+            }
+            None => c.clear(),
+        });
+        store::spawn_invalidation_listener(&handle, &config.redis, invalidate)?;
+    }
+    let records = Records::new(store, cache, config);
+    let gateway = proxy::Gateway::new(config, records)?.with_runtime(redis_rt);
+
+    let mut service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "edgegate");
+    for addr in &config.listen.http {
+        service.add_tcp(addr);
+    }
+    server.add_service(service);
+    Ok(server)
+}
+
+/// A gateway running on a thread of this process until dropped (tests, `demo`).
+pub struct BackgroundGateway {
+    stop: Option<tokio::sync::oneshot::Sender<ShutdownSignal>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct ChannelShutdown(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for ChannelShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().await.take();
+        match rx {
+            Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl BackgroundGateway {
+    pub fn start(config: &Config) -> Result<Self, String> {
+        let server = build_server(config, None)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("edgegate-server".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(ChannelShutdown(tokio::sync::Mutex::new(Some(rx)))),
+                })
+            })
+            .map_err(|e| format!("cannot start the server thread: {e}"))?;
+        Ok(Self {
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop at once and wait for the server's runtimes to end.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(ShutdownSignal::FastShutdown);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for BackgroundGateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

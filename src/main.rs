@@ -1,0 +1,144 @@
+//! The `edgegate` command line: `run`, `check` and `demo`. Everything else lives in the library.
+
+use clap::{Parser, Subcommand};
+use edgegate::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// sysexits' EX_USAGE: the configuration is wrong.
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "edgegate",
+    version,
+    about = "Edge gateway for cloud-development workspaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Take over the listeners of a running edgegate (Pingora graceful upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+    },
+    /// Validate a configuration file and exit.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: built-in routes, a built-in upstream, no Redis.
+    Demo {
+        /// Address of the demo gateway.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage_error(&e),
+        },
+        Command::Run { config, upgrade } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return usage_error(&e),
+            };
+            let opt = pingora::server::configuration::Opt {
+                upgrade,
+                ..Default::default()
+            };
+            run(&config, Some(opt))
+        }
+        Command::Demo { listen } => demo(&listen),
+    }
+}
+
+fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("edgegate: {e}");
+    ExitCode::from(EX_USAGE)
+}
+
+fn run(config: &Config, opt: Option<pingora::server::configuration::Opt>) -> ExitCode {
+    match edgegate::build_server(config, opt) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("edgegate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The demo's upstream address, named in `conf/demo.toml`.
+const DEMO_UPSTREAM: &str = "127.0.0.1:18081";
+
+fn demo(listen: &str) -> ExitCode {
+    let mut config = match Config::parse(include_str!("../conf/demo.toml")) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    config.listen.http = vec![listen.to_string()];
+    if let Err(e) = config.validate() {
+        return usage_error(&e);
+    }
+    // The built-in upstream runs on a runtime of its own for the life of the process.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let addr = DEMO_UPSTREAM.parse().expect("constant address");
+            match edgegate::demo::EchoUpstream::start("demo-upstream", addr).await {
+                Ok(_) => {
+                    let _ = tx.send(Ok(()));
+                    std::future::pending::<()>().await
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot listen on {DEMO_UPSTREAM}: {e}")));
+                }
+            }
+        })
+    });
+    match rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("edgegate demo: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(_) => return ExitCode::FAILURE,
+    }
+    let port = listen.rsplit(':').next().unwrap_or("8080");
+    let id = "01HZX3M9Q4T8V6W2Y5B7C9D1EF";
+    println!(
+        "edgegate demo: gateway on http://{listen}, demo upstream on {DEMO_UPSTREAM}\n\
+         try:\n  curl -s http://ws-{lower}.localhost:{port}/hello\n  \
+         curl -s -H 'Host: ws-{lower}.localhost:{port}' http://{listen}/hello\n  \
+         curl -si http://localhost:{port}/__ide/{id}/   (the IDE tunnel, prefix stripped)\n\
+         Ctrl-C stops it.",
+        lower = id.to_ascii_lowercase()
+    );
+    run(&config, None)
+}

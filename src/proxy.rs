@@ -1,0 +1,235 @@
+//! The one `impl ProxyHttp`: a request's path through edgegate, hook by hook.
+//!
+//! ```text
+//! request_filter:          host → route → record (cache, Redis) → [auth] → resolve → ctx.target
+//! upstream_peer:           ctx.target → HttpPeer (group_key per workspace)
+//! upstream_request_filter: forwarded headers, identity headers, stripped path
+//! fail_to_proxy:           upstream refused/timed out → 502/504 JSON
+//! logging:                 access line
+//! ```
+
+use crate::config::{Config, UpstreamConfig};
+use crate::ctx::RequestCtx;
+use crate::error::{self, GatewayError};
+use crate::headers::{self, Forwarding, IpNet};
+use crate::route::store::{Records, RedisRuntime};
+use crate::route::{record, RouteMatch, RouteTable};
+use crate::upstream::{self, Resolver, Target};
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Gateway {
+    routes: RouteTable,
+    records: Records,
+    resolver: Resolver,
+    upstream: UpstreamConfig,
+    trusted_proxies: Vec<IpNet>,
+    ws_idle_timeout: Duration,
+    /// Keeps the Redis connection's runtime alive as long as the service.
+    _redis_runtime: Option<Arc<RedisRuntime>>,
+}
+
+impl Gateway {
+    pub fn new(config: &Config, records: Records) -> std::result::Result<Self, String> {
+        Ok(Self {
+            routes: RouteTable::new(config).map_err(|e| e.to_string())?,
+            records,
+            resolver: Resolver::new(
+                Duration::from_millis(config.cache.dns_ttl_ms),
+                Duration::from_millis(config.cache.negative_ttl_ms),
+                Duration::from_millis(config.upstream.connect_timeout_ms),
+                config.cache.max_entries,
+            ),
+            upstream: config.upstream.clone(),
+            trusted_proxies: config.trusted_proxies(),
+            ws_idle_timeout: config.ws_idle_timeout(),
+            _redis_runtime: None,
+        })
+    }
+
+    pub fn with_runtime(mut self, rt: Option<Arc<RedisRuntime>>) -> Self {
+        self._redis_runtime = rt;
+        self
+    }
+
+    /// Route the request and bind its target into `ctx`. `Ok(Some(location))` asks for a
+    /// redirect instead.
+    async fn decide(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<Option<String>, GatewayError> {
+        let req = session.req_header();
+        let host = headers::normalize_host(headers::browser_host(req)?)?;
+        let matched =
+            self.routes
+                .match_request(&host, req.uri.path(), req.uri.query(), ctx.is_upgrade)?;
+        let target = match matched {
+            RouteMatch::Redirect(location) => return Ok(Some(location)),
+            RouteMatch::Default(d) => {
+                ctx.route = Some(d.name.clone());
+                let addr = self.resolver.resolve(&d.upstream).await?;
+                Target {
+                    addr,
+                    group_key: upstream::group_key("default", &addr),
+                    host_header: (!d.preserve_host).then(|| d.upstream.to_string()),
+                    upstream_path: None,
+                }
+            }
+            RouteMatch::Workspace(m) => {
+                ctx.route = Some(m.route.name.clone());
+                ctx.workspace = Some(m.id);
+                let key = m.route.key(&m.id);
+                let (found, _outcome) = self.records.get(&key).await;
+                let rec = found?.ok_or(GatewayError::UnknownWorkspace)?;
+                let rr = record::read(m.route, &key, &rec, m.port)?;
+                // Auth (issue #3) decides here, against `rr.owner`, before any upstream is
+                // contacted: a refusal returns before `ctx.target` is set.
+                let addr = self.resolver.resolve(&rr.upstream).await?;
+                Target {
+                    addr,
+                    group_key: upstream::group_key(&key, &addr),
+                    host_header: (!m.route.preserve_host).then(|| rr.upstream.to_string()),
+                    upstream_path: m.upstream_path,
+                }
+            }
+        };
+        ctx.target = Some(target);
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.is_upgrade = session.is_upgrade_req();
+        if ctx.is_upgrade {
+            // Pingora reads an upgraded body under the HTTP read timeout (60 s by default);
+            // an idle WebSocket is not a stalled request.
+            session.set_read_timeout(Some(self.ws_idle_timeout));
+        }
+        match self.decide(session, ctx).await {
+            Ok(None) => Ok(false),
+            Ok(Some(location)) => {
+                let mut resp = ResponseHeader::build(302, Some(4))?;
+                resp.insert_header("location", location)?;
+                resp.insert_header("content-length", "0")?;
+                resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(true)
+            }
+            Err(e) => {
+                error::respond(session, &e, &ctx.request_id).await?;
+                ctx.refusal = Some(e);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        // Only ever the target this request's own `request_filter` bound.
+        let target = ctx
+            .target
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(500), "no target was decided"))?;
+        Ok(upstream::peer(target, &self.upstream, ctx.is_upgrade))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let fwd = Forwarding {
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            trusted_proxies: &self.trusted_proxies,
+            proto: "http",
+        };
+        headers::rewrite_upstream_request(upstream_request, ctx, &fwd)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // One target per request: retrying the same refused address only delays the 502.
+        e.set_retry(false);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match GatewayError::from_proxy_error(e) {
+            Some(err) => {
+                let status = err.status();
+                // Once the upstream's response has started, a clean error cannot follow it:
+                // the connection is closed, so the client sees a truncated response.
+                if session.response_written().is_none() {
+                    if let Err(we) = error::respond(session, &err, &ctx.request_id).await {
+                        log::debug!("could not send error response: {we}");
+                    }
+                }
+                ctx.refusal = Some(err);
+                status
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        // Pingora's default prints the full URI; a `?token=` must never reach a log line.
+        format!(
+            "{} {} route={} request_id={}",
+            session.req_header().method,
+            session.req_header().uri.path(),
+            ctx.route.as_deref().unwrap_or("-"),
+            ctx.request_id
+        )
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        log::info!(
+            target: "edgegate::access",
+            "{} {} {} route={} upstream={} status={} ms={} upgrade={}",
+            ctx.request_id,
+            session.req_header().method,
+            session.req_header().uri.path(),
+            ctx.route.as_deref().unwrap_or("-"),
+            ctx.target.as_ref().map_or("-".to_string(), |t| t.addr.to_string()),
+            status,
+            ctx.started.elapsed().as_millis(),
+            ctx.is_upgrade,
+        );
+    }
+}

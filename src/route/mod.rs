@@ -1,0 +1,650 @@
+//! The route table: which route a request's host or path names, and the canonical workspace id
+//! it carries, decided in `request_filter` before anything asks Redis. The records behind the
+//! routes come from `store` through `cache`; `record` turns one into an upstream.
+
+pub mod cache;
+pub mod id;
+pub mod record;
+pub mod store;
+
+pub use id::WorkspaceId;
+
+use crate::config::{route_error, Config, ConfigError, RouteConfig};
+use crate::error::GatewayError;
+use crate::upstream::UpstreamAddr;
+use std::sync::Arc;
+
+/// One compiled `[[route]]`.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    kind: RouteKind,
+    /// `{key_prefix}` + template text before `{id}`, and the text after it.
+    key_head: String,
+    key_tail: String,
+    pub upstream_field: String,
+    pub owner_field: String,
+    pub status_field: Option<String>,
+    pub port: u16,
+    pub preserve_host: bool,
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug)]
+enum RouteKind {
+    Host {
+        pattern: Vec<Token>,
+        ports: Option<(u16, u16)>,
+    },
+    Path {
+        /// Everything before `{id}`, e.g. `/__ide/`.
+        prefix: String,
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Debug, PartialEq)]
+enum Token {
+    Lit(String),
+    Id,
+    Port,
+}
+
+/// The app API behind the `default` hosts.
+#[derive(Debug)]
+pub struct DefaultRoute {
+    pub name: Arc<str>,
+    pub upstream: UpstreamAddr,
+    pub preserve_host: bool,
+}
+
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    default_hosts: Vec<String>,
+    default: Option<DefaultRoute>,
+}
+
+/// What the table says about one request.
+#[derive(Debug)]
+pub enum RouteMatch<'a> {
+    Workspace(WorkspaceMatch<'a>),
+    Default(&'a DefaultRoute),
+    /// `/__ide/{id}` without its slash: send the browser to the canonical prefix.
+    Redirect(String),
+}
+
+#[derive(Debug)]
+pub struct WorkspaceMatch<'a> {
+    pub route: &'a Route,
+    pub id: WorkspaceId,
+    /// The `{port}` the host named, already checked against the route's range.
+    pub port: Option<u16>,
+    /// Path and query to send upstream when the route strips its prefix.
+    pub upstream_path: Option<String>,
+}
+
+impl Route {
+    /// The Redis key of this route's record for `id`, prefix included.
+    pub fn key(&self, id: &WorkspaceId) -> String {
+        let mut k = String::with_capacity(self.key_head.len() + 26 + self.key_tail.len());
+        k.push_str(&self.key_head);
+        k.push_str(id.as_str());
+        k.push_str(&self.key_tail);
+        k
+    }
+}
+
+impl RouteTable {
+    pub fn new(config: &Config) -> Result<RouteTable, ConfigError> {
+        let bd = config.base_domain.to_ascii_lowercase();
+        let expand = |s: &str| s.replace("{base_domain}", &bd).to_ascii_lowercase();
+        let default_hosts: Vec<String> = config
+            .default
+            .as_ref()
+            .map(|d| d.hosts.iter().map(|h| expand(h)).collect())
+            .unwrap_or_default();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, rc) in config.routes.iter().enumerate() {
+            if config.routes[..i].iter().any(|r| r.name == rc.name) {
+                return Err(route_error(
+                    i,
+                    "name",
+                    format!("{:?} is used twice", rc.name),
+                ));
+            }
+            routes.push(compile(
+                i,
+                rc,
+                &expand,
+                &default_hosts,
+                &config.redis.key_prefix,
+            )?);
+        }
+        let default = match &config.default {
+            Some(d) => Some(DefaultRoute {
+                name: Arc::from("default"),
+                upstream: UpstreamAddr::parse(&d.upstream, 80)
+                    .map_err(|e| ConfigError(format!("default.upstream: {:?} {e}", d.upstream)))?,
+                preserve_host: d.preserve_host,
+            }),
+            None => None,
+        };
+        Ok(RouteTable {
+            routes,
+            default_hosts,
+            default,
+        })
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Match a normalised host (see `headers::normalize_host`) and a raw request path.
+    pub fn match_request(
+        &self,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        is_upgrade: bool,
+    ) -> Result<RouteMatch<'_>, GatewayError> {
+        for route in &self.routes {
+            match &route.kind {
+                RouteKind::Host { pattern, ports } => {
+                    let Some((raw_id, raw_port)) = match_host(pattern, host) else {
+                        continue;
+                    };
+                    let id = WorkspaceId::parse(raw_id).ok_or(GatewayError::BadId)?;
+                    let port = match (raw_port, ports) {
+                        (Some(p), Some((lo, hi))) => {
+                            let p: u16 = p.parse().map_err(|_| GatewayError::PortNotAllowed)?;
+                            if p < *lo || p > *hi {
+                                return Err(GatewayError::PortNotAllowed);
+                            }
+                            Some(p)
+                        }
+                        _ => None,
+                    };
+                    return Ok(RouteMatch::Workspace(WorkspaceMatch {
+                        route,
+                        id,
+                        port,
+                        upstream_path: None,
+                    }));
+                }
+                RouteKind::Path { prefix, hosts } => {
+                    if !hosts.iter().any(|h| h == host) {
+                        continue;
+                    }
+                    let Some(rest) = path.strip_prefix(prefix.as_str()) else {
+                        continue;
+                    };
+                    return match_path_route(route, prefix, rest, query, is_upgrade);
+                }
+            }
+        }
+        if self.default_hosts.iter().any(|h| h == host) {
+            if let Some(d) = &self.default {
+                return Ok(RouteMatch::Default(d));
+            }
+        }
+        Err(GatewayError::NoRoute)
+    }
+}
+
+fn match_path_route<'a>(
+    route: &'a Route,
+    prefix: &str,
+    rest: &str,
+    query: Option<&str>,
+    is_upgrade: bool,
+) -> Result<RouteMatch<'a>, GatewayError> {
+    let (raw_id, after) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(&rest[i..])),
+        None => (rest, None),
+    };
+    // Anything but a clean id here (`%2F`, `..`, `%2e`) is not a workspace: 400, never a guess.
+    let id = WorkspaceId::parse(raw_id).ok_or(GatewayError::BadId)?;
+    let Some(after) = after else {
+        // An upgrade is never answered with a redirect.
+        if is_upgrade {
+            return Err(GatewayError::BadPath);
+        }
+        let mut location = format!("{prefix}{id}/");
+        if let Some(q) = query {
+            location.push('?');
+            location.push_str(q);
+        }
+        return Ok(RouteMatch::Redirect(location));
+    };
+    if !path_is_safe(after) {
+        return Err(GatewayError::BadPath);
+    }
+    let upstream_path = route.strip_prefix.then(|| match query {
+        Some(q) => format!("{after}?{q}"),
+        None => after.to_string(),
+    });
+    Ok(RouteMatch::Workspace(WorkspaceMatch {
+        route,
+        id,
+        port: None,
+        upstream_path,
+    }))
+}
+
+/// No encoded slash or backslash, and no `.`/`..` segment, raw or percent-encoded: the part of
+/// a tunnel path after its id must not be able to climb out of the id's prefix anywhere
+/// a later hop decodes it.
+pub fn path_is_safe(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+        return false;
+    }
+    !lower.split('/').any(|seg| {
+        let seg = seg.replace("%2e", ".");
+        seg == "." || seg == ".."
+    })
+}
+
+/// Match `host` against a compiled host pattern; return the raw `{id}` and `{port}` text.
+/// A placeholder takes the longest run of characters up to the next `.` or `-` (`{id}`) or
+/// non-digit (`{port}`), so `ws-{id}.d` never swallows the `--8080` of `ws-{id}--{port}.d`.
+fn match_host<'h>(pattern: &[Token], host: &'h str) -> Option<(&'h str, Option<&'h str>)> {
+    let mut rest = host;
+    let mut id = None;
+    let mut port = None;
+    for tok in pattern {
+        match tok {
+            Token::Lit(l) => rest = rest.strip_prefix(l.as_str())?,
+            Token::Id => {
+                let end = rest.find(['.', '-']).unwrap_or(rest.len());
+                id = Some(&rest[..end]);
+                rest = &rest[end..];
+            }
+            Token::Port => {
+                let end = rest
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len());
+                if end == 0 {
+                    return None;
+                }
+                port = Some(&rest[..end]);
+                rest = &rest[end..];
+            }
+        }
+    }
+    if !rest.is_empty() {
+        return None;
+    }
+    Some((id?, port))
+}
+
+fn tokenize(i: usize, field: &str, pattern: &str) -> Result<Vec<Token>, ConfigError> {
+    let mut tokens = Vec::new();
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        match rest.find('{') {
+            Some(0) => {
+                let end = rest.find('}').ok_or_else(|| {
+                    route_error(i, field, format!("unclosed '{{' in {pattern:?}"))
+                })?;
+                tokens.push(match &rest[1..end] {
+                    "id" => Token::Id,
+                    "port" => Token::Port,
+                    other => {
+                        return Err(route_error(
+                            i,
+                            field,
+                            format!("unknown placeholder {{{other}}} in {pattern:?}"),
+                        ))
+                    }
+                });
+                rest = &rest[end + 1..];
+            }
+            Some(n) => {
+                tokens.push(Token::Lit(rest[..n].to_string()));
+                rest = &rest[n..];
+            }
+            None => {
+                tokens.push(Token::Lit(rest.to_string()));
+                rest = "";
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+fn compile(
+    i: usize,
+    rc: &RouteConfig,
+    expand: &dyn Fn(&str) -> String,
+    default_hosts: &[String],
+    key_prefix: &str,
+) -> Result<Route, ConfigError> {
+    if rc.name.is_empty() {
+        return Err(route_error(i, "name", "must not be empty"));
+    }
+    let kind = match (&rc.host, &rc.path) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(route_error(
+                i,
+                "host",
+                "exactly one of host or path is required",
+            ))
+        }
+        (Some(host), None) => {
+            let pattern = tokenize(i, "host", &expand(host))?;
+            let count = |t: &Token| pattern.iter().filter(|p| *p == t).count();
+            if count(&Token::Id) != 1 {
+                return Err(route_error(i, "host", "\"{id}\" must appear exactly once"));
+            }
+            if count(&Token::Port) > 1 {
+                return Err(route_error(i, "host", "\"{port}\" may appear at most once"));
+            }
+            for pair in pattern.windows(2) {
+                match pair {
+                    [Token::Id, Token::Lit(l)] if !l.starts_with(['.', '-']) => {
+                        return Err(route_error(
+                            i,
+                            "host",
+                            "\"{id}\" must be followed by '.' or '-'",
+                        ))
+                    }
+                    [Token::Id | Token::Port, Token::Id | Token::Port] => {
+                        return Err(route_error(
+                            i,
+                            "host",
+                            "placeholders need text between them",
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            let has_port = count(&Token::Port) == 1;
+            let ports = match (has_port, rc.ports) {
+                (true, Some([lo, hi])) if lo >= 1 && lo <= hi => Some((lo, hi)),
+                (true, Some(_)) => {
+                    return Err(route_error(
+                        i,
+                        "ports",
+                        "must be [low, high] with 1 <= low <= high",
+                    ))
+                }
+                (true, None) => {
+                    return Err(route_error(
+                        i,
+                        "ports",
+                        "required when host has \"{port}\" (e.g. [1024, 65535])",
+                    ))
+                }
+                (false, Some(_)) => {
+                    return Err(route_error(
+                        i,
+                        "ports",
+                        "only allowed when host has \"{port}\"",
+                    ))
+                }
+                (false, None) => None,
+            };
+            if rc.hosts.is_some() {
+                return Err(route_error(i, "hosts", "only allowed on path routes"));
+            }
+            RouteKind::Host { pattern, ports }
+        }
+        (None, Some(path)) => {
+            let Some(prefix) = path.strip_suffix("{id}/") else {
+                return Err(route_error(
+                    i,
+                    "path",
+                    "must end with \"{id}/\" (e.g. \"/__ide/{id}/\")",
+                ));
+            };
+            if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.contains('{') {
+                return Err(route_error(
+                    i,
+                    "path",
+                    "must look like \"/prefix/{id}/\" with no other placeholder",
+                ));
+            }
+            let hosts: Vec<String> = match &rc.hosts {
+                Some(h) => h.iter().map(|h| expand(h)).collect(),
+                None => default_hosts.to_vec(),
+            };
+            if hosts.is_empty() {
+                return Err(route_error(
+                    i,
+                    "hosts",
+                    "a path route needs hosts (or [default].hosts) to be served on",
+                ));
+            }
+            if rc.ports.is_some() {
+                return Err(route_error(
+                    i,
+                    "ports",
+                    "only allowed when host has \"{port}\"",
+                ));
+            }
+            RouteKind::Path {
+                prefix: prefix.to_string(),
+                hosts,
+            }
+        }
+    };
+    let Some((head, tail)) = rc.key.split_once("{id}") else {
+        return Err(route_error(i, "key", "\"{id}\" is missing"));
+    };
+    if tail.contains("{id}") {
+        return Err(route_error(i, "key", "\"{id}\" may appear only once"));
+    }
+    if rc.upstream_field.is_empty() || rc.owner_field.is_empty() {
+        return Err(route_error(
+            i,
+            "upstream_field",
+            "field names must not be empty",
+        ));
+    }
+    Ok(Route {
+        name: Arc::from(rc.name.as_str()),
+        kind,
+        key_head: format!("{key_prefix}{head}"),
+        key_tail: tail.to_string(),
+        upstream_field: rc.upstream_field.clone(),
+        owner_field: rc.owner_field.clone(),
+        status_field: rc.status_field.clone(),
+        port: rc.port,
+        preserve_host: rc.preserve_host,
+        strip_prefix: rc.strip_prefix,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+    fn table() -> RouteTable {
+        let c = Config::parse(
+            r#"
+            base_domain = "example.test"
+            [redis]
+            url = "redis://127.0.0.1:6379"
+            key_prefix = "eg:"
+            invalidate_channel = "edgegate:invalidate"
+            connect_timeout_ms = 500
+            command_timeout_ms = 500
+            [[route]]
+            name = "workspace"
+            host = "ws-{id}.{base_domain}"
+            key = "workspace:{id}"
+            [[route]]
+            name = "workspace_port"
+            host = "ws-{id}--{port}.{base_domain}"
+            ports = [3000, 9000]
+            key = "workspace:{id}"
+            [[route]]
+            name = "ide"
+            path = "/__ide/{id}/"
+            key = "dev:{id}"
+            upstream_field = "target"
+            [default]
+            hosts = ["{base_domain}", "app.{base_domain}"]
+            upstream = "127.0.0.1:3000"
+            "#,
+        )
+        .expect("config");
+        RouteTable::new(&c).expect("table")
+    }
+
+    fn name(m: &RouteMatch<'_>) -> String {
+        match m {
+            RouteMatch::Workspace(w) => format!(
+                "{}:{}:{:?}:{:?}",
+                w.route.name, w.id, w.port, w.upstream_path
+            ),
+            RouteMatch::Default(_) => "default".into(),
+            RouteMatch::Redirect(l) => format!("redirect:{l}"),
+        }
+    }
+
+    #[test]
+    fn host_and_path_matching_table() {
+        let t = table();
+        let lower = ID.to_ascii_lowercase();
+        let cases: Vec<(String, String, Result<String, GatewayError>)> = vec![
+            (
+                format!("ws-{lower}.example.test"),
+                "/x".into(),
+                Ok(format!("workspace:{ID}:None:None")),
+            ),
+            (
+                format!("ws-{lower}--8080.example.test"),
+                "/".into(),
+                Ok(format!("workspace_port:{ID}:Some(8080):None")),
+            ),
+            (
+                format!("ws-{lower}--22.example.test"),
+                "/".into(),
+                Err(GatewayError::PortNotAllowed),
+            ),
+            (
+                format!("ws-{lower}--99999.example.test"),
+                "/".into(),
+                Err(GatewayError::PortNotAllowed),
+            ),
+            (
+                "ws-nope.example.test".into(),
+                "/".into(),
+                Err(GatewayError::BadId),
+            ),
+            (
+                format!("ws-{lower}x.example.test"),
+                "/".into(),
+                Err(GatewayError::BadId),
+            ),
+            (
+                "other.example.test".into(),
+                "/".into(),
+                Err(GatewayError::NoRoute),
+            ),
+            (
+                format!("ws-{lower}.example.testx"),
+                "/".into(),
+                Err(GatewayError::NoRoute),
+            ),
+            ("example.test".into(), "/api/x".into(), Ok("default".into())),
+            ("app.example.test".into(), "/".into(), Ok("default".into())),
+            (
+                "app.example.test".into(),
+                format!("/__ide/{lower}/static/a.js"),
+                Ok(format!("ide:{ID}:None:Some(\"/static/a.js\")")),
+            ),
+            (
+                "app.example.test".into(),
+                format!("/__ide/{ID}"),
+                Ok(format!("redirect:/__ide/{ID}/")),
+            ),
+            (
+                "app.example.test".into(),
+                format!("/__ide/{ID}%2F..%2F01BX5ZZKBKACTAV9WEVGEMMVRZ/"),
+                Err(GatewayError::BadId),
+            ),
+            (
+                "app.example.test".into(),
+                "/__ide/../__ide/01BX5ZZKBKACTAV9WEVGEMMVRZ/".into(),
+                Err(GatewayError::BadId),
+            ),
+            (
+                "app.example.test".into(),
+                format!("/__ide/{ID}/../01BX5ZZKBKACTAV9WEVGEMMVRZ/"),
+                Err(GatewayError::BadPath),
+            ),
+            (
+                "app.example.test".into(),
+                format!("/__ide/{ID}/%2e%2E/x"),
+                Err(GatewayError::BadPath),
+            ),
+            (
+                "app.example.test".into(),
+                format!("/__ide/{ID}/a%2fb"),
+                Err(GatewayError::BadPath),
+            ),
+            (
+                "app.example.test".into(),
+                "/__ide//x".into(),
+                Err(GatewayError::BadId),
+            ),
+            // The tunnel prefix is only served on its hosts.
+            (
+                "other.example.test".into(),
+                format!("/__ide/{ID}/"),
+                Err(GatewayError::NoRoute),
+            ),
+        ];
+        for (host, path, want) in cases {
+            let got = t.match_request(&host, &path, None, false).map(|m| name(&m));
+            assert_eq!(got, want, "{host} {path}");
+        }
+    }
+
+    #[test]
+    fn tunnel_redirect_keeps_query_and_upgrade_is_never_redirected() {
+        let t = table();
+        let m = t
+            .match_request(
+                "app.example.test",
+                &format!("/__ide/{ID}"),
+                Some("a=1"),
+                false,
+            )
+            .expect("match");
+        assert_eq!(name(&m), format!("redirect:/__ide/{ID}/?a=1"));
+        let e = t
+            .match_request("app.example.test", &format!("/__ide/{ID}"), None, true)
+            .unwrap_err();
+        assert_eq!(e, GatewayError::BadPath);
+    }
+
+    #[test]
+    fn stripped_path_keeps_query() {
+        let t = table();
+        let m = t
+            .match_request(
+                "app.example.test",
+                &format!("/__ide/{ID}/a/b"),
+                Some("x=1"),
+                false,
+            )
+            .expect("match");
+        assert_eq!(name(&m), format!("ide:{ID}:None:Some(\"/a/b?x=1\")"));
+    }
+
+    #[test]
+    fn key_templates_get_prefix_and_canonical_id() {
+        let t = table();
+        let id = WorkspaceId::parse(&ID.to_ascii_lowercase()).expect("id");
+        assert_eq!(t.routes()[0].key(&id), format!("eg:workspace:{ID}"));
+        assert_eq!(t.routes()[2].key(&id), format!("eg:dev:{ID}"));
+    }
+}

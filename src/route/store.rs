@@ -1,0 +1,262 @@
+//! Where route records live: Redis in production (`RedisStore`), or the config file's
+//! `[store.records]` for local runs and the demo (`StaticStore`). `Records` puts the in-process
+//! cache in front of either; `request_filter` asks it for the record of the matched route.
+//! The Redis side also runs the `edgegate:invalidate` subscriber that drops cached keys.
+
+use super::cache::{Cache, Outcome};
+use crate::config::{Config, RedisConfig, StoreKind};
+use crate::error::GatewayError;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One Redis hash, as the app wrote it.
+pub type Record = HashMap<String, String>;
+
+/// Why a record could not be read (the detail is logged, never sent to the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// Redis unreachable, timed out or failing: 503.
+    Unavailable(String),
+    /// The key exists but is not a hash: a bad record, 502.
+    WrongType,
+}
+
+#[async_trait]
+pub trait RouteStore: Send + Sync {
+    /// The hash at `key` (prefix included), `None` when there is none. One round trip.
+    async fn fetch(&self, key: &str) -> Result<Option<Record>, StoreFailure>;
+}
+
+/// The answer cached per key.
+type Lookup = Result<Option<Arc<Record>>, StoreFailure>;
+
+/// The cached view of a store, shared by all requests.
+pub struct Records {
+    store: Arc<dyn RouteStore>,
+    cache: Arc<Cache<Lookup>>,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl Records {
+    pub fn new(store: Arc<dyn RouteStore>, cache: Arc<Cache<Lookup>>, config: &Config) -> Self {
+        Self {
+            store,
+            cache,
+            ttl: Duration::from_millis(config.cache.ttl_ms),
+            negative_ttl: Duration::from_millis(config.cache.negative_ttl_ms),
+        }
+    }
+
+    pub fn new_cache(config: &Config) -> Arc<Cache<Lookup>> {
+        Arc::new(Cache::new(config.cache.max_entries))
+    }
+
+    /// The record at `key`; `Ok(None)` when there is none. Store failures become the
+    /// client-facing error here and are logged with the key.
+    pub async fn get(&self, key: &str) -> (Result<Option<Arc<Record>>, GatewayError>, Outcome) {
+        let (lookup, outcome) = self
+            .cache
+            .get_or_fetch(key, || async {
+                let res = self.store.fetch(key).await.map(|r| r.map(Arc::new));
+                let ttl = match &res {
+                    Ok(Some(_)) => self.ttl,
+                    Ok(None) => self.negative_ttl,
+                    // Shared with the requests already waiting, then retried.
+                    Err(_) => Duration::ZERO,
+                };
+                (res, ttl)
+            })
+            .await;
+        let res = lookup.map_err(|f| match f {
+            StoreFailure::Unavailable(why) => {
+                log::warn!("route store unavailable reading {key}: {why}");
+                GatewayError::StoreUnavailable
+            }
+            StoreFailure::WrongType => {
+                log::warn!("bad route record {key}: not a hash");
+                GatewayError::BadRecord
+            }
+        });
+        (res, outcome)
+    }
+
+    pub fn cache(&self) -> &Arc<Cache<Lookup>> {
+        &self.cache
+    }
+}
+
+/// Records written in the config file.
+pub struct StaticStore {
+    records: HashMap<String, Record>,
+}
+
+impl StaticStore {
+    pub fn new(config: &Config) -> Self {
+        let records = config
+            .store
+            .records
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.iter().map(|(f, x)| (f.clone(), x.clone())).collect(),
+                )
+            })
+            .collect();
+        Self { records }
+    }
+}
+
+#[async_trait]
+impl RouteStore for StaticStore {
+    async fn fetch(&self, key: &str) -> Result<Option<Record>, StoreFailure> {
+        Ok(self.records.get(key).cloned())
+    }
+}
+
+/// Redis through the redis crate's `ConnectionManager`, which reconnects by itself. The
+/// connection is made lazily so the gateway starts while Redis is down.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    command_timeout: Duration,
+}
+
+impl RedisStore {
+    /// Must be called inside the Tokio runtime that will drive the connection (see `RedisRuntime`).
+    pub fn new(cfg: &RedisConfig) -> Result<Self, String> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| e.to_string())?;
+        let command_timeout = Duration::from_millis(cfg.command_timeout_ms);
+        let mgr_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
+            .set_response_timeout(Some(command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, mgr_cfg).map_err(|e| e.to_string())?;
+        Ok(Self {
+            conn,
+            command_timeout,
+        })
+    }
+}
+
+#[async_trait]
+impl RouteStore for RedisStore {
+    async fn fetch(&self, key: &str) -> Result<Option<Record>, StoreFailure> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("HGETALL").arg(key).clone();
+        let res: redis::RedisResult<Record> =
+            match tokio::time::timeout(self.command_timeout, cmd.query_async(&mut conn)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(StoreFailure::Unavailable(format!(
+                        "no answer within {:?}",
+                        self.command_timeout
+                    )))
+                }
+            };
+        match res {
+            Ok(h) if h.is_empty() => Ok(None),
+            Ok(h) => Ok(Some(h)),
+            Err(e) if e.code() == Some("WRONGTYPE") => Err(StoreFailure::WrongType),
+            Err(e) => Err(StoreFailure::Unavailable(e.to_string())),
+        }
+    }
+}
+
+/// A small runtime of edgegate's own for Redis: its connection tasks and the invalidation
+/// subscriber outlive any one Pingora service runtime.
+pub struct RedisRuntime {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl RedisRuntime {
+    pub fn new() -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("edgegate-redis")
+            .enable_all()
+            .build()?;
+        Ok(Self { rt: Some(rt) })
+    }
+
+    pub fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.rt.as_ref().map(|r| r.handle().clone())
+    }
+}
+
+impl Drop for RedisRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime from async context panics; never wait here.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Called with `Some(key)` to drop one key, or `None` to drop everything.
+pub type Invalidate = Arc<dyn Fn(Option<&str>) + Send + Sync>;
+
+/// Subscribe to the invalidation channel for the life of the process, reconnecting with
+/// backoff. Every (re)subscription clears the caches: messages sent while the subscription
+/// was down are lost, and the TTLs are short, so a clean start costs little.
+pub fn spawn_invalidation_listener(
+    handle: &tokio::runtime::Handle,
+    cfg: &RedisConfig,
+    invalidate: Invalidate,
+) -> Result<(), String> {
+    let client = redis::Client::open(cfg.url.as_str()).map_err(|e| e.to_string())?;
+    let channel = cfg.invalidate_channel.clone();
+    let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    handle.spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match tokio::time::timeout(connect_timeout, client.get_async_pubsub()).await {
+                Ok(Ok(mut pubsub)) => match pubsub.subscribe(&channel).await {
+                    Ok(()) => {
+                        log::info!("subscribed to invalidation channel {channel}");
+                        invalidate(None);
+                        backoff = Duration::from_millis(100);
+                        let mut messages = pubsub.on_message();
+                        while let Some(msg) = messages.next().await {
+                            match std::str::from_utf8(msg.get_payload_bytes()) {
+                                Ok(key) => invalidate(Some(key)),
+                                Err(_) => log::warn!("ignoring non-UTF-8 invalidation message"),
+                            }
+                        }
+                        log::warn!("invalidation channel {channel} lost; resubscribing");
+                    }
+                    Err(e) => log::warn!("cannot subscribe to {channel}: {e}"),
+                },
+                Ok(Err(e)) => log::debug!("invalidation subscriber cannot connect: {e}"),
+                Err(_) => log::debug!("invalidation subscriber: connect timed out"),
+            }
+            invalidate(None);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    });
+    Ok(())
+}
+
+/// Build the configured store; `None` runtime for the static store.
+pub fn build(
+    config: &Config,
+    runtime: Option<&RedisRuntime>,
+) -> Result<Arc<dyn RouteStore>, String> {
+    match config.store.kind {
+        StoreKind::Static => Ok(Arc::new(StaticStore::new(config))),
+        StoreKind::Redis => {
+            let handle = runtime
+                .and_then(|r| r.handle())
+                .ok_or("the Redis store needs its runtime")?;
+            let _guard = handle.enter();
+            Ok(Arc::new(RedisStore::new(&config.redis)?))
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Upstream addresses: parsing a record's `backend`/`target` (`ip`, `ip:port`, `host`,
+//! `host:port`), resolving names asynchronously with a cache (never Pingora's blocking
+//! `HttpPeer::new` resolution, which panics on failure), and building the per-request
+//! `HttpPeer` in `upstream_peer` with its own `group_key`, so two workspaces never share a
+//! pooled connection even behind one address.
+
+use crate::config::UpstreamConfig;
+use crate::error::GatewayError;
+use crate::route::cache::Cache;
+use pingora::upstreams::peer::HttpPeer;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamHost {
+    Ip(IpAddr),
+    /// A lower-cased DNS name, resolved by `Resolver`.
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    pub host: UpstreamHost,
+    pub port: u16,
+}
+
+impl UpstreamAddr {
+    /// Parse `ip`, `ip:port`, `[v6]:port`, `host` or `host:port`; `default_port` when absent.
+    pub fn parse(s: &str, default_port: u16) -> Result<UpstreamAddr, &'static str> {
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(Self::ip(sa.ip(), sa.port()));
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Self::ip(ip, default_port));
+        }
+        if let Some(v6) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            let ip = v6
+                .parse::<IpAddr>()
+                .map_err(|_| "is not a valid IPv6 address")?;
+            return Ok(Self::ip(ip, default_port));
+        }
+        let (name, port) = match s.rsplit_once(':') {
+            Some((n, p)) => (n, p.parse::<u16>().map_err(|_| "has a bad port")?),
+            None => (s, default_port),
+        };
+        if port == 0 {
+            return Err("has port 0");
+        }
+        if !is_dns_name(name) {
+            return Err("is not an ip, ip:port, host or host:port");
+        }
+        Ok(UpstreamAddr {
+            host: UpstreamHost::Name(name.to_ascii_lowercase()),
+            port,
+        })
+    }
+
+    fn ip(ip: IpAddr, port: u16) -> UpstreamAddr {
+        UpstreamAddr {
+            host: UpstreamHost::Ip(ip),
+            port,
+        }
+    }
+
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+}
+
+impl fmt::Display for UpstreamAddr {
+    /// The `Host` header form: `host:port`, `[v6]:port`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            UpstreamHost::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            UpstreamHost::Ip(ip) => write!(f, "{ip}:{}", self.port),
+            UpstreamHost::Name(n) => write!(f, "{n}:{}", self.port),
+        }
+    }
+}
+
+fn is_dns_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Asynchronous name resolution with a positive and a negative cache.
+pub struct Resolver {
+    cache: Cache<Option<IpAddr>>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    timeout: Duration,
+}
+
+impl Resolver {
+    pub fn new(ttl: Duration, negative_ttl: Duration, timeout: Duration, max: usize) -> Self {
+        Self {
+            cache: Cache::new(max),
+            ttl,
+            negative_ttl,
+            timeout,
+        }
+    }
+
+    pub async fn resolve(&self, addr: &UpstreamAddr) -> Result<SocketAddr, GatewayError> {
+        let name = match &addr.host {
+            UpstreamHost::Ip(ip) => return Ok(SocketAddr::new(*ip, addr.port)),
+            UpstreamHost::Name(n) => n,
+        };
+        let (ip, _) = self
+            .cache
+            .get_or_fetch(name, || async {
+                let found =
+                    tokio::time::timeout(self.timeout, tokio::net::lookup_host((name.as_str(), 0)))
+                        .await;
+                match found {
+                    Ok(Ok(mut addrs)) => match addrs.next() {
+                        Some(sa) => (Some(sa.ip()), self.ttl),
+                        None => (None, self.negative_ttl),
+                    },
+                    Ok(Err(e)) => {
+                        log::warn!("cannot resolve upstream {name}: {e}");
+                        (None, self.negative_ttl)
+                    }
+                    Err(_) => {
+                        log::warn!("resolving upstream {name} timed out");
+                        (None, Duration::ZERO)
+                    }
+                }
+            })
+            .await;
+        ip.map(|ip| SocketAddr::new(ip, addr.port))
+            .ok_or(GatewayError::UpstreamUnresolvable)
+    }
+}
+
+/// Where one request goes: decided in `request_filter`, kept in the request's CTX, turned into
+/// a peer in `upstream_peer`. Nothing of it lives anywhere else.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// Pool isolation: derived from the route's record key and the address.
+    pub group_key: u64,
+    /// `Host` to send instead of the browser's (routes with `preserve_host = false`).
+    pub host_header: Option<String>,
+    /// Path and query to send instead of the browser's (stripped tunnel prefix).
+    pub upstream_path: Option<String>,
+}
+
+/// A pool key per workspace record and address: SipHash with fixed keys, so the same
+/// workspace maps to the same pool across requests and threads.
+pub fn group_key(scope: &str, addr: &SocketAddr) -> u64 {
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    scope.hash(&mut h);
+    addr.hash(&mut h);
+    h.finish()
+}
+
+/// The peer for one request. Upgrades get the WebSocket idle timeout as their read timeout,
+/// since an idle socket is not a slow response.
+pub fn peer(target: &Target, cfg: &UpstreamConfig, is_upgrade: bool) -> Box<HttpPeer> {
+    let mut peer = HttpPeer::new(target.addr, false, String::new());
+    peer.group_key = target.group_key;
+    let o = &mut peer.options;
+    o.connection_timeout = Some(Duration::from_millis(cfg.connect_timeout_ms));
+    o.write_timeout = Some(Duration::from_millis(cfg.write_timeout_ms));
+    o.idle_timeout = Some(Duration::from_millis(cfg.pool_idle_timeout_ms));
+    o.read_timeout = Some(if is_upgrade {
+        Duration::from_secs(cfg.ws_idle_timeout_secs)
+    } else {
+        Duration::from_millis(cfg.read_timeout_ms)
+    });
+    Box::new(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_forms_table() {
+        let cases: &[(&str, Result<&str, ()>)] = &[
+            ("10.0.0.5", Ok("10.0.0.5:8080")),
+            ("10.0.0.5:3000", Ok("10.0.0.5:3000")),
+            ("[::1]:9000", Ok("[::1]:9000")),
+            ("::1", Ok("[::1]:8080")),
+            ("[::1]", Ok("[::1]:8080")),
+            ("VM-01abc.Example.test", Ok("vm-01abc.example.test:8080")),
+            ("vm.example.test:81", Ok("vm.example.test:81")),
+            ("vm.example.test:0", Err(())),
+            ("vm.example.test:99999", Err(())),
+            ("vm..example", Err(())),
+            ("-vm.example", Err(())),
+            ("vm example", Err(())),
+            ("http://vm", Err(())),
+            ("", Err(())),
+        ];
+        for (raw, want) in cases {
+            let got = UpstreamAddr::parse(raw, 8080)
+                .map(|a| a.to_string())
+                .map_err(|_| ());
+            assert_eq!(got, want.map(str::to_string), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn group_key_differs_per_workspace_behind_one_address() {
+        let addr: SocketAddr = "10.0.0.1:8080".parse().expect("addr");
+        assert_ne!(
+            group_key("workspace:A", &addr),
+            group_key("workspace:B", &addr)
+        );
+        assert_eq!(
+            group_key("workspace:A", &addr),
+            group_key("workspace:A", &addr)
+        );
+    }
+
+    #[tokio::test]
+    async fn unresolvable_name_is_an_error_not_a_panic() {
+        let r = Resolver::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            10,
+        );
+        let addr = UpstreamAddr::parse("no-such-host.invalid", 80).expect("parse");
+        assert_eq!(
+            r.resolve(&addr).await,
+            Err(GatewayError::UpstreamUnresolvable)
+        );
+        let local = UpstreamAddr::parse("localhost:81", 80).expect("parse");
+        let sa = r.resolve(&local).await.expect("localhost resolves");
+        assert!(sa.ip().is_loopback());
+        assert_eq!(sa.port(), 81);
+    }
+}
