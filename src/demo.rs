@@ -4,6 +4,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +22,8 @@ pub struct Seen {
     /// Header names lower-cased, in arrival order.
     pub headers: Vec<(String, String)>,
     pub websocket: bool,
+    /// Which upstream connection carried it (numbered from 0 in accept order).
+    pub conn: u64,
 }
 
 impl Seen {
@@ -42,6 +45,7 @@ pub struct EchoUpstream {
     pub name: String,
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    conns: Arc<AtomicU64>,
 }
 
 impl EchoUpstream {
@@ -52,13 +56,15 @@ impl EchoUpstream {
             name: name.to_string(),
             addr: listener.local_addr()?,
             seen: Arc::new(Mutex::new(Vec::new())),
+            conns: Arc::new(AtomicU64::new(0)),
         };
         let server = up.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let s = server.clone();
+                let conn = s.conns.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    if let Err(e) = s.serve(stream).await {
+                    if let Err(e) = s.serve(stream, conn).await {
                         log::debug!("echo upstream {}: {e}", s.name);
                     }
                 });
@@ -82,7 +88,7 @@ impl EchoUpstream {
         }
     }
 
-    async fn serve(&self, mut stream: TcpStream) -> std::io::Result<()> {
+    async fn serve(&self, mut stream: TcpStream, conn: u64) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(4096);
         loop {
             // Read one request head.
@@ -114,6 +120,7 @@ impl EchoUpstream {
                             target: req.path.unwrap_or("").to_string(),
                             headers,
                             websocket,
+                            conn,
                         };
                         break (seen, n, body_len);
                     }

@@ -6,6 +6,7 @@
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use pingora::http::RequestHeader;
+use pingora::protocols::http::authority::raw_target_authority;
 use std::net::IpAddr;
 
 /// Headers that only edgegate may set; client-sent copies are removed before any upstream.
@@ -30,7 +31,14 @@ pub fn browser_host(req: &RequestHeader) -> Result<&str, GatewayError> {
         (None, None) => None,
         _ => return Err(GatewayError::BadHost),
     };
-    let authority = req.uri.authority().map(|a| a.as_str());
+    // HTTP/2 carries it in the URI; an HTTP/1 absolute-form target only in the raw bytes.
+    let authority = match req.uri.authority() {
+        Some(a) => Some(a.as_str()),
+        None => raw_target_authority(req.raw_path())
+            .authority()
+            .map(|a| std::str::from_utf8(a).map_err(|_| GatewayError::BadHost))
+            .transpose()?,
+    };
     match (header, authority) {
         (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => Err(GatewayError::BadHost),
         (Some(h), _) => Ok(h),

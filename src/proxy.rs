@@ -4,6 +4,7 @@
 //! request_filter:          host → route → record (cache, Redis) → [auth] → resolve → ctx.target
 //! upstream_peer:           ctx.target → HttpPeer (group_key per workspace)
 //! upstream_request_filter: forwarded headers, identity headers, stripped path
+//! response_filter:         X-Request-Id back to the client
 //! fail_to_proxy:           upstream refused/timed out → 502/504 JSON
 //! logging:                 access line
 //! ```
@@ -165,6 +166,16 @@ impl ProxyHttp for Gateway {
             proto: "http",
         };
         headers::rewrite_upstream_request(upstream_request, ctx, &fwd)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The id the upstream saw, so a client report can be matched with both sides' logs.
+        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())
     }
 
     fn fail_to_connect(

@@ -1,0 +1,428 @@
+//! Test harness with real parts: a `redis-server` of this test process on an ephemeral port,
+//! in-process recording upstreams (`edgegate::demo::EchoUpstream`), the real gateway on an
+//! ephemeral port, and small raw HTTP and WebSocket clients. Every wait is bounded.
+#![allow(dead_code)]
+
+use edgegate::config::Config;
+use edgegate::demo::EchoUpstream;
+use edgegate::BackgroundGateway;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const ID_A: &str = "01HZX3M9Q4T8V6W2Y5B7C9D1EF";
+pub const ID_B: &str = "01J0AAAAAAAAAAAAAAAAAAAAAB";
+pub const DOMAIN: &str = "example.test";
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A `redis-server` owned by this test; killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    /// A port reserved for a Redis that is not running yet.
+    pub fn not_started() -> Redis {
+        Redis {
+            port: free_port(),
+            child: None,
+        }
+    }
+
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &std::env::temp_dir().display().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (README: the test command installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = self.client().get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not come up on port {}", self.port);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("redis url")
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.client().get_connection().expect("redis connection")
+    }
+
+    pub fn hset(&self, key: &str, fields: &[(&str, &str)]) {
+        let mut c = self.conn();
+        let _: () = redis::cmd("DEL").arg(key).query(&mut c).expect("DEL");
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(key);
+        for (f, v) in fields {
+            cmd.arg(*f).arg(*v);
+        }
+        let _: () = cmd.query(&mut c).expect("HSET");
+    }
+
+    pub fn workspace(&self, id: &str, backend: &str) {
+        self.hset(
+            &format!("workspace:{id}"),
+            &[
+                ("backend", backend),
+                ("owner", "user-1"),
+                ("status", "running"),
+            ],
+        );
+    }
+
+    pub fn publish(&self, channel: &str, msg: &str) {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(msg)
+            .query(&mut self.conn())
+            .expect("PUBLISH");
+    }
+
+    /// How many times Redis has run `cmd` (from `INFO commandstats`).
+    pub fn calls(&self, cmd: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.conn())
+            .expect("INFO");
+        let prefix = format!("cmdstat_{}:calls=", cmd.to_ascii_lowercase());
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Wait until the gateway's invalidation subscriber is listening.
+    pub fn wait_for_subscriber(&self, channel: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let v: Vec<redis::Value> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(channel)
+                .query(&mut self.conn())
+                .expect("PUBSUB");
+            if let Some(redis::Value::Int(n)) = v.get(1) {
+                if *n > 0 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no subscriber on {channel}");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The gateway's config for tests: the SPEC's routes, Redis on `redis_port`, the app API
+/// on `app`, plus any extra TOML (later keys must not repeat a table already written here).
+pub fn config_text(gw_port: u16, redis_port: u16, app: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+base_domain = "{DOMAIN}"
+[listen]
+http = ["127.0.0.1:{gw_port}"]
+[server]
+threads = 2
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+[redis]
+url = "redis://127.0.0.1:{redis_port}/0"
+key_prefix = ""
+invalidate_channel = "edgegate:invalidate"
+connect_timeout_ms = 300
+command_timeout_ms = 500
+
+[[route]]
+name = "workspace"
+host = "ws-{{id}}.{{base_domain}}"
+key = "workspace:{{id}}"
+status_field = "status"
+
+[[route]]
+name = "workspace_port"
+host = "ws-{{id}}--{{port}}.{{base_domain}}"
+key = "workspace:{{id}}"
+status_field = "status"
+ports = [1024, 65535]
+
+[[route]]
+name = "ide"
+path = "/__ide/{{id}}/"
+key = "dev:{{id}}"
+upstream_field = "target"
+
+[default]
+hosts = ["{{base_domain}}", "app.{{base_domain}}"]
+upstream = "{app}"
+{extra}
+"#
+    )
+}
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub port: u16,
+    _bg: BackgroundGateway,
+}
+
+impl Gateway {
+    pub fn start(text: &str) -> Gateway {
+        let config = Config::parse(text).expect("test config is valid");
+        let addr: SocketAddr = config.listen.http[0].parse().expect("listen addr");
+        let bg = BackgroundGateway::start(&config).expect("gateway starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Gateway {
+            addr,
+            port: addr.port(),
+            _bg: bg,
+        }
+    }
+
+    /// `ws-{id}.example.test:{port}`: the Host a browser sends.
+    pub fn ws_host(&self, id: &str) -> String {
+        format!("ws-{}.{DOMAIN}:{}", id.to_ascii_lowercase(), self.port)
+    }
+
+    pub fn app_host(&self) -> String {
+        format!("app.{DOMAIN}:{}", self.port)
+    }
+
+    pub async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        raw(self.addr, req.as_bytes()).await
+    }
+}
+
+/// A fixture: Redis, two workspace upstreams, the app upstream and the gateway.
+pub struct World {
+    pub redis: Redis,
+    pub a: EchoUpstream,
+    pub b: EchoUpstream,
+    pub app: EchoUpstream,
+    pub gw: Gateway,
+}
+
+impl World {
+    pub async fn start(extra: &str) -> World {
+        let redis = Redis::start();
+        Self::start_with(redis, extra).await
+    }
+
+    pub async fn start_with(redis: Redis, extra: &str) -> World {
+        let a = upstream("upstream-a").await;
+        let b = upstream("upstream-b").await;
+        let app = upstream("app").await;
+        let gw = Gateway::start(&config_text(free_port(), redis.port, app.addr, extra));
+        World {
+            redis,
+            a,
+            b,
+            app,
+            gw,
+        }
+    }
+}
+
+pub async fn upstream(name: &str) -> EchoUpstream {
+    EchoUpstream::start(name, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("upstream starts")
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The edgegate error code of a refusal.
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        assert!(v["request_id"].is_string(), "no request_id: {v}");
+        assert!(v["message"].is_string(), "no message: {v}");
+        v["error"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// Send raw bytes, read a whole `Connection: close` response (bounded by 15 s).
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Resp {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect gateway");
+        s.write_all(bytes).await.expect("write");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        buf
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(15), fut)
+        .await
+        .expect("response within 15 s");
+    parse_response(&buf)
+}
+
+pub fn parse_response(buf: &[u8]) -> Resp {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        other => panic!(
+            "incomplete response ({other:?}): {:?}",
+            String::from_utf8_lossy(buf)
+        ),
+    };
+    Resp {
+        status: resp.code.unwrap_or(0),
+        headers: resp
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+        body: String::from_utf8_lossy(&buf[n..]).into_owned(),
+    }
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Open a WebSocket through the gateway with the given Host and extra headers.
+pub async fn ws_connect(
+    gw: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{host}{path}").into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            http::HeaderValue::from_str(v).expect("header value"),
+        );
+    }
+    let tcp = TcpStream::connect(gw).await.expect("connect gateway");
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .expect("handshake within 10 s")?;
+    Ok(ws)
+}
+
+/// Send a text message and return the reply text.
+pub async fn ws_roundtrip(ws: &mut Ws, msg: &str) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(msg)).await.expect("ws send");
+    let fut = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return t.as_str().to_string(),
+                Some(Ok(_)) => continue,
+                other => panic!("websocket ended: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("reply within 10 s")
+}
+
+/// Poll `f` every 25 ms until it is true or `limit` passes; returns whether it became true.
+pub async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
