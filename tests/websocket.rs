@@ -1,0 +1,143 @@
+//! WebSocket upgrades through the gateway: the target is bound to each request alone.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_interleaved_upgrades_each_reach_their_own_workspace() {
+    let w = World::start("").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    w.redis.workspace(ID_B, &w.b.addr.to_string());
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let (id, want) = if i % 2 == 0 {
+            (ID_A, "upstream-a")
+        } else {
+            (ID_B, "upstream-b")
+        };
+        let host = w.gw.ws_host(id);
+        let gw = w.gw.addr;
+        tasks.push(tokio::spawn(async move {
+            let origin = format!("http://{host}");
+            let mut ws = ws_connect(gw, &host, "/agent/ws", &[("origin", &origin)])
+                .await
+                .expect("upgrade accepted");
+            for n in 0..3 {
+                let reply = ws_roundtrip(&mut ws, &format!("m{i}-{n}")).await;
+                assert_eq!(reply, format!("{want}:m{i}-{n}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("websocket task");
+    }
+    let (sa, sb) = (w.a.seen(), w.b.seen());
+    assert_eq!(sa.iter().filter(|s| s.websocket).count(), 30);
+    assert_eq!(sb.iter().filter(|s| s.websocket).count(), 30);
+    assert!(sa.iter().all(|s| s.header("x-edgegate-workspace") == Some(ID_A)));
+    assert!(sb.iter().all(|s| s.header("x-edgegate-workspace") == Some(ID_B)));
+    let host_a = w.gw.ws_host(ID_A);
+    assert!(sa.iter().all(|s| s.header("host") == Some(host_a.as_str())
+        && s.header("origin") == Some(format!("http://{host_a}").as_str())));
+    assert_eq!(w.app.count(), 0, "nothing went to a fallback address");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_connection_never_carries_a_target_to_its_next_request() {
+    let w = World::start("").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    w.redis.workspace(ID_B, &w.b.addr.to_string());
+    let mut s = tokio::net::TcpStream::connect(w.gw.addr).await.expect("connect");
+    // A plain keep-alive request for A, then an upgrade for B on the same connection.
+    let first = format!("GET /a HTTP/1.1\r\nHost: {}\r\n\r\n", w.gw.ws_host(ID_A));
+    s.write_all(first.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 8192];
+    let mut got = Vec::new();
+    let resp = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("first response in time")
+            .expect("read");
+        assert!(n > 0, "connection closed early");
+        got.extend_from_slice(&buf[..n]);
+        let r = parse_partial(&got);
+        if let Some(r) = r {
+            break r;
+        }
+    };
+    assert_eq!(resp.header("x-upstream"), Some("upstream-a"));
+    let second = format!(
+        "GET /agent/ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        w.gw.ws_host(ID_B)
+    );
+    s.write_all(second.as_bytes()).await.expect("write");
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("upgrade response in time")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(w.a.seen().len(), 1, "A got only its own request");
+    let sb = w.b.seen();
+    assert_eq!(sb.len(), 1);
+    assert!(sb[0].websocket && sb[0].target == "/agent/ws");
+}
+
+/// A complete response with a content-length body, if `buf` holds one.
+fn parse_partial(buf: &[u8]) -> Option<Resp> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut headers);
+    let n = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    let len: usize = r
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())?;
+    (buf.len() >= n + len).then(|| parse_response(&buf[..n + len]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upgrades_get_json_errors_never_redirects() {
+    let w = World::start("").await;
+    w.redis
+        .hset(&format!("dev:{ID_A}"), &[("target", &w.a.addr.to_string()), ("owner", "u")]);
+    let upgrade = |host: String, path: String| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    let r = raw(w.gw.addr, upgrade(w.gw.app_host(), format!("/__ide/{ID_A}")).as_bytes()).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.error_code(), "bad_path");
+    let r = raw(w.gw.addr, upgrade(w.gw.ws_host(ID_B), "/agent/ws".into()).as_bytes()).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error_code(), "unknown_workspace");
+    assert_eq!(w.a.count(), 0);
+
+    // Through the tunnel, with the prefix stripped.
+    let mut ws = ws_connect(w.gw.addr, &w.gw.app_host(), &format!("/__ide/{ID_A}/socket?x=1"), &[])
+        .await
+        .expect("tunnel upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "hi").await, "upstream-a:hi");
+    assert_eq!(w.a.seen()[0].target, "/socket?x=1");
+}
+
+/// Pingora's downstream read timeout is 60 s; edgegate's WS idle timeout (1 h) must win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_idle_for_70s_still_round_trips() {
+    let w = World::start("").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    let mut ws = ws_connect(w.gw.addr, &host, "/agent/ws", &[])
+        .await
+        .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "before").await, "upstream-a:before");
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    assert_eq!(ws_roundtrip(&mut ws, "after").await, "upstream-a:after");
+}
