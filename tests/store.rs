@@ -33,7 +33,10 @@ async fn invalidation_message_moves_a_workspace_at_once() {
     w.redis.wait_for_subscriber("edgegate:invalidate");
     w.redis.workspace(ID_A, &w.a.addr.to_string());
     let host = w.gw.ws_host(ID_A);
-    assert_eq!(w.gw.get(&host, "/", &[]).await.header("x-upstream"), Some("upstream-a"));
+    assert_eq!(
+        w.gw.get(&host, "/", &[]).await.header("x-upstream"),
+        Some("upstream-a")
+    );
 
     w.redis.workspace(ID_A, &w.b.addr.to_string());
     assert_eq!(
@@ -41,7 +44,8 @@ async fn invalidation_message_moves_a_workspace_at_once() {
         Some("upstream-a"),
         "cached until invalidated"
     );
-    w.redis.publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
     let moved = eventually(Duration::from_secs(1), || async {
         w.gw.get(&host, "/", &[]).await.header("x-upstream") == Some("upstream-b")
     })
@@ -52,7 +56,8 @@ async fn invalidation_message_moves_a_workspace_at_once() {
     let r = w.gw.get(&w.gw.ws_host(ID_B), "/", &[]).await;
     assert_eq!(r.status, 404);
     w.redis.workspace(ID_B, &w.b.addr.to_string());
-    w.redis.publish("edgegate:invalidate", &format!("workspace:{ID_B}"));
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_B}"));
     let found = eventually(Duration::from_secs(1), || async {
         w.gw.get(&w.gw.ws_host(ID_B), "/", &[]).await.status == 200
     })
@@ -65,7 +70,10 @@ async fn without_a_message_a_moved_workspace_is_reached_after_the_default_ttl() 
     let w = World::start("").await;
     w.redis.workspace(ID_A, &w.a.addr.to_string());
     let host = w.gw.ws_host(ID_A);
-    assert_eq!(w.gw.get(&host, "/", &[]).await.header("x-upstream"), Some("upstream-a"));
+    assert_eq!(
+        w.gw.get(&host, "/", &[]).await.header("x-upstream"),
+        Some("upstream-a")
+    );
     w.redis.workspace(ID_A, &w.b.addr.to_string());
     let started = std::time::Instant::now();
     // Default TTL is 1 s; allow scheduling slack on a loaded CI machine.

@@ -37,8 +37,12 @@ async fn sixty_interleaved_upgrades_each_reach_their_own_workspace() {
     let (sa, sb) = (w.a.seen(), w.b.seen());
     assert_eq!(sa.iter().filter(|s| s.websocket).count(), 30);
     assert_eq!(sb.iter().filter(|s| s.websocket).count(), 30);
-    assert!(sa.iter().all(|s| s.header("x-edgegate-workspace") == Some(ID_A)));
-    assert!(sb.iter().all(|s| s.header("x-edgegate-workspace") == Some(ID_B)));
+    assert!(sa
+        .iter()
+        .all(|s| s.header("x-edgegate-workspace") == Some(ID_A)));
+    assert!(sb
+        .iter()
+        .all(|s| s.header("x-edgegate-workspace") == Some(ID_B)));
     let host_a = w.gw.ws_host(ID_A);
     assert!(sa.iter().all(|s| s.header("host") == Some(host_a.as_str())
         && s.header("origin") == Some(format!("http://{host_a}").as_str())));
@@ -50,7 +54,9 @@ async fn one_client_connection_never_carries_a_target_to_its_next_request() {
     let w = World::start("").await;
     w.redis.workspace(ID_A, &w.a.addr.to_string());
     w.redis.workspace(ID_B, &w.b.addr.to_string());
-    let mut s = tokio::net::TcpStream::connect(w.gw.addr).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(w.gw.addr)
+        .await
+        .expect("connect");
     // A plain keep-alive request for A, then an upgrade for B on the same connection.
     let first = format!("GET /a HTTP/1.1\r\nHost: {}\r\n\r\n", w.gw.ws_host(ID_A));
     s.write_all(first.as_bytes()).await.expect("write");
@@ -105,25 +111,40 @@ fn parse_partial(buf: &[u8]) -> Option<Resp> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upgrades_get_json_errors_never_redirects() {
     let w = World::start("").await;
-    w.redis
-        .hset(&format!("dev:{ID_A}"), &[("target", &w.a.addr.to_string()), ("owner", "u")]);
+    w.redis.hset(
+        &format!("dev:{ID_A}"),
+        &[("target", &w.a.addr.to_string()), ("owner", "u")],
+    );
     let upgrade = |host: String, path: String| {
         format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         )
     };
-    let r = raw(w.gw.addr, upgrade(w.gw.app_host(), format!("/__ide/{ID_A}")).as_bytes()).await;
+    let r = raw(
+        w.gw.addr,
+        upgrade(w.gw.app_host(), format!("/__ide/{ID_A}")).as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 400, "{r:?}");
     assert_eq!(r.error_code(), "bad_path");
-    let r = raw(w.gw.addr, upgrade(w.gw.ws_host(ID_B), "/agent/ws".into()).as_bytes()).await;
+    let r = raw(
+        w.gw.addr,
+        upgrade(w.gw.ws_host(ID_B), "/agent/ws".into()).as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 404);
     assert_eq!(r.error_code(), "unknown_workspace");
     assert_eq!(w.a.count(), 0);
 
     // Through the tunnel, with the prefix stripped.
-    let mut ws = ws_connect(w.gw.addr, &w.gw.app_host(), &format!("/__ide/{ID_A}/socket?x=1"), &[])
-        .await
-        .expect("tunnel upgrade");
+    let mut ws = ws_connect(
+        w.gw.addr,
+        &w.gw.app_host(),
+        &format!("/__ide/{ID_A}/socket?x=1"),
+        &[],
+    )
+    .await
+    .expect("tunnel upgrade");
     assert_eq!(ws_roundtrip(&mut ws, "hi").await, "upstream-a:hi");
     assert_eq!(w.a.seen()[0].target, "/socket?x=1");
 }

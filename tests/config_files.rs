@@ -1,0 +1,97 @@
+//! Every file shipped in `conf/` is a valid configuration, and `edgegate check` says why a bad
+//! one is not: one line naming the field, exit status 64.
+
+use edgegate::config::Config;
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn every_shipped_config_file_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("conf/ exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "conf/edgegate.toml and conf/demo.toml at least"
+    );
+}
+
+fn check(text: &str) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!("edgegate-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join(format!("c{}.toml", text.len()));
+    std::fs::write(&path, text).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgegate"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run edgegate check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/edgegate.toml"))
+            .expect("read");
+    let (code, out, _) = check(&text);
+    assert_eq!(code, 0);
+    assert!(out.contains("ok"));
+}
+
+#[test]
+fn bad_config_prints_one_line_naming_the_field_and_exits_64() {
+    let good =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/edgegate.toml"))
+            .expect("read");
+    let cases = [
+        (
+            good.replacen("host = \"ws-{id}--{port}", "host = \"ws-x--{port}", 1),
+            "route[1].host",
+        ),
+        (
+            good.replacen("ports = [1024, 65535]", "ports = [9, 1]", 1),
+            "route[1].ports",
+        ),
+        (
+            good.replacen("key = \"dev:{id}\"", "key = \"dev\"", 1),
+            "route[2].key",
+        ),
+        (
+            good.replacen("[upstream]", "[upstream]\nbogus = 1", 1),
+            "bogus",
+        ),
+        (
+            good.replacen(
+                "url = \"redis://127.0.0.1:6379/0\"",
+                "url = \"http://x\"",
+                1,
+            ),
+            "redis.url",
+        ),
+        (
+            good.replacen(
+                "upstream = \"127.0.0.1:3000\"",
+                "upstream = \"not an address!\"",
+                1,
+            ),
+            "default.upstream",
+        ),
+    ];
+    for (text, field) in cases {
+        let (code, _, err) = check(&text);
+        assert_eq!(code, 64, "{field}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+        assert!(err.contains(field), "{field} not named in {err:?}");
+    }
+}
