@@ -44,9 +44,11 @@ fn routing(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let cache: Cache<u64> = Cache::new(1000);
-    rt.block_on(cache.get_or_fetch("workspace:01HZX3M9Q4T8V6W2Y5B7C9D1EF", || async {
-        (1, Duration::from_secs(3600))
-    }));
+    rt.block_on(
+        cache.get_or_fetch("workspace:01HZX3M9Q4T8V6W2Y5B7C9D1EF", || async {
+            (1, Duration::from_secs(3600))
+        }),
+    );
     c.bench_function("route cache hit", |b| {
         b.iter(|| {
             let v = rt.block_on(cache.get_or_fetch(
