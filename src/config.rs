@@ -38,6 +38,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub default: Option<DefaultRouteConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,6 +251,147 @@ pub struct RouteConfig {
     /// For path routes: remove the matched prefix before proxying.
     #[serde(default = "yes")]
     pub strip_prefix: bool,
+    /// Credentials accepted on this route (`session`, `terminal_token`, `ide_cookie`,
+    /// `dev_ide_token`, or `none` alone for an open route).
+    #[serde(default = "default_auth")]
+    pub auth: Vec<AuthMethod>,
+    /// Keep `?token=` in the URL sent upstream (the upstream validates it too). On a route that
+    /// takes terminal tokens this applies to the agent WebSocket path only.
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+/// A credential a route can accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// The app's session cookie; its user must own the record.
+    Session,
+    /// A `terminal` JWT (`?token=` or Bearer), only on `auth.agent_ws_path`.
+    TerminalToken,
+    /// The cookie set by the IDE bootstrap.
+    IdeCookie,
+    /// A `dev-ide` JWT (`?token=` or Bearer).
+    DevIdeToken,
+    /// No credential: the upstream does its own auth.
+    None,
+}
+
+fn default_auth() -> Vec<AuthMethod> {
+    vec![AuthMethod::Session]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Name of the app's session cookie (set by the app on `.{base_domain}`).
+    pub session_cookie: String,
+    /// Redis key of a session, `{sid}` is the cookie's value (the key prefix is added).
+    pub session_key: String,
+    /// Name of the cookie the IDE bootstrap sets.
+    pub ide_cookie: String,
+    /// Lifetime of that cookie.
+    pub ide_cookie_ttl_secs: u64,
+    /// Mark cookies `Secure`; turn off only for plain-HTTP local runs.
+    pub cookie_secure: bool,
+    /// Origins besides a request's own that cookie-authenticated requests may come from.
+    pub trusted_origins: Vec<String>,
+    /// The agent WebSocket path, where terminal tokens are accepted.
+    pub agent_ws_path: String,
+    /// Redis key marking a one-time token as spent, `{jti}` is the token's id.
+    pub jti_key: String,
+    /// Redis key of a VM agent's state, returned by the status endpoint.
+    pub agent_key: String,
+    pub tokens: TokenConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_cookie: "session".into(),
+            session_key: "session:{sid}".into(),
+            ide_cookie: "edgegate_ide".into(),
+            ide_cookie_ttl_secs: 12 * 3600,
+            cookie_secure: true,
+            trusted_origins: Vec::new(),
+            agent_ws_path: "/agent/ws".into(),
+            jti_key: "edgegate:jti:{jti}".into(),
+            agent_key: "agent:{id}".into(),
+            tokens: TokenConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// `HS256`, `EdDSA`, `ES256` or `RS256`. Tokens naming another algorithm are refused.
+    pub algorithm: String,
+    /// HS256: file holding the secret (at least 32 bytes; trailing whitespace ignored).
+    pub secret_file: Option<std::path::PathBuf>,
+    /// HS256: environment variable holding the secret, instead of a file.
+    pub secret_env: Option<String>,
+    /// EdDSA / ES256 / RS256: PEM private key (signs minted tokens).
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// EdDSA / ES256 / RS256: PEM public key (verifies).
+    pub public_key_file: Option<std::path::PathBuf>,
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew allowed on `exp`, at most 5.
+    pub leeway_secs: u64,
+    /// Tokens longer than this are refused before decoding.
+    pub max_bytes: usize,
+    pub dev_ide_ttl_secs: u64,
+    pub terminal_ttl_secs: u64,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: "HS256".into(),
+            secret_file: None,
+            secret_env: None,
+            private_key_file: None,
+            public_key_file: None,
+            issuer: "edgegate".into(),
+            audience: "edgegate".into(),
+            leeway_secs: 5,
+            max_bytes: 4096,
+            dev_ide_ttl_secs: 300,
+            terminal_ttl_secs: 60,
+        }
+    }
+}
+
+/// Endpoints edgegate answers itself, on the `[default]` hosts. `{id}` is the workspace id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// `POST`: mint a dev-ide token for the owner of the `ide_route` record.
+    pub ide_token: String,
+    /// `POST`: mint a terminal token for the owner of the `workspace_route` record.
+    pub terminal_token: String,
+    /// `GET`: spend a dev-ide token, set the ide cookie, redirect into the tunnel.
+    pub ide_bootstrap: String,
+    /// `GET`: the agent's state, for the owner of the `ide_route` record.
+    pub agent_status: String,
+    /// Route (by name) whose records and prefix the IDE endpoints use.
+    pub ide_route: String,
+    /// Route (by name) whose records and host the terminal endpoint uses.
+    pub workspace_route: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            ide_token: "/api/dev/{id}/ide-token".into(),
+            terminal_token: "/api/workspaces/{id}/terminal-token".into(),
+            ide_bootstrap: "/api/dev/{id}/ide".into(),
+            agent_status: "/api/servers/{id}/status".into(),
+            ide_route: "ide".into(),
+            workspace_route: "workspace".into(),
+        }
+    }
 }
 
 fn default_upstream_field() -> String {
@@ -371,8 +516,9 @@ impl Config {
             crate::upstream::UpstreamAddr::parse(&d.upstream, 80)
                 .map_err(|e| bad("default.upstream", format!("{:?} {e}", d.upstream)))?;
         }
-        // Pattern checks live with the matcher; compiling the table runs them all.
+        // Pattern checks live with the matcher, key checks with auth: building them runs all.
         crate::route::RouteTable::new(self)?;
+        crate::auth::Auth::new(self)?;
         Ok(())
     }
 
@@ -399,21 +545,42 @@ pub(crate) fn route_error(i: usize, field: &str, msg: impl std::fmt::Display) ->
     bad(route_field(i, field), msg)
 }
 
+/// A `[auth.tokens]` section with a freshly written test secret (unit tests only).
+#[cfg(test)]
+pub(crate) fn test_tokens_toml() -> String {
+    let dir = std::env::temp_dir().join(format!("eg-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("secret");
+    std::fs::write(&path, "0123456789abcdef0123456789abcdef-config").expect("write");
+    format!(
+        "[auth.tokens]\nsecret_file = {:?}\n",
+        path.display().to_string()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    fn minimal() -> String {
+        format!(
+            r#"
         base_domain = "example.test"
+        [api]
+        ide_route = ""
         [[route]]
         name = "workspace"
-        host = "ws-{id}.{base_domain}"
-        key = "workspace:{id}"
-    "#;
+        host = "ws-{{id}}.{{base_domain}}"
+        key = "workspace:{{id}}"
+        {}
+    "#,
+            test_tokens_toml()
+        )
+    }
 
     #[test]
     fn minimal_config_gets_documented_defaults() {
-        let c = Config::parse(MINIMAL).expect("valid");
+        let c = Config::parse(&minimal()).expect("valid");
         assert_eq!(c.cache.ttl_ms, 1000);
         assert_eq!(c.upstream.ws_idle_timeout_secs, 3600);
         assert_eq!(c.routes[0].upstream_field, "backend");
@@ -422,29 +589,39 @@ mod tests {
 
     #[test]
     fn unknown_key_is_rejected_with_its_name() {
-        let err = Config::parse(&format!("{MINIMAL}\nbogus = 1\n")).unwrap_err();
+        let err = Config::parse(&format!("bogus = 1\n{}", minimal())).unwrap_err();
         assert!(err.0.contains("bogus"), "{err}");
         assert!(!err.0.contains('\n'), "one line: {err:?}");
     }
 
     #[test]
     fn errors_name_the_field() {
+        let m = minimal();
         let cases = [
-            (MINIMAL.replace("ws-{id}", "ws-x"), "route[0].host"),
-            (MINIMAL.replace("example.test", "bad domain"), "base_domain"),
+            (m.replace("ws-{id}", "ws-x"), "route[0].host"),
+            (m.replace("example.test", "bad domain"), "base_domain"),
             (
-                format!("{MINIMAL}\n[upstream]\nconnect_timeout_ms = 0\n"),
+                format!("{m}\n[upstream]\nconnect_timeout_ms = 0\n"),
                 "upstream.connect_timeout_ms",
             ),
-            (
-                format!("{MINIMAL}\n[listen]\nhttp = [\"nope\"]\n"),
-                "listen.http[0]",
-            ),
+            (format!("{m}\n[listen]\nhttp = [\"nope\"]\n"), "listen.http[0]"),
             (
                 format!(
-                    "{MINIMAL}\n[[route]]\nname = \"p\"\nhost = \"p-{{id}}--{{port}}.{{base_domain}}\"\nkey = \"k:{{id}}\"\n"
+                    "{m}\n[[route]]\nname = \"p\"\nhost = \"p-{{id}}--{{port}}.{{base_domain}}\"\nkey = \"k:{{id}}\"\n"
                 ),
                 "route[1].ports",
+            ),
+            (
+                m.replace("key = \"workspace:{id}\"", "key = \"workspace:{id}\"\nauth = []"),
+                "route[0].auth",
+            ),
+            (
+                m.replace("[api]\n", "[api]\nworkspace_route = \"nope\"\n"),
+                "api.workspace_route",
+            ),
+            (
+                m.replace("secret_file", "secret_env = \"EG_UNSET_VAR_FOR_TEST\"\n#"),
+                "auth.tokens.secret_env",
             ),
         ];
         for (text, field) in cases {

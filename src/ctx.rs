@@ -2,6 +2,7 @@
 //! lives here and nowhere else, so no later request, on this connection or another, can
 //! inherit a target. Created by `new_ctx`, filled by `request_filter`, read by the later hooks.
 
+use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::route::WorkspaceId;
 use crate::upstream::Target;
@@ -21,6 +22,12 @@ pub struct RequestCtx {
     pub target: Option<Target>,
     /// The refusal edgegate answered with, if any.
     pub refusal: Option<GatewayError>,
+    /// Who the request was verified to be (`None`: not yet, or an open route).
+    pub principal: Option<Principal>,
+    /// Remove edgegate's own cookies before the upstream (workspace routes).
+    pub strip_credentials: bool,
+    /// Remove `Authorization` before the upstream (it carried an edgegate token).
+    pub strip_authorization: bool,
 }
 
 impl RequestCtx {
@@ -33,6 +40,9 @@ impl RequestCtx {
             is_upgrade: false,
             target: None,
             refusal: None,
+            principal: None,
+            strip_credentials: false,
+            strip_authorization: false,
         }
     }
 }

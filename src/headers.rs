@@ -79,6 +79,18 @@ pub fn normalize_host(raw: &str) -> Result<String, GatewayError> {
     Ok(host.to_ascii_lowercase())
 }
 
+/// The port part of a Host value, if it has one.
+pub fn host_port(raw: &str) -> Option<&str> {
+    let after_host = match raw.strip_prefix('[') {
+        Some(rest) => &rest[rest.find(']')? + 1..],
+        None => raw,
+    };
+    after_host
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| valid_port(p))
+}
+
 fn valid_port(p: &str) -> bool {
     !p.is_empty()
         && p.len() <= 5
@@ -129,6 +141,8 @@ pub struct Forwarding<'a> {
     pub client_ip: Option<IpAddr>,
     pub trusted_proxies: &'a [IpNet],
     pub proto: &'static str,
+    /// Cookies that are edgegate's credentials (app session, ide cookie).
+    pub credential_cookies: [&'a str; 2],
 }
 
 /// Rewrite the upstream copy of the request: edgegate's own headers replace any the client
@@ -174,6 +188,23 @@ pub fn rewrite_upstream_request(
     req.insert_header("x-request-id", ctx.request_id.as_str())?;
     if let Some(id) = &ctx.workspace {
         req.insert_header("x-edgegate-workspace", id.as_str())?;
+    }
+    if let Some(p) = &ctx.principal {
+        req.insert_header("x-edgegate-user", p.user.as_str())?;
+    }
+    if ctx.strip_credentials {
+        match crate::auth::session::without_cookies(req, &fwd.credential_cookies) {
+            Some(rest) => {
+                req.remove_header(&http::header::COOKIE);
+                req.insert_header(http::header::COOKIE, rest)?;
+            }
+            None => {
+                req.remove_header(&http::header::COOKIE);
+            }
+        }
+    }
+    if ctx.strip_authorization {
+        req.remove_header(&http::header::AUTHORIZATION);
     }
     if let Some(target) = &ctx.target {
         if let Some(h) = &target.host_header {

@@ -4,6 +4,8 @@
 //! (`proxy::Gateway`); `main` runs it, and the tests start it on an ephemeral port with
 //! `BackgroundGateway`. The request path is described at the top of `proxy.rs`.
 
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod ctx;
 pub mod demo;

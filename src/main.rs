@@ -88,6 +88,14 @@ fn run(config: &Config, opt: Option<pingora::server::configuration::Opt>) -> Exi
 const DEMO_UPSTREAM: &str = "127.0.0.1:18081";
 
 fn demo(listen: &str) -> ExitCode {
+    // A fresh token secret per demo run (set before any thread starts).
+    let mut secret = [0u8; 32];
+    if getrandom::fill(&mut secret).is_err() {
+        eprintln!("edgegate demo: no OS randomness for a token secret");
+        return ExitCode::FAILURE;
+    }
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    std::env::set_var("EDGEGATE_DEMO_SECRET", hex);
     let mut config = match Config::parse(include_str!("../conf/demo.toml")) {
         Ok(c) => c,
         Err(e) => return usage_error(&e),
@@ -134,9 +142,12 @@ fn demo(listen: &str) -> ExitCode {
     let id = "01HZX3M9Q4T8V6W2Y5B7C9D1EF";
     println!(
         "edgegate demo: gateway on http://{listen}, demo upstream on {DEMO_UPSTREAM}\n\
-         try:\n  curl -s http://ws-{lower}.localhost:{port}/hello\n  \
-         curl -s -H 'Host: ws-{lower}.localhost:{port}' http://{listen}/hello\n  \
-         curl -si http://localhost:{port}/__ide/{id}/   (the IDE tunnel, prefix stripped)\n\
+         try (the demo user's session cookie is session=demo-session):\n  \
+         curl -s --cookie session=demo-session http://ws-{lower}.localhost:{port}/hello\n  \
+         curl -s http://ws-{lower}.localhost:{port}/hello          (no session: 401)\n  \
+         curl -s -X POST --cookie session=demo-session http://localhost:{port}/api/dev/{id}/ide-token\n  \
+         curl -si \"<url from the answer above>\"                   (IDE bootstrap: cookie + 302)\n  \
+         curl -s --cookie session=demo-session http://localhost:{port}/api/servers/{id}/status\n\
          Ctrl-C stops it.",
         lower = id.to_ascii_lowercase()
     );

@@ -1,7 +1,8 @@
 //! The one `impl ProxyHttp`: a request's path through edgegate, hook by hook.
 //!
 //! ```text
-//! request_filter:          host → route → record (cache, Redis) → [auth] → resolve → ctx.target
+//! request_filter:          host → route → record (cache, Redis) → auth → resolve → ctx.target
+//!                          (or an answer of edgegate's own: api.rs, a redirect, a JSON error)
 //! upstream_peer:           ctx.target → HttpPeer (group_key per workspace)
 //! upstream_request_filter: forwarded headers, identity headers, stripped path
 //! response_filter:         X-Request-Id back to the client
@@ -9,7 +10,9 @@
 //! logging:                 access line
 //! ```
 
-use crate::config::{Config, UpstreamConfig};
+use crate::api::Reply;
+use crate::auth::{self, Auth};
+use crate::config::{ApiConfig, AuthMethod, Config, UpstreamConfig};
 use crate::ctx::RequestCtx;
 use crate::error::{self, GatewayError};
 use crate::headers::{self, Forwarding, IpNet};
@@ -25,8 +28,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Gateway {
-    routes: RouteTable,
-    records: Records,
+    pub(crate) routes: RouteTable,
+    pub(crate) records: Records,
+    pub(crate) auth: Auth,
+    pub(crate) api: ApiConfig,
+    /// The scheme clients use to reach this listener.
+    pub(crate) proto: &'static str,
     resolver: Resolver,
     upstream: UpstreamConfig,
     trusted_proxies: Vec<IpNet>,
@@ -40,6 +47,9 @@ impl Gateway {
         Ok(Self {
             routes: RouteTable::new(config).map_err(|e| e.to_string())?,
             records,
+            auth: Auth::new(config).map_err(|e| e.to_string())?,
+            api: config.api.clone(),
+            proto: "http",
             resolver: Resolver::new(
                 Duration::from_millis(config.cache.dns_ttl_ms),
                 Duration::from_millis(config.cache.negative_ttl_ms),
@@ -58,20 +68,28 @@ impl Gateway {
         self
     }
 
-    /// Route the request and bind its target into `ctx`. `Ok(Some(location))` asks for a
-    /// redirect instead.
+    /// Route and authorise the request and bind its target into `ctx`, or say what edgegate
+    /// answers itself.
     async fn decide(
         &self,
         session: &Session,
         ctx: &mut RequestCtx,
-    ) -> std::result::Result<Option<String>, GatewayError> {
+    ) -> std::result::Result<Option<Reply>, GatewayError> {
         let req = session.req_header();
         let host = headers::normalize_host(headers::browser_host(req)?)?;
         let matched =
             self.routes
                 .match_request(&host, req.uri.path(), req.uri.query(), ctx.is_upgrade)?;
         let target = match matched {
-            RouteMatch::Redirect(location) => return Ok(Some(location)),
+            RouteMatch::Redirect(location) => return Ok(Some(Reply::redirect(location))),
+            RouteMatch::Endpoint(endpoint, id) => {
+                ctx.route = Some(endpoint.name().into());
+                ctx.workspace = Some(id);
+                let reply = self
+                    .answer(req, endpoint, id, ctx.is_upgrade, &mut ctx.principal)
+                    .await?;
+                return Ok(Some(reply));
+            }
             RouteMatch::Default(d) => {
                 ctx.route = Some(d.name.clone());
                 let addr = self.resolver.resolve(&d.upstream).await?;
@@ -89,14 +107,57 @@ impl Gateway {
                 let (found, _outcome) = self.records.get(&key).await;
                 let rec = found?.ok_or(GatewayError::UnknownWorkspace)?;
                 let rr = record::read(m.route, &key, &rec, m.port)?;
-                // Auth (issue #3) decides here, against `rr.owner`, before any upstream is
-                // contacted: a refusal returns before `ctx.target` is set.
+                // Auth decides before anything is resolved or connected: a refusal returns
+                // here, with no target bound.
+                ctx.principal = self
+                    .auth
+                    .authorize(
+                        &self.records,
+                        req,
+                        m.route,
+                        &m.id,
+                        rr.owner,
+                        ctx.is_upgrade,
+                        self.proto,
+                    )
+                    .await?;
                 let addr = self.resolver.resolve(&rr.upstream).await?;
+                // Credentials stop here: edgegate's cookies always, a Bearer when it was
+                // ours, and `?token=` unless the route's upstream validates it too.
+                ctx.strip_credentials = true;
+                let used_bearer = matches!(
+                    ctx.principal.as_ref().map(|p| p.method),
+                    Some(AuthMethod::TerminalToken | AuthMethod::DevIdeToken)
+                ) && auth::bearer(req).is_some();
+                ctx.strip_authorization =
+                    used_bearer || auth::bearer(req).is_some_and(|b| self.auth.tokens.is_ours(b));
+                let keep_token = m.route.forward_token
+                    && (!m.route.auth.contains(&AuthMethod::TerminalToken)
+                        || req.uri.path() == self.auth.agent_ws_path);
+                let query = match req.uri.query() {
+                    Some(q) if !keep_token => match auth::strip_token_param(q) {
+                        Some(stripped) => Some((stripped, true)),
+                        None => Some((q.to_string(), false)),
+                    },
+                    Some(q) => Some((q.to_string(), false)),
+                    None => None,
+                };
+                let upstream_path = match (m.upstream_path, query) {
+                    (None, None) | (None, Some((_, false))) => None,
+                    (path, q) => {
+                        let mut p = path.unwrap_or_else(|| req.uri.path().to_string());
+                        if let Some((q, _)) = q.filter(|(q, _)| !q.is_empty()) {
+                            p.push('?');
+                            p.push_str(&q);
+                        }
+                        Some(p)
+                    }
+                };
                 Target {
                     addr,
                     group_key: upstream::group_key(&key, &addr),
                     host_header: (!m.route.preserve_host).then(|| rr.upstream.to_string()),
-                    upstream_path: m.upstream_path,
+                    upstream_path,
                 }
             }
         };
@@ -122,12 +183,18 @@ impl ProxyHttp for Gateway {
         }
         match self.decide(session, ctx).await {
             Ok(None) => Ok(false),
-            Ok(Some(location)) => {
-                let mut resp = ResponseHeader::build(302, Some(4))?;
-                resp.insert_header("location", location)?;
-                resp.insert_header("content-length", "0")?;
+            Ok(Some(reply)) => {
+                let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+                for (name, value) in reply.headers {
+                    resp.append_header(name, value)?;
+                }
+                resp.insert_header("content-length", reply.body.len().to_string())?;
                 resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-                session.write_response_header(Box::new(resp), true).await?;
+                let empty = reply.body.is_empty();
+                session.write_response_header(Box::new(resp), empty).await?;
+                if !empty {
+                    session.write_response_body(Some(reply.body), true).await?;
+                }
                 Ok(true)
             }
             Err(e) => {
@@ -163,7 +230,8 @@ impl ProxyHttp for Gateway {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
             trusted_proxies: &self.trusted_proxies,
-            proto: "http",
+            proto: self.proto,
+            credential_cookies: [&self.auth.session_cookie, &self.auth.ide_cookie],
         };
         headers::rewrite_upstream_request(upstream_request, ctx, &fwd)
     }

@@ -9,7 +9,7 @@ pub mod store;
 
 pub use id::WorkspaceId;
 
-use crate::config::{route_error, Config, ConfigError, RouteConfig};
+use crate::config::{route_error, AuthMethod, Config, ConfigError, RouteConfig};
 use crate::error::GatewayError;
 use crate::upstream::UpstreamAddr;
 use std::sync::Arc;
@@ -28,6 +28,8 @@ pub struct Route {
     pub port: u16,
     pub preserve_host: bool,
     pub strip_prefix: bool,
+    pub auth: Vec<AuthMethod>,
+    pub forward_token: bool,
 }
 
 #[derive(Debug)]
@@ -58,11 +60,36 @@ pub struct DefaultRoute {
     pub preserve_host: bool,
 }
 
+/// Requests edgegate answers itself (SPEC §2), on the default hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    IdeToken,
+    TerminalToken,
+    IdeBootstrap,
+    AgentStatus,
+}
+
+impl Endpoint {
+    /// The route name used in logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Endpoint::IdeToken => "ide_token",
+            Endpoint::TerminalToken => "terminal_token",
+            Endpoint::IdeBootstrap => "ide_bootstrap",
+            Endpoint::AgentStatus => "agent_status",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
     default_hosts: Vec<String>,
     default: Option<DefaultRoute>,
+    /// `(endpoint, text before {id}, text after {id})`.
+    endpoints: Vec<(Endpoint, String, String)>,
+    ide_route: Option<usize>,
+    workspace_route: Option<usize>,
 }
 
 /// What the table says about one request.
@@ -70,6 +97,8 @@ pub struct RouteTable {
 pub enum RouteMatch<'a> {
     Workspace(WorkspaceMatch<'a>),
     Default(&'a DefaultRoute),
+    /// An endpoint edgegate answers itself.
+    Endpoint(Endpoint, WorkspaceId),
     /// `/__ide/{id}` without its slash: send the browser to the canonical prefix.
     Redirect(String),
 }
@@ -80,11 +109,35 @@ pub struct WorkspaceMatch<'a> {
     pub id: WorkspaceId,
     /// The `{port}` the host named, already checked against the route's range.
     pub port: Option<u16>,
-    /// Path and query to send upstream when the route strips its prefix.
+    /// The path (without query) to send upstream when the route strips its prefix.
     pub upstream_path: Option<String>,
 }
 
 impl Route {
+    /// For a host route without `{port}`: the host for `id` (lower case), e.g. for token URLs.
+    pub fn host_for(&self, id: &WorkspaceId) -> Option<String> {
+        let RouteKind::Host { pattern, .. } = &self.kind else {
+            return None;
+        };
+        let mut h = String::new();
+        for t in pattern {
+            match t {
+                Token::Lit(l) => h.push_str(l),
+                Token::Id => h.push_str(&id.as_str().to_ascii_lowercase()),
+                Token::Port => return None,
+            }
+        }
+        Some(h)
+    }
+
+    /// For a path route: its prefix for `id`, e.g. `/__ide/{ID}/`.
+    pub fn prefix_for(&self, id: &WorkspaceId) -> Option<String> {
+        match &self.kind {
+            RouteKind::Path { prefix, .. } => Some(format!("{prefix}{id}/")),
+            RouteKind::Host { .. } => None,
+        }
+    }
+
     /// The Redis key of this route's record for `id`, prefix included.
     pub fn key(&self, id: &WorkspaceId) -> String {
         let mut k = String::with_capacity(self.key_head.len() + 26 + self.key_tail.len());
@@ -130,15 +183,99 @@ impl RouteTable {
             }),
             None => None,
         };
+        let api = &config.api;
+        let find = |field: &str, name: &str| -> Result<Option<usize>, ConfigError> {
+            if name.is_empty() {
+                return Ok(None);
+            }
+            routes
+                .iter()
+                .position(|r| &*r.name == name)
+                .map(Some)
+                .ok_or_else(|| ConfigError(format!("api.{field}: no route named {name:?}")))
+        };
+        let ide_route = find("ide_route", &api.ide_route)?;
+        let workspace_route = find("workspace_route", &api.workspace_route)?;
+        let mut endpoints = Vec::new();
+        for (field, template, ep, enabled) in [
+            (
+                "ide_token",
+                &api.ide_token,
+                Endpoint::IdeToken,
+                ide_route.is_some(),
+            ),
+            (
+                "ide_bootstrap",
+                &api.ide_bootstrap,
+                Endpoint::IdeBootstrap,
+                ide_route.is_some(),
+            ),
+            (
+                "agent_status",
+                &api.agent_status,
+                Endpoint::AgentStatus,
+                ide_route.is_some(),
+            ),
+            (
+                "terminal_token",
+                &api.terminal_token,
+                Endpoint::TerminalToken,
+                workspace_route.is_some(),
+            ),
+        ] {
+            if template.is_empty() || !enabled {
+                continue;
+            }
+            let Some((head, tail)) = template.split_once("{id}") else {
+                return Err(ConfigError(format!("api.{field}: \"{{id}}\" is missing")));
+            };
+            if !head.starts_with('/')
+                || !head.ends_with('/')
+                || tail.contains('{')
+                || head.contains('{')
+            {
+                return Err(ConfigError(format!(
+                    "api.{field}: must look like \"/path/{{id}}/rest\" with one placeholder"
+                )));
+            }
+            endpoints.push((ep, head.to_string(), tail.to_string()));
+        }
+        if let Some(i) = ide_route {
+            if !matches!(routes[i].kind, RouteKind::Path { .. }) {
+                return Err(ConfigError("api.ide_route: must name a path route".into()));
+            }
+        }
+        if let Some(i) = workspace_route {
+            let plain_host = matches!(&routes[i].kind,
+                RouteKind::Host { pattern, .. } if !pattern.contains(&Token::Port));
+            if !plain_host {
+                return Err(ConfigError(
+                    "api.workspace_route: must name a host route without {port}".into(),
+                ));
+            }
+        }
         Ok(RouteTable {
             routes,
             default_hosts,
             default,
+            endpoints,
+            ide_route,
+            workspace_route,
         })
     }
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// The route the IDE endpoints read their records from.
+    pub fn ide_route(&self) -> Option<&Route> {
+        self.ide_route.map(|i| &self.routes[i])
+    }
+
+    /// The route the terminal-token endpoint reads its records from.
+    pub fn workspace_route(&self) -> Option<&Route> {
+        self.workspace_route.map(|i| &self.routes[i])
     }
 
     /// Match a normalised host (see `headers::normalize_host`) and a raw request path.
@@ -185,6 +322,18 @@ impl RouteTable {
             }
         }
         if self.default_hosts.iter().any(|h| h == host) {
+            for (ep, head, tail) in &self.endpoints {
+                if let Some(raw) = path
+                    .strip_prefix(head.as_str())
+                    .and_then(|r| r.strip_suffix(tail.as_str()))
+                {
+                    if raw.contains('/') {
+                        continue;
+                    }
+                    let id = WorkspaceId::parse(raw).ok_or(GatewayError::BadId)?;
+                    return Ok(RouteMatch::Endpoint(*ep, id));
+                }
+            }
             if let Some(d) = &self.default {
                 return Ok(RouteMatch::Default(d));
             }
@@ -221,10 +370,7 @@ fn match_path_route<'a>(
     if !path_is_safe(after) {
         return Err(GatewayError::BadPath);
     }
-    let upstream_path = route.strip_prefix.then(|| match query {
-        Some(q) => format!("{after}?{q}"),
-        None => after.to_string(),
-    });
+    let upstream_path = route.strip_prefix.then(|| after.to_string());
     Ok(RouteMatch::Workspace(WorkspaceMatch {
         route,
         id,
@@ -437,6 +583,31 @@ fn compile(
     if tail.contains("{id}") {
         return Err(route_error(i, "key", "\"{id}\" may appear only once"));
     }
+    let is_host = matches!(kind, RouteKind::Host { .. });
+    if rc.auth.is_empty() {
+        return Err(route_error(
+            i,
+            "auth",
+            "list the accepted credentials, or [\"none\"]",
+        ));
+    }
+    if rc.auth.contains(&AuthMethod::None) && rc.auth.len() > 1 {
+        return Err(route_error(
+            i,
+            "auth",
+            "\"none\" cannot be combined with credentials",
+        ));
+    }
+    if rc.auth.contains(&AuthMethod::TerminalToken) && !is_host {
+        return Err(route_error(i, "auth", "terminal_token is for host routes"));
+    }
+    if rc.auth.contains(&AuthMethod::IdeCookie) && is_host {
+        return Err(route_error(
+            i,
+            "auth",
+            "ide_cookie is for path routes (its cookie is path-scoped)",
+        ));
+    }
     if rc.upstream_field.is_empty() || rc.owner_field.is_empty() {
         return Err(route_error(
             i,
@@ -455,6 +626,8 @@ fn compile(
         port: rc.port,
         preserve_host: rc.preserve_host,
         strip_prefix: rc.strip_prefix,
+        auth: rc.auth.clone(),
+        forward_token: rc.forward_token,
     })
 }
 
@@ -465,7 +638,7 @@ mod tests {
     const ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
     fn table() -> RouteTable {
-        let c = Config::parse(
+        let c = Config::parse(&format!(
             r#"
             base_domain = "example.test"
             [redis]
@@ -476,23 +649,25 @@ mod tests {
             command_timeout_ms = 500
             [[route]]
             name = "workspace"
-            host = "ws-{id}.{base_domain}"
-            key = "workspace:{id}"
+            host = "ws-{{id}}.{{base_domain}}"
+            key = "workspace:{{id}}"
             [[route]]
             name = "workspace_port"
-            host = "ws-{id}--{port}.{base_domain}"
+            host = "ws-{{id}}--{{port}}.{{base_domain}}"
             ports = [3000, 9000]
-            key = "workspace:{id}"
+            key = "workspace:{{id}}"
             [[route]]
             name = "ide"
-            path = "/__ide/{id}/"
-            key = "dev:{id}"
+            path = "/__ide/{{id}}/"
+            key = "dev:{{id}}"
             upstream_field = "target"
             [default]
-            hosts = ["{base_domain}", "app.{base_domain}"]
+            hosts = ["{{base_domain}}", "app.{{base_domain}}"]
             upstream = "127.0.0.1:3000"
+            {}
             "#,
-        )
+            crate::config::test_tokens_toml()
+        ))
         .expect("config");
         RouteTable::new(&c).expect("table")
     }
@@ -504,6 +679,7 @@ mod tests {
                 w.route.name, w.id, w.port, w.upstream_path
             ),
             RouteMatch::Default(_) => "default".into(),
+            RouteMatch::Endpoint(e, id) => format!("endpoint:{e:?}:{id}"),
             RouteMatch::Redirect(l) => format!("redirect:{l}"),
         }
     }
@@ -627,17 +803,44 @@ mod tests {
     }
 
     #[test]
-    fn stripped_path_keeps_query() {
+    fn endpoints_are_matched_on_default_hosts_with_their_id() {
         let t = table();
         let m = t
             .match_request(
                 "app.example.test",
-                &format!("/__ide/{ID}/a/b"),
-                Some("x=1"),
+                &format!("/api/dev/{ID}/ide-token"),
+                None,
                 false,
             )
             .expect("match");
-        assert_eq!(name(&m), format!("ide:{ID}:None:Some(\"/a/b?x=1\")"));
+        assert!(matches!(m, RouteMatch::Endpoint(Endpoint::IdeToken, id) if id.as_str() == ID));
+        let m = t
+            .match_request(
+                "example.test",
+                &format!("/api/workspaces/{ID}/terminal-token"),
+                None,
+                false,
+            )
+            .expect("match");
+        assert!(matches!(
+            m,
+            RouteMatch::Endpoint(Endpoint::TerminalToken, _)
+        ));
+        let e = t
+            .match_request("app.example.test", "/api/dev/nope/ide", None, false)
+            .unwrap_err();
+        assert_eq!(e, GatewayError::BadId);
+        // Other API paths go to the app.
+        let m = t
+            .match_request("app.example.test", "/api/dev/x/y/ide", None, false)
+            .expect("m");
+        assert!(matches!(m, RouteMatch::Default(_)));
+        let id = WorkspaceId::parse(ID).expect("id");
+        assert_eq!(
+            t.routes()[0].host_for(&id).as_deref(),
+            Some("ws-01arz3ndektsv4rrffq69g5fav.example.test")
+        );
+        assert_eq!(t.routes()[2].prefix_for(&id), Some(format!("/__ide/{ID}/")));
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum StoreFailure {
 pub trait RouteStore: Send + Sync {
     /// The hash at `key` (prefix included), `None` when there is none. One round trip.
     async fn fetch(&self, key: &str) -> Result<Option<Record>, StoreFailure>;
+
+    /// Set `key` only if absent, expiring after `ttl_secs`; `true` when this call set it.
+    async fn spend_once(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreFailure>;
 }
 
 /// The answer cached per key.
@@ -59,6 +62,33 @@ impl Records {
     /// The record at `key`; `Ok(None)` when there is none. Store failures become the
     /// client-facing error here and are logged with the key.
     pub async fn get(&self, key: &str) -> (Result<Option<Arc<Record>>, GatewayError>, Outcome) {
+        self.lookup(key, key).await
+    }
+
+    /// Like `get`, for keys that embed a secret (a session id): logs never name the key.
+    pub async fn get_secret(
+        &self,
+        key: &str,
+    ) -> (Result<Option<Arc<Record>>, GatewayError>, Outcome) {
+        self.lookup(key, "<redacted>").await
+    }
+
+    /// Spend a one-time marker: `true` the first time `key` is set (SET NX with expiry).
+    pub async fn spend_once(&self, key: &str, ttl_secs: u64) -> Result<bool, GatewayError> {
+        self.store
+            .spend_once(key, ttl_secs.max(1))
+            .await
+            .map_err(|f| {
+                log::warn!("route store cannot record a spent token: {f:?}");
+                GatewayError::StoreUnavailable
+            })
+    }
+
+    async fn lookup(
+        &self,
+        key: &str,
+        log_key: &str,
+    ) -> (Result<Option<Arc<Record>>, GatewayError>, Outcome) {
         let (lookup, outcome) = self
             .cache
             .get_or_fetch(key, || async {
@@ -74,11 +104,11 @@ impl Records {
             .await;
         let res = lookup.map_err(|f| match f {
             StoreFailure::Unavailable(why) => {
-                log::warn!("route store unavailable reading {key}: {why}");
+                log::warn!("route store unavailable reading {log_key}: {why}");
                 GatewayError::StoreUnavailable
             }
             StoreFailure::WrongType => {
-                log::warn!("bad route record {key}: not a hash");
+                log::warn!("bad record {log_key}: not a hash");
                 GatewayError::BadRecord
             }
         });
@@ -90,9 +120,10 @@ impl Records {
     }
 }
 
-/// Records written in the config file.
+/// Records written in the config file; spent tokens are remembered in memory.
 pub struct StaticStore {
     records: HashMap<String, Record>,
+    spent: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl StaticStore {
@@ -108,7 +139,10 @@ impl StaticStore {
                 )
             })
             .collect();
-        Self { records }
+        Self {
+            records,
+            spent: std::sync::Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -116,6 +150,17 @@ impl StaticStore {
 impl RouteStore for StaticStore {
     async fn fetch(&self, key: &str) -> Result<Option<Record>, StoreFailure> {
         Ok(self.records.get(key).cloned())
+    }
+
+    async fn spend_once(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreFailure> {
+        let now = std::time::Instant::now();
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        spent.retain(|_, until| *until > now);
+        if spent.contains_key(key) {
+            return Ok(false);
+        }
+        spent.insert(key.to_string(), now + Duration::from_secs(ttl_secs));
+        Ok(true)
     }
 }
 
@@ -164,6 +209,26 @@ impl RouteStore for RedisStore {
             Ok(h) if h.is_empty() => Ok(None),
             Ok(h) => Ok(Some(h)),
             Err(e) if e.code() == Some("WRONGTYPE") => Err(StoreFailure::WrongType),
+            Err(e) => Err(StoreFailure::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn spend_once(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreFailure> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("SET")
+            .arg(key)
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl_secs)
+            .clone();
+        let res: redis::RedisResult<Option<String>> =
+            match tokio::time::timeout(self.command_timeout, cmd.query_async(&mut conn)).await {
+                Ok(r) => r,
+                Err(_) => return Err(StoreFailure::Unavailable("SET NX timed out".into())),
+            };
+        match res {
+            Ok(set) => Ok(set.is_some()),
             Err(e) => Err(StoreFailure::Unavailable(e.to_string())),
         }
     }

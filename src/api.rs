@@ -1,0 +1,198 @@
+//! The endpoints edgegate answers itself (SPEC §2), called from `request_filter` when the route
+//! table matched one: minting dev-ide and terminal tokens for a record's owner, the IDE
+//! bootstrap that swaps a one-time dev-ide token for the ide cookie, and the agent status.
+
+use crate::auth::token::{now, TokenType};
+use crate::auth::{presented_token, Principal};
+use crate::config::AuthMethod;
+use crate::error::GatewayError;
+use crate::proxy::Gateway;
+use crate::route::{record, Endpoint, Route, WorkspaceId};
+use bytes::Bytes;
+use pingora::http::{Method, RequestHeader};
+
+/// A response edgegate makes itself.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![
+                ("content-type", "application/json".into()),
+                // Bodies here carry tokens or private state.
+                ("cache-control", "no-store".into()),
+            ],
+            body: Bytes::from(value.to_string()),
+        }
+    }
+
+    pub fn redirect(location: String) -> Reply {
+        Reply {
+            status: 302,
+            headers: vec![("location", location)],
+            body: Bytes::new(),
+        }
+    }
+}
+
+impl Gateway {
+    /// Answer `endpoint` for `id`; the principal is recorded in `principal` for the log.
+    pub(crate) async fn answer(
+        &self,
+        req: &RequestHeader,
+        endpoint: Endpoint,
+        id: WorkspaceId,
+        is_upgrade: bool,
+        principal: &mut Option<Principal>,
+    ) -> Result<Reply, GatewayError> {
+        if is_upgrade {
+            return Err(GatewayError::BadPath);
+        }
+        let is_get = req.method == Method::GET || req.method == Method::HEAD;
+        let method_ok = match endpoint {
+            Endpoint::IdeToken | Endpoint::TerminalToken => req.method == Method::POST,
+            Endpoint::IdeBootstrap | Endpoint::AgentStatus => is_get,
+        };
+        if !method_ok {
+            return Err(GatewayError::MethodNotAllowed);
+        }
+        let route = match endpoint {
+            Endpoint::TerminalToken => self.routes.workspace_route(),
+            _ => self.routes.ide_route(),
+        }
+        .ok_or(GatewayError::NoRoute)?;
+        let key = route.key(&id);
+        let (found, _) = self.records.get(&key).await;
+        let rec = found?.ok_or(GatewayError::UnknownWorkspace)?;
+        let owner = record::read(route, &key, &rec, None)?.owner;
+
+        if endpoint == Endpoint::IdeBootstrap {
+            return self.bootstrap(req, route, &id, owner, principal).await;
+        }
+        // Everything else: the owner's app session, from its own origin.
+        let user = self.auth.session_owner(&self.records, req, owner).await??;
+        self.auth.check_origin(req, false, self.proto)?;
+        *principal = Some(Principal {
+            user: user.clone(),
+            method: AuthMethod::Session,
+        });
+        match endpoint {
+            Endpoint::IdeToken => {
+                let (token, ttl) = self.mint(TokenType::DevIde, &id, &user)?;
+                let host = crate::headers::browser_host(req)?;
+                let path = self.api.ide_bootstrap.replace("{id}", id.as_str());
+                let url = format!("{}://{host}{path}?token={token}", self.proto);
+                Ok(token_reply(&token, ttl, &url))
+            }
+            Endpoint::TerminalToken => {
+                let (token, ttl) = self.mint(TokenType::Terminal, &id, &user)?;
+                let ws_host = route.host_for(&id).ok_or(GatewayError::Internal)?;
+                // The workspace host is served on the port the browser reached this one on.
+                let host = crate::headers::browser_host(req)?;
+                let port = crate::headers::host_port(host)
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default();
+                let scheme = if self.proto == "https" { "wss" } else { "ws" };
+                let url = format!(
+                    "{scheme}://{ws_host}{port}{}?token={token}",
+                    self.auth.agent_ws_path
+                );
+                Ok(token_reply(&token, ttl, &url))
+            }
+            Endpoint::AgentStatus => {
+                let (found, _) = self
+                    .records
+                    .get(&self.auth.agent_key.key(id.as_str()))
+                    .await;
+                let state = found?.ok_or(GatewayError::UnknownWorkspace)?;
+                let obj: serde_json::Map<String, serde_json::Value> = state
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect();
+                Ok(Reply::json(200, &serde_json::Value::Object(obj)))
+            }
+            Endpoint::IdeBootstrap => Err(GatewayError::Internal),
+        }
+    }
+
+    fn mint(
+        &self,
+        typ: TokenType,
+        id: &WorkspaceId,
+        user: &str,
+    ) -> Result<(String, u64), GatewayError> {
+        self.auth.tokens.mint(typ, id, user).map_err(|e| {
+            log::error!("cannot mint a {typ:?} token: {e}");
+            GatewayError::Internal
+        })
+    }
+
+    /// Spend a dev-ide token once and swap it for the ide cookie.
+    async fn bootstrap(
+        &self,
+        req: &RequestHeader,
+        route: &Route,
+        id: &WorkspaceId,
+        owner: &str,
+        principal: &mut Option<Principal>,
+    ) -> Result<Reply, GatewayError> {
+        let token = presented_token(req).ok_or(GatewayError::Unauthenticated)?;
+        let v = self
+            .auth
+            .tokens
+            .verify(&token, TokenType::DevIde, id)
+            .map_err(|e| match e {
+                crate::auth::token::TokenError::Invalid => GatewayError::Unauthenticated,
+                _ => GatewayError::Forbidden,
+            })?;
+        if v.sub != owner {
+            return Err(GatewayError::Forbidden);
+        }
+        // Keep the mark as long as the token could still verify.
+        let keep = v.exp.saturating_sub(now()) + 5;
+        if !self
+            .records
+            .spend_once(&self.auth.jti_key.key(&v.jti), keep)
+            .await?
+        {
+            return Err(GatewayError::Unauthenticated);
+        }
+        let (cookie, ttl) = self.mint(TokenType::IdeSession, id, &v.sub)?;
+        *principal = Some(Principal {
+            user: v.sub,
+            method: AuthMethod::DevIdeToken,
+        });
+        let prefix = route.prefix_for(id).ok_or(GatewayError::Internal)?;
+        let secure = if self.auth.cookie_secure {
+            "; Secure"
+        } else {
+            ""
+        };
+        let mut reply = Reply::redirect(prefix.clone());
+        reply.headers.extend([
+            (
+                "set-cookie",
+                format!(
+                    "{}={cookie}; Path={prefix}; Max-Age={ttl}; HttpOnly; SameSite=Lax{secure}",
+                    self.auth.ide_cookie
+                ),
+            ),
+            ("cache-control", "no-store".into()),
+            ("referrer-policy", "no-referrer".into()),
+        ]);
+        Ok(reply)
+    }
+}
+
+fn token_reply(token: &str, ttl: u64, url: &str) -> Reply {
+    Reply::json(
+        200,
+        &serde_json::json!({ "token": token, "expires_in": ttl, "url": url }),
+    )
+}

@@ -1,0 +1,136 @@
+//! The app's session cookie: parsing `Cookie` headers, and `session:{sid}` in Redis (through the
+//! record cache, so an invalidation message drops a session as it drops a route). Called by
+//! `auth::Auth::authorize` from `request_filter`.
+
+use super::token::now;
+use crate::error::GatewayError;
+use crate::route::store::Records;
+use pingora::http::RequestHeader;
+
+/// Every value of cookie `name` in the request's `Cookie` headers, in order (a sibling
+/// subdomain can toss a second cookie of the same name; each is tried, none trusted blindly).
+pub fn cookie_values<'r>(req: &'r RequestHeader, name: &str) -> Vec<&'r str> {
+    let mut out = Vec::new();
+    for h in req.headers.get_all(http::header::COOKIE) {
+        let Ok(h) = h.to_str() else { continue };
+        for pair in h.split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=') {
+                if k.trim() == name {
+                    let v = v.trim();
+                    let v = v
+                        .strip_prefix('"')
+                        .and_then(|x| x.strip_suffix('"'))
+                        .unwrap_or(v);
+                    if !v.is_empty() && out.len() < 4 {
+                        out.push(v);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `Cookie` header without the named cookies; `None` when nothing is left.
+pub fn without_cookies(req: &RequestHeader, names: &[&str]) -> Option<String> {
+    let mut kept = String::new();
+    for h in req.headers.get_all(http::header::COOKIE) {
+        let Ok(h) = h.to_str() else { continue };
+        for pair in h.split(';') {
+            let pair = pair.trim();
+            if pair.is_empty() {
+                continue;
+            }
+            let name = pair.split_once('=').map_or(pair, |(k, _)| k).trim();
+            if names.contains(&name) {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
+        }
+    }
+    (!kept.is_empty()).then_some(kept)
+}
+
+/// A session id worth asking Redis about: bounded, printable, no key-template tricks.
+fn plausible_sid(sid: &str) -> bool {
+    (1..=256).contains(&sid.len())
+        && sid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~+/=%".contains(&b))
+}
+
+/// The user of session `sid`, `None` when there is no valid session (unknown, expired,
+/// malformed). Redis unreachable is an error: auth fails closed.
+pub async fn session_user(
+    records: &Records,
+    key_head: &str,
+    key_tail: &str,
+    sid: &str,
+) -> Result<Option<String>, GatewayError> {
+    if !plausible_sid(sid) {
+        return Ok(None);
+    }
+    let key = format!("{key_head}{sid}{key_tail}");
+    let (found, _) = records.get_secret(&key).await;
+    let Some(rec) = found? else { return Ok(None) };
+    let Some(user) = rec.get("user").filter(|u| !u.is_empty()) else {
+        log::warn!("session record without a user field (key redacted)");
+        return Ok(None);
+    };
+    if let Some(exp) = rec.get("expires_at") {
+        match exp.trim().parse::<u64>() {
+            Ok(exp) if exp > now() => {}
+            Ok(_) => return Ok(None),
+            Err(_) => {
+                log::warn!("session record with a malformed expires_at (key redacted)");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(user.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(cookies: &[&str]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).expect("req");
+        for c in cookies {
+            r.append_header("cookie", *c).expect("cookie");
+        }
+        r
+    }
+
+    #[test]
+    fn cookie_parsing_table() {
+        let r = req(&["a=1; session=abc; b=\"2\"", "session=def"]);
+        assert_eq!(cookie_values(&r, "session"), vec!["abc", "def"]);
+        assert_eq!(cookie_values(&r, "b"), vec!["2"]);
+        assert!(cookie_values(&r, "sess").is_empty());
+        assert!(cookie_values(&req(&["session="]), "session").is_empty());
+        assert!(cookie_values(&req(&["garbage"]), "session").is_empty());
+    }
+
+    #[test]
+    fn credential_cookies_are_removed_and_others_kept() {
+        let r = req(&["a=1; session=abc; edgegate_ide=x.y.z; b=2"]);
+        assert_eq!(
+            without_cookies(&r, &["session", "edgegate_ide"]).as_deref(),
+            Some("a=1; b=2")
+        );
+        assert_eq!(without_cookies(&req(&["session=abc"]), &["session"]), None);
+    }
+
+    #[test]
+    fn implausible_session_ids_are_not_looked_up() {
+        assert!(plausible_sid("c0ffee-123_abc"));
+        assert!(!plausible_sid(""));
+        assert!(!plausible_sid("a b"));
+        assert!(!plausible_sid("x}{y"));
+        assert!(!plausible_sid(&"a".repeat(300)));
+    }
+}
