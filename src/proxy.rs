@@ -113,12 +113,14 @@ impl Gateway {
                     .auth
                     .authorize(
                         &self.records,
-                        req,
+                        &auth::Asking {
+                            req,
+                            is_upgrade: ctx.is_upgrade,
+                            proto: self.proto,
+                        },
                         m.route,
                         &m.id,
                         rr.owner,
-                        ctx.is_upgrade,
-                        self.proto,
                     )
                     .await?;
                 let addr = self.resolver.resolve(&rr.upstream).await?;

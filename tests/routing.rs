@@ -45,8 +45,8 @@ async fn host_route_reaches_backend_with_browser_host_origin_and_forwarded_heade
     assert_eq!(s.header_count("x-forwarded-host"), 1);
     assert_eq!(
         s.header("x-edgegate-user"),
-        None,
-        "client identity header removed"
+        Some(OWNER),
+        "the verified user replaces the client's copy"
     );
     assert_eq!(s.header("x-edgegate-workspace"), Some(ID_A));
     let rid = r
@@ -191,17 +191,16 @@ async fn duplicate_or_missing_host_is_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ide_tunnel_strips_prefix_and_redirects_the_bare_prefix() {
     let w = World::start("").await;
-    w.redis.hset(
-        &format!("dev:{ID_A}"),
-        &[("target", &w.b.addr.to_string()), ("owner", "user-1")],
-    );
+    w.redis.dev(ID_A, &w.b.addr.to_string());
     let app = w.gw.app_host();
     let lower = ID_A.to_ascii_lowercase();
+    let token = mint(edgegate::auth::token::TokenType::DevIde, ID_A, OWNER);
+    let bearer = format!("Bearer {token}");
     let r =
         w.gw.get(
             &app,
             &format!("/__ide/{lower}/static/main.js?v=2"),
-            &[("Origin", "http://x.test")],
+            &[("Origin", "http://x.test"), ("Authorization", &bearer)],
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -228,12 +227,14 @@ async fn ide_route_can_keep_its_prefix() {
         "upstream_field = \"target\"\nstrip_prefix = false",
     );
     let gw = Gateway::start(&text);
-    redis.hset(
-        &format!("dev:{ID_A}"),
-        &[("target", &b.addr.to_string()), ("owner", "u")],
-    );
+    redis.dev(ID_A, &b.addr.to_string());
+    let token = mint(edgegate::auth::token::TokenType::DevIde, ID_A, OWNER);
     let r = gw
-        .get(&gw.app_host(), &format!("/__ide/{ID_A}/x"), &[])
+        .get(
+            &gw.app_host(),
+            &format!("/__ide/{ID_A}/x?token={token}"),
+            &[],
+        )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(b.seen()[0].target, format!("/__ide/{ID_A}/x"));
@@ -261,6 +262,7 @@ async fn host_can_be_set_to_the_upstreams_per_route() {
         1,
     );
     let gw = Gateway::start(&text);
+    redis.sessions();
     redis.workspace(ID_A, &a.addr.to_string());
     let browser = gw.ws_host(ID_A);
     let r = gw.get(&browser, "/", &[]).await;
@@ -357,6 +359,7 @@ async fn dns_named_backend_resolves_and_an_unresolvable_name_is_502() {
         .expect("upstream");
     let app = upstream("app").await;
     let gw = Gateway::start(&config_text(free_port(), redis.port, app.addr, ""));
+    redis.sessions();
     redis.workspace(ID_A, &format!("localhost:{}", up.addr.port()));
     redis.workspace(ID_B, "vm-does-not-exist.invalid");
     let r = gw.get(&gw.ws_host(ID_A), "/", &[]).await;

@@ -15,14 +15,17 @@ async fn concurrent_misses_for_one_key_cost_one_redis_call() {
     for _ in 0..50 {
         let (addr, host) = (w.gw.addr, host.clone());
         tasks.push(tokio::spawn(async move {
-            let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            let req = format!(
+                "GET / HTTP/1.1\r\nHost: {host}\r\nCookie: session={OWNER_SESSION}\r\nConnection: close\r\n\r\n"
+            );
             raw(addr, req.as_bytes()).await.status
         }));
     }
     for t in tasks {
         assert_eq!(t.await.expect("task"), 200);
     }
-    assert_eq!(w.redis.calls("hgetall") - before, 1);
+    // One per key, however many requests: the workspace record and the owner's session.
+    assert_eq!(w.redis.calls("hgetall") - before, 2);
     assert_eq!(w.a.count(), 50);
 }
 
@@ -98,6 +101,7 @@ async fn gateway_starts_without_redis_answers_503_and_recovers_when_redis_comes(
     assert_eq!(gw.get(&gw.app_host(), "/", &[]).await.status, 200);
 
     redis.spawn();
+    redis.sessions();
     redis.workspace(ID_A, &a.addr.to_string());
     let ok = eventually(Duration::from_secs(5), || async {
         gw.get(&gw.ws_host(ID_A), "/", &[]).await.status == 200
@@ -122,6 +126,7 @@ async fn redis_restart_is_survived_without_restarting_the_gateway() {
     assert!(down, "an uncached lookup with Redis down is 503");
 
     w.redis.spawn();
+    w.redis.sessions();
     w.redis.workspace(ID_A, &w.b.addr.to_string());
     let back = eventually(Duration::from_secs(5), || async {
         w.gw.get(&host, "/", &[]).await.header("x-upstream") == Some("upstream-b")

@@ -22,9 +22,15 @@ async fn sixty_interleaved_upgrades_each_reach_their_own_workspace() {
         let gw = w.gw.addr;
         tasks.push(tokio::spawn(async move {
             let origin = format!("http://{host}");
-            let mut ws = ws_connect(gw, &host, "/agent/ws", &[("origin", &origin)])
-                .await
-                .expect("upgrade accepted");
+            let cookie = format!("session={OWNER_SESSION}");
+            let mut ws = ws_connect(
+                gw,
+                &host,
+                "/agent/ws",
+                &[("origin", &origin), ("cookie", &cookie)],
+            )
+            .await
+            .expect("upgrade accepted");
             for n in 0..3 {
                 let reply = ws_roundtrip(&mut ws, &format!("m{i}-{n}")).await;
                 assert_eq!(reply, format!("{want}:m{i}-{n}"));
@@ -58,7 +64,10 @@ async fn one_client_connection_never_carries_a_target_to_its_next_request() {
         .await
         .expect("connect");
     // A plain keep-alive request for A, then an upgrade for B on the same connection.
-    let first = format!("GET /a HTTP/1.1\r\nHost: {}\r\n\r\n", w.gw.ws_host(ID_A));
+    let first = format!(
+        "GET /a HTTP/1.1\r\nHost: {}\r\nCookie: session={OWNER_SESSION}\r\n\r\n",
+        w.gw.ws_host(ID_A)
+    );
     s.write_all(first.as_bytes()).await.expect("write");
     let mut buf = vec![0u8; 8192];
     let mut got = Vec::new();
@@ -76,8 +85,8 @@ async fn one_client_connection_never_carries_a_target_to_its_next_request() {
     };
     assert_eq!(resp.header("x-upstream"), Some("upstream-a"));
     let second = format!(
-        "GET /agent/ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        w.gw.ws_host(ID_B)
+        "GET /agent/ws HTTP/1.1\r\nHost: {h}\r\nOrigin: http://{h}\r\nCookie: session={OWNER_SESSION}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        h = w.gw.ws_host(ID_B)
     );
     s.write_all(second.as_bytes()).await.expect("write");
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
@@ -111,10 +120,7 @@ fn parse_partial(buf: &[u8]) -> Option<Resp> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upgrades_get_json_errors_never_redirects() {
     let w = World::start("").await;
-    w.redis.hset(
-        &format!("dev:{ID_A}"),
-        &[("target", &w.a.addr.to_string()), ("owner", "u")],
-    );
+    w.redis.dev(ID_A, &w.a.addr.to_string());
     let upgrade = |host: String, path: String| {
         format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -140,7 +146,10 @@ async fn refused_upgrades_get_json_errors_never_redirects() {
     let mut ws = ws_connect(
         w.gw.addr,
         &w.gw.app_host(),
-        &format!("/__ide/{ID_A}/socket?x=1"),
+        &format!(
+            "/__ide/{ID_A}/socket?x=1&token={}",
+            mint(edgegate::auth::token::TokenType::DevIde, ID_A, OWNER)
+        ),
         &[],
     )
     .await
@@ -155,9 +164,16 @@ async fn websocket_idle_for_70s_still_round_trips() {
     let w = World::start("").await;
     w.redis.workspace(ID_A, &w.a.addr.to_string());
     let host = w.gw.ws_host(ID_A);
-    let mut ws = ws_connect(w.gw.addr, &host, "/agent/ws", &[])
-        .await
-        .expect("upgrade");
+    let origin = format!("http://{host}");
+    let cookie = format!("session={OWNER_SESSION}");
+    let mut ws = ws_connect(
+        w.gw.addr,
+        &host,
+        "/agent/ws",
+        &[("origin", &origin), ("cookie", &cookie)],
+    )
+    .await
+    .expect("upgrade");
     assert_eq!(ws_roundtrip(&mut ws, "before").await, "upstream-a:before");
     tokio::time::sleep(Duration::from_secs(70)).await;
     assert_eq!(ws_roundtrip(&mut ws, "after").await, "upstream-a:after");

@@ -13,6 +13,15 @@ use crate::route::{Route, WorkspaceId};
 use pingora::http::RequestHeader;
 use token::{TokenError, TokenKeys, TokenType};
 
+/// The request being authorised, as the auth decision needs it.
+#[derive(Clone, Copy)]
+pub struct Asking<'a> {
+    pub req: &'a RequestHeader,
+    pub is_upgrade: bool,
+    /// The scheme the client used (`http`/`https`), for the request's own origin.
+    pub proto: &'a str,
+}
+
 /// Who a request was verified to be, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -124,13 +133,16 @@ impl Auth {
     pub async fn authorize(
         &self,
         records: &Records,
-        req: &RequestHeader,
+        request: &Asking<'_>,
         route: &Route,
         id: &WorkspaceId,
         owner: &str,
-        is_upgrade: bool,
-        proto: &str,
     ) -> Result<Option<Principal>, GatewayError> {
+        let Asking {
+            req,
+            is_upgrade,
+            proto,
+        } = *request;
         let methods = &route.auth;
         if methods.contains(&AuthMethod::None) {
             return Ok(None);

@@ -15,6 +15,34 @@ use tokio::net::TcpStream;
 pub const ID_A: &str = "01HZX3M9Q4T8V6W2Y5B7C9D1EF";
 pub const ID_B: &str = "01J0AAAAAAAAAAAAAAAAAAAAAB";
 pub const DOMAIN: &str = "example.test";
+/// The owner of the records `Redis::workspace` writes, and two app sessions.
+pub const OWNER: &str = "user-1";
+pub const OWNER_SESSION: &str = "sess-owner";
+pub const OTHER_SESSION: &str = "sess-other";
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+
+/// A file holding the HS256 test secret (written once per test process).
+pub fn secret_file() -> String {
+    let path = std::env::temp_dir().join(format!("edgegate-test-secret-{}", std::process::id()));
+    if !path.exists() {
+        std::fs::write(&path, SECRET).expect("write secret");
+    }
+    path.display().to_string()
+}
+
+/// Token keys equal to the gateway's, for minting test tokens.
+pub fn keys() -> edgegate::auth::token::TokenKeys {
+    let cfg = edgegate::config::TokenConfig {
+        secret_file: Some(secret_file().into()),
+        ..Default::default()
+    };
+    edgegate::auth::token::TokenKeys::from_config(&cfg, 43200).expect("test keys")
+}
+
+pub fn mint(typ: edgegate::auth::token::TokenType, id: &str, user: &str) -> String {
+    let id = edgegate::route::WorkspaceId::parse(id).expect("id");
+    keys().mint(typ, &id, user).expect("mint").0
+}
 
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -112,10 +140,23 @@ impl Redis {
             &format!("workspace:{id}"),
             &[
                 ("backend", backend),
-                ("owner", "user-1"),
+                ("owner", OWNER),
                 ("status", "running"),
             ],
         );
+    }
+
+    pub fn dev(&self, id: &str, target: &str) {
+        self.hset(
+            &format!("dev:{id}"),
+            &[("target", target), ("owner", OWNER)],
+        );
+    }
+
+    /// The owner's and another user's app sessions.
+    pub fn sessions(&self) {
+        self.hset(&format!("session:{OWNER_SESSION}"), &[("user", OWNER)]);
+        self.hset(&format!("session:{OTHER_SESSION}"), &[("user", "user-2")]);
     }
 
     pub fn publish(&self, channel: &str, msg: &str) {
@@ -185,11 +226,18 @@ invalidate_channel = "edgegate:invalidate"
 connect_timeout_ms = 300
 command_timeout_ms = 500
 
+[auth]
+cookie_secure = false
+[auth.tokens]
+secret_file = "{secret}"
+
 [[route]]
 name = "workspace"
 host = "ws-{{id}}.{{base_domain}}"
 key = "workspace:{{id}}"
 status_field = "status"
+auth = ["session", "terminal_token"]
+forward_token = true
 
 [[route]]
 name = "workspace_port"
@@ -203,12 +251,14 @@ name = "ide"
 path = "/__ide/{{id}}/"
 key = "dev:{{id}}"
 upstream_field = "target"
+auth = ["ide_cookie", "dev_ide_token"]
 
 [default]
 hosts = ["{{base_domain}}", "app.{{base_domain}}"]
 upstream = "{app}"
 {extra}
-"#
+"#,
+        secret = secret_file()
     )
 }
 
@@ -247,10 +297,28 @@ impl Gateway {
         format!("app.{DOMAIN}:{}", self.port)
     }
 
+    /// GET with the owner's app session cookie (routing tests; auth tests use `request`).
     pub async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        let cookie = format!("session={OWNER_SESSION}");
+        let mut all = vec![("Cookie", cookie.as_str())];
+        all.extend_from_slice(headers);
+        self.request("GET", host, path, &all).await
+    }
+
+    /// Any request, with exactly the headers given.
+    pub async fn request(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if method == "POST" {
+            req.push_str("Content-Length: 0\r\n");
         }
         req.push_str("\r\n");
         raw(self.addr, req.as_bytes()).await
@@ -277,6 +345,9 @@ impl World {
         let b = upstream("upstream-b").await;
         let app = upstream("app").await;
         let gw = Gateway::start(&config_text(free_port(), redis.port, app.addr, extra));
+        if redis.child.is_some() {
+            redis.sessions();
+        }
         World {
             redis,
             a,
