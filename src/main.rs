@@ -35,11 +35,34 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Tokens, for operators and tests.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Run a self-contained demo: built-in routes, a built-in upstream, no Redis.
     Demo {
         /// Address of the demo gateway.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a freshly minted token signed with the configured key.
+    Mint {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// `dev-ide` or `terminal`.
+        #[arg(long = "type")]
+        typ: String,
+        /// The workspace id the token is scoped to.
+        #[arg(long)]
+        id: String,
+        /// The user (`sub`); must be the record's owner to be accepted.
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -65,7 +88,47 @@ fn main() -> ExitCode {
             };
             run(&config, Some(opt))
         }
+        Command::Token {
+            command:
+                TokenCommand::Mint {
+                    config,
+                    typ,
+                    id,
+                    user,
+                },
+        } => mint(&config, &typ, &id, &user),
         Command::Demo { listen } => demo(&listen),
+    }
+}
+
+fn mint(config: &std::path::Path, typ: &str, id: &str, user: &str) -> ExitCode {
+    use edgegate::auth::token::{TokenKeys, TokenType};
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    let Some(typ) = TokenType::parse(typ).filter(|t| *t != TokenType::IdeSession) else {
+        return usage_error(&"--type: must be dev-ide or terminal");
+    };
+    let Some(id) = edgegate::route::WorkspaceId::parse(id) else {
+        return usage_error(&"--id: not a valid workspace id (26-character ULID)");
+    };
+    if user.is_empty() {
+        return usage_error(&"--user: must not be empty");
+    }
+    let keys = match TokenKeys::from_config(&config.auth.tokens, config.auth.ide_cookie_ttl_secs) {
+        Ok(k) => k,
+        Err(e) => return usage_error(&e),
+    };
+    match keys.mint(typ, &id, user) {
+        Ok((token, _)) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edgegate: cannot mint: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
