@@ -11,6 +11,7 @@ pub mod ctx;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod logging;
 pub mod proxy;
 pub mod route;
 pub mod upstream;

@@ -67,7 +67,7 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    edgegate::logging::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {

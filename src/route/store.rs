@@ -301,7 +301,8 @@ pub fn spawn_invalidation_listener(
                 Ok(Err(e)) => log::debug!("invalidation subscriber cannot connect: {e}"),
                 Err(_) => log::debug!("invalidation subscriber: connect timed out"),
             }
-            invalidate(None);
+            // Cached entries stay while Redis is away (nobody can change records then); the
+            // clear on resubscription covers messages missed in between.
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
