@@ -753,3 +753,69 @@ fn token_mint_cli_prints_a_token_the_gateway_accepts() {
         .expect("run");
     assert_eq!(bad.status.code(), Some(64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_session_stops_working_as_soon_as_it_is_invalidated() {
+    // A long TTL: only the message can explain the refusal.
+    let w = World::start("[cache]\nttl_ms = 60000\n").await;
+    w.redis.wait_for_subscriber("edgegate:invalidate");
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    assert_eq!(
+        send(&w, &host, "/", Cred::Session(OWNER_SESSION))
+            .await
+            .status,
+        200
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(format!("session:{OWNER_SESSION}"))
+        .query(&mut w.redis.conn())
+        .expect("DEL");
+    assert_eq!(
+        send(&w, &host, "/", Cred::Session(OWNER_SESSION))
+            .await
+            .status,
+        200,
+        "still cached"
+    );
+    w.redis
+        .publish("edgegate:invalidate", &format!("session:{OWNER_SESSION}"));
+    let refused = eventually(std::time::Duration::from_secs(1), || async {
+        send(&w, &host, "/", Cred::Session(OWNER_SESSION))
+            .await
+            .status
+            == 401
+    })
+    .await;
+    assert!(refused, "the revoked session is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_route_upgrades_take_the_owners_session_from_its_own_origin() {
+    let w = world().await;
+    let host = format!("ws-{ID_A}--{}.{DOMAIN}:{}", w.a.addr.port(), w.gw.port);
+    let origin = format!("http://{host}");
+    let owner = format!("session={OWNER_SESSION}");
+    let other = format!("session={OTHER_SESSION}");
+    let mut ws = ws_connect(
+        w.gw.addr,
+        &host,
+        "/socket",
+        &[("cookie", &owner), ("origin", &origin)],
+    )
+    .await
+    .expect("owner's upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "p").await, "upstream-a:p");
+    for headers in [
+        vec![("origin", origin.as_str())],
+        vec![("cookie", &other), ("origin", &origin)],
+    ] {
+        let Err(tokio_tungstenite::tungstenite::Error::Http(r)) =
+            ws_connect(w.gw.addr, &host, "/socket", &headers).await
+        else {
+            panic!("accepted")
+        };
+        assert!(matches!(r.status().as_u16(), 401 | 403));
+    }
+    assert_eq!(w.a.count(), 1);
+}
