@@ -42,6 +42,44 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The operator's listener: `/metrics`, `/healthz`, `/readyz`. Never the public one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `ip:port`; an empty string turns the admin listener off.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9901".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// edgegate's log level (`error` … `trace`); `RUST_LOG` overrides it.
+    pub level: String,
+    /// Where the JSON access log goes: `stdout`, `stderr`, `off`, or a file path (appended).
+    pub access_log: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            access_log: "stdout".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,6 +315,18 @@ pub enum AuthMethod {
     None,
 }
 
+impl AuthMethod {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthMethod::Session => "session",
+            AuthMethod::TerminalToken => "terminal_token",
+            AuthMethod::IdeCookie => "ide_cookie",
+            AuthMethod::DevIdeToken => "dev_ide_token",
+            AuthMethod::None => "none",
+        }
+    }
+}
+
 fn default_auth() -> Vec<AuthMethod> {
     vec![AuthMethod::Session]
 }
@@ -462,6 +512,37 @@ impl Config {
                     format!("{p:?} is not an IP or CIDR"),
                 )
             })?;
+        }
+        if !self.admin.listen.is_empty() {
+            let admin: SocketAddr = self.admin.listen.parse().map_err(|_| {
+                bad(
+                    "admin.listen",
+                    format!("{:?} is not ip:port", self.admin.listen),
+                )
+            })?;
+            if self
+                .listen
+                .http
+                .iter()
+                .any(|h| h.parse::<SocketAddr>().ok() == Some(admin))
+            {
+                return Err(bad(
+                    "admin.listen",
+                    "must differ from every public listener",
+                ));
+            }
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) {
+            return Err(bad(
+                "log.level",
+                format!(
+                    "{:?} is not error, warn, info, debug or trace",
+                    self.log.level
+                ),
+            ));
+        }
+        if self.log.access_log.is_empty() {
+            return Err(bad("log.access_log", "stdout, stderr, off, or a file path"));
         }
         if self.server.threads == 0 {
             return Err(bad("server.threads", "must be at least 1"));

@@ -3,6 +3,7 @@
 //! inherit a target. Created by `new_ctx`, filled by `request_filter`, read by the later hooks.
 
 use crate::auth::Principal;
+use crate::config::AuthMethod;
 use crate::error::GatewayError;
 use crate::route::WorkspaceId;
 use crate::upstream::Target;
@@ -28,6 +29,15 @@ pub struct RequestCtx {
     pub strip_credentials: bool,
     /// Remove `Authorization` before the upstream (it carried an edgegate token).
     pub strip_authorization: bool,
+    /// The credential that was tried (or used), and the decision.
+    pub auth_method: Option<AuthMethod>,
+    pub auth_result: &'static str,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Set when the upstream answered an upgrade with 101.
+    pub ws_opened: Option<Instant>,
+    /// Which side of an upgraded connection finished first (`client`, `upstream`).
+    pub ws_first_end: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -43,7 +53,18 @@ impl RequestCtx {
             principal: None,
             strip_credentials: false,
             strip_authorization: false,
+            auth_method: None,
+            auth_result: "none",
+            bytes_in: 0,
+            bytes_out: 0,
+            ws_opened: None,
+            ws_first_end: None,
         }
+    }
+
+    /// The matched route's name, `-` before routing.
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().unwrap_or("-")
     }
 }
 

@@ -4,6 +4,8 @@
 //! (`proxy::Gateway`); `main` runs it, and the tests start it on an ephemeral port with
 //! `BackgroundGateway`. The request path is described at the top of `proxy.rs`.
 
+pub mod access;
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -12,6 +14,7 @@ pub mod demo;
 pub mod error;
 pub mod headers;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod upstream;
@@ -46,20 +49,31 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String>
         }
         StoreKind::Static => None,
     };
-    let store = store::build(config, redis_rt.as_deref())?;
+    let metrics = Arc::new(metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+    let store = store::build(config, redis_rt.as_deref(), metrics.clone())?;
     let cache = Records::new_cache(config);
     if let Some(handle) = redis_rt.as_ref().and_then(|r| r.handle()) {
-        let c = cache.clone();
+        let (c, m) = (cache.clone(), metrics.clone());
         let invalidate: Invalidate = Arc::new(move |key: Option<&str>| match key {
             Some(k) => {
+                m.cache_invalidations.inc();
                 c.invalidate(k);
             }
             None => c.clear(),
         });
         store::spawn_invalidation_listener(&handle, &config.redis, invalidate)?;
     }
-    let records = Records::new(store, cache, config);
-    let gateway = proxy::Gateway::new(config, records)?.with_runtime(redis_rt);
+    let records = Records::new(store.clone(), cache, config, metrics.clone());
+    let gateway = proxy::Gateway::new(config, records, metrics.clone())?.with_runtime(redis_rt);
+
+    if !config.admin.listen.is_empty() {
+        let mut admin = pingora::services::listening::Service::new(
+            "edgegate-admin".to_string(),
+            admin::Admin::new(metrics, store),
+        );
+        admin.add_tcp(&config.admin.listen);
+        server.add_service(admin);
+    }
 
     let mut service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "edgegate");

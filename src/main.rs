@@ -67,7 +67,6 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
-    edgegate::logging::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
@@ -82,6 +81,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return usage_error(&e),
             };
+            edgegate::logging::init(&config.log.level);
             let opt = pingora::server::configuration::Opt {
                 upgrade,
                 ..Default::default()
@@ -167,6 +167,7 @@ fn demo(listen: &str) -> ExitCode {
     if let Err(e) = config.validate() {
         return usage_error(&e);
     }
+    edgegate::logging::init(&config.log.level);
     // The built-in upstream runs on a runtime of its own for the life of the process.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -5,21 +5,25 @@
 //!                          (or an answer of edgegate's own: api.rs, a redirect, a JSON error)
 //! upstream_peer:           ctx.target → HttpPeer (group_key per workspace)
 //! upstream_request_filter: forwarded headers, identity headers, stripped path
-//! response_filter:         X-Request-Id back to the client
+//! response_filter:         X-Request-Id back to the client; a 101 opens a WebSocket
+//! *_body_filter:           bytes in and out, which side of a WebSocket ended first
 //! fail_to_proxy:           upstream refused/timed out → 502/504 JSON
-//! logging:                 access line
+//! logging:                 metrics and the access log line (metrics.rs, access.rs)
 //! ```
 
+use crate::access::{self, AccessLog};
 use crate::api::Reply;
 use crate::auth::{self, Auth};
 use crate::config::{ApiConfig, AuthMethod, Config, UpstreamConfig};
 use crate::ctx::RequestCtx;
 use crate::error::{self, GatewayError};
 use crate::headers::{self, Forwarding, IpNet};
+use crate::metrics::{self, Metrics};
 use crate::route::store::{Records, RedisRuntime};
 use crate::route::{record, RouteMatch, RouteTable};
 use crate::upstream::{self, Resolver, Target};
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -38,12 +42,18 @@ pub struct Gateway {
     upstream: UpstreamConfig,
     trusted_proxies: Vec<IpNet>,
     ws_idle_timeout: Duration,
+    pub(crate) metrics: Arc<Metrics>,
+    access_log: AccessLog,
     /// Keeps the Redis connection's runtime alive as long as the service.
     _redis_runtime: Option<Arc<RedisRuntime>>,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, records: Records) -> std::result::Result<Self, String> {
+    pub fn new(
+        config: &Config,
+        records: Records,
+        metrics: Arc<Metrics>,
+    ) -> std::result::Result<Self, String> {
         Ok(Self {
             routes: RouteTable::new(config).map_err(|e| e.to_string())?,
             records,
@@ -59,6 +69,8 @@ impl Gateway {
             upstream: config.upstream.clone(),
             trusted_proxies: config.trusted_proxies(),
             ws_idle_timeout: config.ws_idle_timeout(),
+            metrics,
+            access_log: AccessLog::open(&config.log.access_log)?,
             _redis_runtime: None,
         })
     }
@@ -109,7 +121,7 @@ impl Gateway {
                 let rr = record::read(m.route, &key, &rec, m.port)?;
                 // Auth decides before anything is resolved or connected: a refusal returns
                 // here, with no target bound.
-                ctx.principal = self
+                let decision = self
                     .auth
                     .authorize(
                         &self.records,
@@ -121,8 +133,22 @@ impl Gateway {
                         m.route,
                         &m.id,
                         rr.owner,
+                        &mut ctx.auth_method,
                     )
-                    .await?;
+                    .await;
+                let result = match &decision {
+                    Ok(Some(_)) => "ok",
+                    Ok(None) => "open",
+                    Err(GatewayError::Forbidden) => "forbidden",
+                    Err(GatewayError::Unauthenticated) => "unauthenticated",
+                    Err(_) => "error",
+                };
+                ctx.auth_result = result;
+                self.metrics
+                    .auth_decisions
+                    .with_label_values(&[ctx.auth_method.map_or("none", |m| m.as_str()), result])
+                    .inc();
+                ctx.principal = decision?;
                 let addr = self.resolver.resolve(&rr.upstream).await?;
                 // Credentials stop here: edgegate's cookies always, a Bearer when it was
                 // ours, and `?token=` unless the route's upstream validates it too.
@@ -244,8 +270,47 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.is_upgrade && upstream_response.status.as_u16() == 101 {
+            ctx.ws_opened = Some(std::time::Instant::now());
+            self.metrics
+                .websockets_open
+                .with_label_values(&[ctx.route_name()])
+                .inc();
+        }
         // The id the upstream saw, so a client report can be matched with both sides' logs.
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.bytes_in += b.len() as u64;
+        }
+        if end_of_stream && ctx.ws_opened.is_some() {
+            ctx.ws_first_end.get_or_insert("client");
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(b) = body {
+            ctx.bytes_out += b.len() as u64;
+        }
+        if end_of_stream && ctx.ws_opened.is_some() {
+            ctx.ws_first_end.get_or_insert("upstream");
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -269,6 +334,17 @@ impl ProxyHttp for Gateway {
         let code = match GatewayError::from_proxy_error(e) {
             Some(err) => {
                 let status = err.status();
+                let kind = match err {
+                    GatewayError::UpstreamTimeout => Some("timeout"),
+                    GatewayError::UpstreamRefused => Some("connect"),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    self.metrics
+                        .upstream_failures
+                        .with_label_values(&[ctx.route_name(), kind])
+                        .inc();
+                }
                 // Once the upstream's response has started, a clean error cannot follow it:
                 // the connection is closed, so the client sees a truncated response.
                 if session.response_written().is_none() {
@@ -298,19 +374,78 @@ impl ProxyHttp for Gateway {
         )
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        log::info!(
-            target: "edgegate::access",
-            "{} {} {} route={} upstream={} status={} ms={} upgrade={}",
-            ctx.request_id,
-            session.req_header().method,
-            session.req_header().uri.path(),
-            ctx.route.as_deref().unwrap_or("-"),
-            ctx.target.as_ref().map_or("-".to_string(), |t| t.addr.to_string()),
-            status,
-            ctx.started.elapsed().as_millis(),
-            ctx.is_upgrade,
-        );
+        let route = ctx.route_name();
+        let method = session.req_header().method.as_str();
+        let result = if ctx.refusal.is_some() {
+            "refused"
+        } else if ctx.target.is_some() {
+            "proxied"
+        } else if status > 0 {
+            "answered"
+        } else {
+            "dropped"
+        };
+        let elapsed = ctx.started.elapsed();
+        let m = &self.metrics;
+        m.requests
+            .with_label_values(&[route, method, metrics::status_class(status), result])
+            .inc();
+        m.request_duration
+            .with_label_values(&[route, method, result])
+            .observe(elapsed.as_secs_f64());
+        let ws_close = ctx.ws_opened.map(|opened| {
+            let cause = ws_close_cause(session, e, ctx.ws_first_end);
+            m.websockets_open.with_label_values(&[route]).dec();
+            m.websocket_duration
+                .with_label_values(&[route])
+                .observe(opened.elapsed().as_secs_f64());
+            m.websocket_closes.with_label_values(&[route, cause]).inc();
+            cause
+        });
+        if self.access_log.enabled() {
+            let req = session.req_header();
+            let time = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0);
+            self.access_log.write(&access::Entry {
+                time,
+                request_id: &ctx.request_id,
+                route,
+                method,
+                path: req.uri.path(),
+                query: req.uri.query().map(access::redact_query),
+                status,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                upstream: ctx.target.as_ref().map(|t| t.addr.to_string()),
+                bytes_in: ctx.bytes_in,
+                bytes_out: ctx.bytes_out,
+                auth_method: ctx.auth_method.map_or("none", |a| a.as_str()),
+                auth_result: ctx.auth_result,
+                error: ctx.refusal.as_ref().map(|r| r.code()),
+                ws_close,
+            });
+        }
+    }
+}
+
+/// Why an upgraded connection ended.
+fn ws_close_cause(
+    session: &Session,
+    e: Option<&Error>,
+    first_end: Option<&'static str>,
+) -> &'static str {
+    if session.is_process_shutting_down() {
+        return "shutdown";
+    }
+    match e {
+        Some(e) if matches!(e.etype(), ErrorType::ReadTimedout) => "idle_timeout",
+        Some(e) => match e.esource() {
+            pingora::ErrorSource::Downstream => "client",
+            pingora::ErrorSource::Upstream => "upstream",
+            _ => "error",
+        },
+        None => first_end.unwrap_or("client"),
     }
 }

@@ -137,6 +137,7 @@ impl Auth {
         route: &Route,
         id: &WorkspaceId,
         owner: &str,
+        attempt: &mut Option<AuthMethod>,
     ) -> Result<Option<Principal>, GatewayError> {
         let Asking {
             req,
@@ -160,6 +161,7 @@ impl Auth {
         };
         if let Some((typ, method)) = want {
             if let Some(tok) = presented_token(req) {
+                *attempt = Some(method);
                 let v = self.tokens.verify(&tok, typ, id).map_err(token_refusal)?;
                 if v.sub != owner {
                     return Err(GatewayError::Forbidden);
@@ -174,6 +176,7 @@ impl Auth {
         let mut refusal = GatewayError::Unauthenticated;
         if methods.contains(&AuthMethod::IdeCookie) {
             for value in session::cookie_values(req, &self.ide_cookie) {
+                *attempt = Some(AuthMethod::IdeCookie);
                 match self.tokens.verify(value, TokenType::IdeSession, id) {
                     Ok(v) if v.sub == owner => {
                         self.check_origin(req, is_upgrade, proto)?;
@@ -189,6 +192,9 @@ impl Auth {
             }
         }
         if methods.contains(&AuthMethod::Session) {
+            if !session::cookie_values(req, &self.session_cookie).is_empty() {
+                *attempt = Some(AuthMethod::Session);
+            }
             match self.session_owner(records, req, owner).await? {
                 Ok(user) => {
                     self.check_origin(req, is_upgrade, proto)?;

@@ -6,6 +6,7 @@
 use super::cache::{Cache, Outcome};
 use crate::config::{Config, RedisConfig, StoreKind};
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -32,6 +33,9 @@ pub trait RouteStore: Send + Sync {
 
     /// Set `key` only if absent, expiring after `ttl_secs`; `true` when this call set it.
     async fn spend_once(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreFailure>;
+
+    /// Whether the store answers now (for `/readyz`).
+    async fn ping(&self) -> bool;
 }
 
 /// The answer cached per key.
@@ -43,16 +47,27 @@ pub struct Records {
     cache: Arc<Cache<Lookup>>,
     ttl: Duration,
     negative_ttl: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Records {
-    pub fn new(store: Arc<dyn RouteStore>, cache: Arc<Cache<Lookup>>, config: &Config) -> Self {
+    pub fn new(
+        store: Arc<dyn RouteStore>,
+        cache: Arc<Cache<Lookup>>,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             store,
             cache,
             ttl: Duration::from_millis(config.cache.ttl_ms),
             negative_ttl: Duration::from_millis(config.cache.negative_ttl_ms),
+            metrics,
         }
+    }
+
+    pub fn store(&self) -> &Arc<dyn RouteStore> {
+        &self.store
     }
 
     pub fn new_cache(config: &Config) -> Arc<Cache<Lookup>> {
@@ -102,6 +117,15 @@ impl Records {
                 (res, ttl)
             })
             .await;
+        let counted = match (&lookup, outcome) {
+            (_, Outcome::Miss) => "miss",
+            (Ok(None), Outcome::Hit) => "negative_hit",
+            (_, Outcome::Hit) => "hit",
+        };
+        self.metrics
+            .cache_lookups
+            .with_label_values(&[counted])
+            .inc();
         let res = lookup.map_err(|f| match f {
             StoreFailure::Unavailable(why) => {
                 log::warn!("route store unavailable reading {log_key}: {why}");
@@ -162,6 +186,10 @@ impl RouteStore for StaticStore {
         spent.insert(key.to_string(), now + Duration::from_secs(ttl_secs));
         Ok(true)
     }
+
+    async fn ping(&self) -> bool {
+        true
+    }
 }
 
 /// Redis through the redis crate's `ConnectionManager`, which reconnects by itself. The
@@ -169,11 +197,12 @@ impl RouteStore for StaticStore {
 pub struct RedisStore {
     conn: ConnectionManager,
     command_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl RedisStore {
     /// Must be called inside the Tokio runtime that will drive the connection (see `RedisRuntime`).
-    pub fn new(cfg: &RedisConfig) -> Result<Self, String> {
+    pub fn new(cfg: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         let client = redis::Client::open(cfg.url.as_str()).map_err(|e| e.to_string())?;
         let command_timeout = Duration::from_millis(cfg.command_timeout_ms);
         let mgr_cfg = ConnectionManagerConfig::new()
@@ -186,35 +215,44 @@ impl RedisStore {
         Ok(Self {
             conn,
             command_timeout,
+            metrics,
         })
+    }
+
+    /// Run one command under the deadline, timed and counted.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        name: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreFailure> {
+        let mut conn = self.conn.clone();
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(self.command_timeout, cmd.query_async::<T>(&mut conn)).await;
+        self.metrics
+            .redis_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        let failure = match res {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if e.code() == Some("WRONGTYPE") => StoreFailure::WrongType,
+            Ok(Err(e)) => StoreFailure::Unavailable(e.to_string()),
+            Err(_) => {
+                StoreFailure::Unavailable(format!("no answer within {:?}", self.command_timeout))
+            }
+        };
+        self.metrics.redis_errors.with_label_values(&[name]).inc();
+        Err(failure)
     }
 }
 
 #[async_trait]
 impl RouteStore for RedisStore {
     async fn fetch(&self, key: &str) -> Result<Option<Record>, StoreFailure> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("HGETALL").arg(key).clone();
-        let res: redis::RedisResult<Record> =
-            match tokio::time::timeout(self.command_timeout, cmd.query_async(&mut conn)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(StoreFailure::Unavailable(format!(
-                        "no answer within {:?}",
-                        self.command_timeout
-                    )))
-                }
-            };
-        match res {
-            Ok(h) if h.is_empty() => Ok(None),
-            Ok(h) => Ok(Some(h)),
-            Err(e) if e.code() == Some("WRONGTYPE") => Err(StoreFailure::WrongType),
-            Err(e) => Err(StoreFailure::Unavailable(e.to_string())),
-        }
+        let h: Record = self.run("hgetall", redis::cmd("HGETALL").arg(key)).await?;
+        Ok((!h.is_empty()).then_some(h))
     }
 
     async fn spend_once(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreFailure> {
-        let mut conn = self.conn.clone();
         let cmd = redis::cmd("SET")
             .arg(key)
             .arg(1)
@@ -222,15 +260,14 @@ impl RouteStore for RedisStore {
             .arg("EX")
             .arg(ttl_secs)
             .clone();
-        let res: redis::RedisResult<Option<String>> =
-            match tokio::time::timeout(self.command_timeout, cmd.query_async(&mut conn)).await {
-                Ok(r) => r,
-                Err(_) => return Err(StoreFailure::Unavailable("SET NX timed out".into())),
-            };
-        match res {
-            Ok(set) => Ok(set.is_some()),
-            Err(e) => Err(StoreFailure::Unavailable(e.to_string())),
-        }
+        let set: Option<String> = self.run("set", &cmd).await?;
+        Ok(set.is_some())
+    }
+
+    async fn ping(&self) -> bool {
+        self.run::<String>("ping", &redis::cmd("PING"))
+            .await
+            .is_ok()
     }
 }
 
@@ -314,6 +351,7 @@ pub fn spawn_invalidation_listener(
 pub fn build(
     config: &Config,
     runtime: Option<&RedisRuntime>,
+    metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn RouteStore>, String> {
     match config.store.kind {
         StoreKind::Static => Ok(Arc::new(StaticStore::new(config))),
@@ -322,7 +360,7 @@ pub fn build(
                 .and_then(|r| r.handle())
                 .ok_or("the Redis store needs its runtime")?;
             let _guard = handle.enter();
-            Ok(Arc::new(RedisStore::new(&config.redis)?))
+            Ok(Arc::new(RedisStore::new(&config.redis, metrics)?))
         }
     }
 }

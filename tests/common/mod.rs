@@ -215,6 +215,8 @@ pub fn config_text(gw_port: u16, redis_port: u16, app: SocketAddr, extra: &str) 
 base_domain = "{DOMAIN}"
 [listen]
 http = ["127.0.0.1:{gw_port}"]
+[admin]
+listen = "127.0.0.1:{admin_port}"
 [server]
 threads = 2
 grace_period_seconds = 0
@@ -258,13 +260,16 @@ hosts = ["{{base_domain}}", "app.{{base_domain}}"]
 upstream = "{app}"
 {extra}
 "#,
-        secret = secret_file()
+        secret = secret_file(),
+        admin_port = free_port()
     )
 }
 
 pub struct Gateway {
     pub addr: SocketAddr,
     pub port: u16,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: SocketAddr,
     _bg: BackgroundGateway,
 }
 
@@ -272,6 +277,7 @@ impl Gateway {
     pub fn start(text: &str) -> Gateway {
         let config = Config::parse(text).expect("test config is valid");
         let addr: SocketAddr = config.listen.http[0].parse().expect("listen addr");
+        let admin: SocketAddr = config.admin.listen.parse().expect("admin addr");
         let bg = BackgroundGateway::start(&config).expect("gateway starts");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
@@ -281,9 +287,14 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        while std::net::TcpStream::connect(admin).is_err() {
+            assert!(Instant::now() < deadline, "admin did not listen on {admin}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Gateway {
             addr,
             port: addr.port(),
+            admin,
             _bg: bg,
         }
     }
@@ -291,6 +302,12 @@ impl Gateway {
     /// `ws-{id}.example.test:{port}`: the Host a browser sends.
     pub fn ws_host(&self, id: &str) -> String {
         format!("ws-{}.{DOMAIN}:{}", id.to_ascii_lowercase(), self.port)
+    }
+
+    /// GET a path on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Resp {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        raw(self.admin, req.as_bytes()).await
     }
 
     pub fn app_host(&self) -> String {

@@ -1,0 +1,114 @@
+//! The access log: one JSON line per request, written from `logging`. Query strings are logged
+//! with any `token` value redacted; headers (so cookies) are never logged.
+
+use serde::Serialize;
+use std::borrow::Cow;
+use std::io::Write;
+use std::sync::Mutex;
+
+pub enum AccessLog {
+    Off,
+    Stdout,
+    Stderr,
+    File(Mutex<std::fs::File>),
+}
+
+impl AccessLog {
+    /// `stdout`, `stderr`, `off`, or a file path opened for appending.
+    pub fn open(spec: &str) -> Result<AccessLog, String> {
+        Ok(match spec {
+            "off" => AccessLog::Off,
+            "stdout" => AccessLog::Stdout,
+            "stderr" => AccessLog::Stderr,
+            path => AccessLog::File(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("log.access_log: cannot open {path}: {e}"))?,
+            )),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        !matches!(self, AccessLog::Off)
+    }
+
+    /// Write one line; a failing destination is not the request's problem.
+    pub fn write(&self, entry: &Entry<'_>) {
+        if !self.enabled() {
+            return;
+        }
+        let Ok(mut line) = serde_json::to_vec(entry) else {
+            return;
+        };
+        line.push(b'\n');
+        let _ = match self {
+            AccessLog::Off => Ok(()),
+            AccessLog::Stdout => std::io::stdout().lock().write_all(&line),
+            AccessLog::Stderr => std::io::stderr().lock().write_all(&line),
+            AccessLog::File(f) => match f.lock() {
+                Ok(mut f) => f.write_all(&line),
+                Err(_) => Ok(()),
+            },
+        };
+    }
+}
+
+/// One access-log line.
+#[derive(Debug, Serialize)]
+pub struct Entry<'a> {
+    /// Unix time in seconds, millisecond precision.
+    pub time: f64,
+    pub request_id: &'a str,
+    pub route: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<Cow<'a, str>>,
+    pub status: u16,
+    pub duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub auth_method: &'static str,
+    pub auth_result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_close: Option<&'static str>,
+}
+
+/// The query with every `token` value replaced by `REDACTED`.
+pub fn redact_query(query: &str) -> Cow<'_, str> {
+    if !query.split('&').any(|p| p.starts_with("token=")) {
+        return Cow::Borrowed(query);
+    }
+    Cow::Owned(
+        query
+            .split('&')
+            .map(|p| {
+                if p.starts_with("token=") {
+                    "token=REDACTED"
+                } else {
+                    p
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_values_are_redacted() {
+        assert_eq!(
+            super::redact_query("a=1&token=abc.def&b=2"),
+            "a=1&token=REDACTED&b=2"
+        );
+        assert_eq!(super::redact_query("a=1"), "a=1");
+        assert_eq!(super::redact_query("mytoken=1"), "mytoken=1");
+    }
+}

@@ -1,0 +1,289 @@
+//! Operating edgegate: the admin listener, metrics that move by the right amounts after known
+//! traffic, and the JSON access log.
+
+mod common;
+
+use common::*;
+use edgegate::auth::token::TokenType;
+use std::time::Duration;
+
+/// The value of one series in a Prometheus text page (0 when absent).
+fn series(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (lhs, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = lhs.split_once('{').unwrap_or((lhs, "}"));
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_by_the_right_amounts_after_known_traffic() {
+    let w = World::start("[cache]\nttl_ms = 60000\nnegative_ttl_ms = 60000\n").await;
+    w.redis.wait_for_subscriber("edgegate:invalidate");
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    let before = w.gw.admin_get("/metrics").await.body;
+
+    // 3 proxied requests with the owner's session (1 record miss + 2 hits, 1 session miss + 2 hits).
+    for _ in 0..3 {
+        assert_eq!(w.gw.get(&host, "/", &[]).await.status, 200);
+    }
+    // 2 refused without a credential, 1 forbidden session.
+    for _ in 0..2 {
+        assert_eq!(w.gw.request("GET", &host, "/", &[]).await.status, 401);
+    }
+    let other = format!("session={OTHER_SESSION}");
+    assert_eq!(
+        w.gw.request("GET", &host, "/", &[("Cookie", &other)])
+            .await
+            .status,
+        403
+    );
+    // 1 unknown workspace (a negative entry), asked twice.
+    for _ in 0..2 {
+        assert_eq!(w.gw.get(&w.gw.ws_host(ID_B), "/", &[]).await.status, 404);
+    }
+    // 1 upstream connect failure.
+    w.redis.workspace(
+        "01J0AAAAAAAAAAAAAAAAAAAAA9",
+        &format!("127.0.0.1:{}", free_port()),
+    );
+    assert_eq!(
+        w.gw.get(&w.gw.ws_host("01J0AAAAAAAAAAAAAAAAAAAAA9"), "/", &[])
+            .await
+            .status,
+        502
+    );
+    // 1 terminal-token WebSocket, closed by the client.
+    let token = mint(TokenType::Terminal, ID_A, OWNER);
+    let mut ws = ws_connect(w.gw.addr, &host, &format!("/agent/ws?token={token}"), &[])
+        .await
+        .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "m").await, "upstream-a:m");
+    let open = eventually(Duration::from_secs(2), || async {
+        let p = w.gw.admin_get("/metrics").await.body;
+        series(&p, "edgegate_websockets_open", &[("route", "workspace")]) == 1.0
+    })
+    .await;
+    assert!(open, "one WebSocket open");
+    ws.close(None).await.expect("close");
+    drop(ws);
+    // 1 invalidation message.
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+    let settled = eventually(Duration::from_secs(3), || async {
+        let p = w.gw.admin_get("/metrics").await.body;
+        series(&p, "edgegate_websocket_closes_total", &[]) >= 1.0
+            && series(&p, "edgegate_cache_invalidations_total", &[]) >= 1.0
+    })
+    .await;
+    assert!(
+        settled,
+        "the WebSocket close and the invalidation were counted"
+    );
+    let after = w.gw.admin_get("/metrics").await.body;
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        series(&after, name, labels) - series(&before, name, labels)
+    };
+
+    let ws_route = [("route", "workspace"), ("method", "GET")];
+    assert_eq!(
+        delta(
+            "edgegate_requests_total",
+            &[
+                ws_route[0],
+                ws_route[1],
+                ("status", "2xx"),
+                ("result", "proxied")
+            ]
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta(
+            "edgegate_requests_total",
+            &[ws_route[0], ("status", "1xx"), ("result", "proxied")]
+        ),
+        1.0,
+        "the upgrade"
+    );
+    assert_eq!(
+        delta(
+            "edgegate_requests_total",
+            &[ws_route[0], ("status", "4xx"), ("result", "refused")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        delta("edgegate_requests_total", &[ws_route[0], ("status", "5xx")]),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "edgegate_auth_decisions_total",
+            &[("method", "session"), ("result", "ok")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        delta(
+            "edgegate_auth_decisions_total",
+            &[("method", "none"), ("result", "unauthenticated")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        delta(
+            "edgegate_auth_decisions_total",
+            &[("method", "session"), ("result", "forbidden")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "edgegate_auth_decisions_total",
+            &[("method", "terminal_token"), ("result", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "edgegate_cache_lookups_total",
+            &[("result", "negative_hit")]
+        ),
+        1.0
+    );
+    assert!(delta("edgegate_cache_lookups_total", &[("result", "hit")]) >= 5.0);
+    assert_eq!(
+        delta("edgegate_upstream_failures_total", &[("kind", "connect")]),
+        1.0
+    );
+    assert_eq!(
+        delta("edgegate_websockets_open", &[("route", "workspace")]),
+        0.0
+    );
+    assert_eq!(
+        delta(
+            "edgegate_websocket_closes_total",
+            &[("route", "workspace"), ("cause", "client")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "edgegate_websocket_duration_seconds_count",
+            &[("route", "workspace")]
+        ),
+        1.0
+    );
+    assert_eq!(delta("edgegate_cache_invalidations_total", &[]), 1.0);
+    assert!(
+        delta(
+            "edgegate_redis_command_duration_seconds_count",
+            &[("command", "hgetall")]
+        ) >= 3.0
+    );
+    assert!(
+        delta(
+            "edgegate_request_duration_seconds_count",
+            &[("route", "workspace")]
+        ) >= 10.0
+    );
+    // Never a workspace id, user or host in a label.
+    for secretish in [ID_A, ID_B, OWNER, "example.test", OWNER_SESSION] {
+        assert!(!after.contains(secretish), "{secretish} in /metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_follow_redis_and_stay_off_the_public_listener() {
+    let mut w = World::start("").await;
+    assert_eq!(w.gw.admin_get("/healthz").await.status, 200);
+    assert_eq!(w.gw.admin_get("/readyz").await.status, 200);
+    assert_eq!(w.gw.admin_get("/nope").await.status, 404);
+    // The public listener has no admin paths: an app host goes to the app, others are 404.
+    let r = w.gw.request("GET", &w.gw.app_host(), "/metrics", &[]).await;
+    assert_eq!(r.header("x-upstream"), Some("app"));
+    assert_eq!(
+        w.gw.request("GET", "admin", "/metrics", &[]).await.status,
+        404
+    );
+    w.redis.stop();
+    let not_ready = eventually(Duration::from_secs(3), || async {
+        w.gw.admin_get("/readyz").await.status == 503
+    })
+    .await;
+    assert!(not_ready);
+    assert_eq!(w.gw.admin_get("/healthz").await.status, 200);
+    w.redis.spawn();
+    let ready = eventually(Duration::from_secs(5), || async {
+        w.gw.admin_get("/readyz").await.status == 200
+    })
+    .await;
+    assert!(ready);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_json_line_per_request_without_credentials() {
+    let path = std::env::temp_dir().join(format!("eg-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let extra = format!("[log]\naccess_log = {:?}\n", path.display().to_string());
+    let w = World::start(&extra).await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    let token = mint(TokenType::Terminal, ID_A, OWNER);
+    assert_eq!(
+        w.gw.request("GET", &host, &format!("/agent/ws?x=1&token={token}"), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(w.gw.get(&host, "/page", &[]).await.status, 200);
+    assert_eq!(w.gw.request("GET", &host, "/", &[]).await.status, 401);
+    let lines = eventually(Duration::from_secs(2), || async {
+        std::fs::read_to_string(&path)
+            .map(|t| t.lines().count() >= 3)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(lines);
+    let text = std::fs::read_to_string(&path).expect("access log");
+    assert!(!text.contains(&token), "token in the access log");
+    assert!(!text.contains(OWNER_SESSION), "cookie in the access log");
+    let entries: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(entries.len(), 3);
+    let first = &entries[0];
+    assert_eq!(first["route"], "workspace");
+    assert_eq!(first["query"], "x=1&token=REDACTED");
+    assert_eq!(first["auth_method"], "terminal_token");
+    assert_eq!(first["auth_result"], "ok");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["upstream"], w.a.addr.to_string());
+    assert!(first["bytes_out"].as_u64().is_some_and(|b| b > 0));
+    for key in [
+        "time",
+        "request_id",
+        "method",
+        "path",
+        "duration_ms",
+        "bytes_in",
+    ] {
+        assert!(!first[key].is_null(), "{key}");
+    }
+    assert_eq!(entries[1]["auth_method"], "session");
+    assert_eq!(entries[2]["status"], 401);
+    assert_eq!(entries[2]["error"], "unauthenticated");
+    assert_eq!(entries[2]["auth_result"], "unauthenticated");
+}
