@@ -46,10 +46,10 @@ impl<L: Log> Log for Guarded<L> {
     }
 }
 
-/// Install the guarded env_logger (`RUST_LOG`, default `info`).
-pub fn init() {
+/// Install the guarded env_logger at `level` (`RUST_LOG`, when set, wins).
+pub fn init(level: &str) {
     let inner =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(Guarded::new(inner))).is_ok() {
         log::set_max_level(max);
