@@ -12,6 +12,7 @@ pub mod config;
 pub mod ctx;
 pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod headers;
 pub mod logging;
 pub mod metrics;
@@ -24,6 +25,53 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use route::store::{self, Invalidate, Records, RedisRuntime};
 use std::sync::Arc;
+
+/// The gateway and what the admin listener shares with it.
+pub struct Parts {
+    pub gateway: proxy::Gateway,
+    pub metrics: Arc<metrics::Metrics>,
+    pub store: Arc<dyn store::RouteStore>,
+}
+
+/// Build the proxy logic from a validated config: the store (with its own Redis runtime), the
+/// cache in front of it, and, when `subscribe`, the invalidation listener. Used by the server
+/// and by `explain`, so both decide with the same code.
+pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> {
+    // Redis gets a runtime of its own that lives as long as the proxy service holding it.
+    let redis_rt = match config.store.kind {
+        StoreKind::Redis => {
+            Some(Arc::new(RedisRuntime::new().map_err(|e| {
+                format!("cannot start the Redis runtime: {e}")
+            })?))
+        }
+        StoreKind::Static => None,
+    };
+    let metrics = Arc::new(metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+    let store = store::build(config, redis_rt.as_deref(), metrics.clone())?;
+    let cache = Records::new_cache(config);
+    if let Some(handle) = redis_rt
+        .as_ref()
+        .and_then(|r| r.handle())
+        .filter(|_| subscribe)
+    {
+        let (c, m) = (cache.clone(), metrics.clone());
+        let invalidate: Invalidate = Arc::new(move |key: Option<&str>| match key {
+            Some(k) => {
+                m.cache_invalidations.inc();
+                c.invalidate(k);
+            }
+            None => c.clear(),
+        });
+        store::spawn_invalidation_listener(&handle, &config.redis, invalidate)?;
+    }
+    let records = Records::new(store.clone(), cache, config, metrics.clone());
+    let gateway = proxy::Gateway::new(config, records, metrics.clone())?.with_runtime(redis_rt);
+    Ok(Parts {
+        gateway,
+        metrics,
+        store,
+    })
+}
 
 /// Build the server and its proxy service from a validated config. `opt` carries Pingora's
 /// command-line switches (`upgrade` for a graceful handover).
@@ -40,31 +88,11 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String>
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    // Redis gets a runtime of its own that lives as long as the proxy service holding it.
-    let redis_rt = match config.store.kind {
-        StoreKind::Redis => {
-            Some(Arc::new(RedisRuntime::new().map_err(|e| {
-                format!("cannot start the Redis runtime: {e}")
-            })?))
-        }
-        StoreKind::Static => None,
-    };
-    let metrics = Arc::new(metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-    let store = store::build(config, redis_rt.as_deref(), metrics.clone())?;
-    let cache = Records::new_cache(config);
-    if let Some(handle) = redis_rt.as_ref().and_then(|r| r.handle()) {
-        let (c, m) = (cache.clone(), metrics.clone());
-        let invalidate: Invalidate = Arc::new(move |key: Option<&str>| match key {
-            Some(k) => {
-                m.cache_invalidations.inc();
-                c.invalidate(k);
-            }
-            None => c.clear(),
-        });
-        store::spawn_invalidation_listener(&handle, &config.redis, invalidate)?;
-    }
-    let records = Records::new(store.clone(), cache, config, metrics.clone());
-    let gateway = proxy::Gateway::new(config, records, metrics.clone())?.with_runtime(redis_rt);
+    let Parts {
+        gateway,
+        metrics,
+        store,
+    } = build_gateway(config, true)?;
 
     if !config.admin.listen.is_empty() {
         let mut admin = pingora::services::listening::Service::new(

@@ -35,6 +35,27 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Show how a request would be routed and authorised, without proxying it. Exit status 0
+    /// when it would reach a reachable upstream, 1 otherwise.
+    Explain {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The request URL, e.g. http://ws-01hz….example.com/agent/ws
+        url: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// A Cookie header value, e.g. "session=…".
+        #[arg(long)]
+        cookie: Option<String>,
+        /// A token, sent as `Authorization: Bearer`.
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        origin: Option<String>,
+        /// Ask as a WebSocket upgrade (implied by ws:// and wss:// URLs).
+        #[arg(long)]
+        upgrade: bool,
+    },
     /// Tokens, for operators and tests.
     Token {
         #[command(subcommand)]
@@ -97,6 +118,49 @@ fn main() -> ExitCode {
                     user,
                 },
         } => mint(&config, &typ, &id, &user),
+        Command::Explain {
+            config,
+            url,
+            method,
+            cookie,
+            token,
+            origin,
+            upgrade,
+        } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return usage_error(&e),
+            };
+            let question = edgegate::explain::Question {
+                url,
+                method,
+                cookie,
+                token,
+                origin,
+                upgrade,
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("edgegate: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(edgegate::explain::explain(&config, &question)) {
+                Ok(answer) => {
+                    print!("{}", answer.report);
+                    if answer.proxied {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => usage_error(&e),
+            }
+        }
         Command::Demo { listen } => demo(&listen),
     }
 }

@@ -82,12 +82,11 @@ impl Gateway {
 
     /// Route and authorise the request and bind its target into `ctx`, or say what edgegate
     /// answers itself.
-    async fn decide(
+    pub(crate) async fn decide(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         ctx: &mut RequestCtx,
     ) -> std::result::Result<Option<Reply>, GatewayError> {
-        let req = session.req_header();
         let host = headers::normalize_host(headers::browser_host(req)?)?;
         let matched =
             self.routes
@@ -209,7 +208,7 @@ impl ProxyHttp for Gateway {
             // an idle WebSocket is not a stalled request.
             session.set_read_timeout(Some(self.ws_idle_timeout));
         }
-        match self.decide(session, ctx).await {
+        match self.decide(session.req_header(), ctx).await {
             Ok(None) => Ok(false),
             Ok(Some(reply)) => {
                 let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
