@@ -46,6 +46,27 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub activity: ActivityConfig,
+}
+
+/// The idle-culling signal written to workspace records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivityConfig {
+    /// Write `field` at most once per this many seconds per record; 0 turns it off.
+    pub interval_secs: u64,
+    /// The record field that receives the unix time of the last activity.
+    pub field: String,
+}
+
+impl Default for ActivityConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 30,
+            field: "last_activity".into(),
+        }
+    }
 }
 
 /// The operator's listener: `/metrics`, `/healthz`, `/readyz`. Never the public one.
@@ -540,6 +561,9 @@ impl Config {
                     self.log.level
                 ),
             ));
+        }
+        if self.activity.interval_secs > 0 && self.activity.field.is_empty() {
+            return Err(bad("activity.field", "must not be empty"));
         }
         if self.log.access_log.is_empty() {
             return Err(bad("log.access_log", "stdout, stderr, off, or a file path"));

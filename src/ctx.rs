@@ -38,6 +38,9 @@ pub struct RequestCtx {
     pub ws_opened: Option<Instant>,
     /// Which side of an upgraded connection finished first (`client`, `upstream`).
     pub ws_first_end: Option<&'static str>,
+    /// The record that receives this request's activity, and when it was last marked.
+    pub activity_key: Option<String>,
+    pub activity_marked: u64,
 }
 
 impl RequestCtx {
@@ -59,6 +62,8 @@ impl RequestCtx {
             bytes_out: 0,
             ws_opened: None,
             ws_first_end: None,
+            activity_key: None,
+            activity_marked: 0,
         }
     }
 

@@ -5,6 +5,7 @@
 //! `BackgroundGateway`. The request path is described at the top of `proxy.rs`.
 
 pub mod access;
+pub mod activity;
 pub mod admin;
 pub mod api;
 pub mod auth;
@@ -64,8 +65,23 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
         });
         store::spawn_invalidation_listener(&handle, &config.redis, invalidate)?;
     }
+    let activity = match redis_rt.as_ref().and_then(|r| r.handle()) {
+        Some(handle) if subscribe && config.activity.interval_secs > 0 => {
+            let a = Arc::new(activity::Activity::new());
+            a.spawn_flusher(
+                &handle,
+                store.clone(),
+                config.activity.field.clone(),
+                std::time::Duration::from_secs(config.activity.interval_secs),
+            );
+            Some(a)
+        }
+        _ => None,
+    };
     let records = Records::new(store.clone(), cache, config, metrics.clone());
-    let gateway = proxy::Gateway::new(config, records, metrics.clone())?.with_runtime(redis_rt);
+    let gateway = proxy::Gateway::new(config, records, metrics.clone())?
+        .with_runtime(redis_rt)
+        .with_activity(activity);
     Ok(Parts {
         gateway,
         metrics,

@@ -12,6 +12,7 @@
 //! ```
 
 use crate::access::{self, AccessLog};
+use crate::activity::Activity;
 use crate::api::Reply;
 use crate::auth::{self, Auth};
 use crate::config::{ApiConfig, AuthMethod, Config, UpstreamConfig};
@@ -44,6 +45,7 @@ pub struct Gateway {
     ws_idle_timeout: Duration,
     pub(crate) metrics: Arc<Metrics>,
     access_log: AccessLog,
+    activity: Option<Arc<Activity>>,
     /// Keeps the Redis connection's runtime alive as long as the service.
     _redis_runtime: Option<Arc<RedisRuntime>>,
 }
@@ -71,6 +73,7 @@ impl Gateway {
             ws_idle_timeout: config.ws_idle_timeout(),
             metrics,
             access_log: AccessLog::open(&config.log.access_log)?,
+            activity: None,
             _redis_runtime: None,
         })
     }
@@ -78,6 +81,23 @@ impl Gateway {
     pub fn with_runtime(mut self, rt: Option<Arc<RedisRuntime>>) -> Self {
         self._redis_runtime = rt;
         self
+    }
+
+    pub fn with_activity(mut self, activity: Option<Arc<Activity>>) -> Self {
+        self.activity = activity;
+        self
+    }
+
+    /// Mark the request's workspace active, at most once a second per request.
+    fn touch(&self, ctx: &mut RequestCtx) {
+        let (Some(activity), Some(key)) = (&self.activity, &ctx.activity_key) else {
+            return;
+        };
+        let now = crate::auth::token::now();
+        if now != ctx.activity_marked {
+            ctx.activity_marked = now;
+            activity.touch(key, now);
+        }
     }
 
     /// Route and authorise the request and bind its target into `ctx`, or say what edgegate
@@ -180,12 +200,15 @@ impl Gateway {
                         Some(p)
                     }
                 };
-                Target {
+                let target = Target {
                     addr,
                     group_key: upstream::group_key(&key, &addr),
                     host_header: (!m.route.preserve_host).then(|| rr.upstream.to_string()),
                     upstream_path,
-                }
+                };
+                ctx.activity_key = Some(key);
+                self.touch(ctx);
+                target
             }
         };
         ctx.target = Some(target);
@@ -289,6 +312,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.bytes_in += b.len() as u64;
+            if ctx.ws_opened.is_some() {
+                self.touch(ctx);
+            }
         }
         if end_of_stream && ctx.ws_opened.is_some() {
             ctx.ws_first_end.get_or_insert("client");
@@ -305,6 +331,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         if let Some(b) = body {
             ctx.bytes_out += b.len() as u64;
+            if ctx.ws_opened.is_some() {
+                self.touch(ctx);
+            }
         }
         if end_of_stream && ctx.ws_opened.is_some() {
             ctx.ws_first_end.get_or_insert("upstream");

@@ -287,3 +287,86 @@ async fn access_log_has_one_json_line_per_request_without_credentials() {
     assert_eq!(entries[2]["error"], "unauthenticated");
     assert_eq!(entries[2]["auth_result"], "unauthenticated");
 }
+
+fn last_activity(redis: &Redis, key: &str) -> Option<u64> {
+    let v: Option<String> = redis::cmd("HGET")
+        .arg(key)
+        .arg("last_activity")
+        .query(&mut redis.conn())
+        .expect("HGET");
+    v.and_then(|s| s.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_is_written_per_interval_from_requests_and_websocket_frames() {
+    let w = World::start("[activity]\ninterval_secs = 1\n").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    w.redis.workspace(ID_B, &w.b.addr.to_string());
+    let key_a = format!("workspace:{ID_A}");
+    let key_b = format!("workspace:{ID_B}");
+    let start = edgegate::auth::token::now();
+
+    // HTTP requests mark A.
+    let evals_before = w.redis.calls("eval");
+    for _ in 0..20 {
+        assert_eq!(w.gw.get(&w.gw.ws_host(ID_A), "/", &[]).await.status, 200);
+    }
+    let written = eventually(Duration::from_secs(3), || async {
+        last_activity(&w.redis, &key_a).is_some()
+    })
+    .await;
+    assert!(written, "last_activity written for A");
+    assert!(last_activity(&w.redis, &key_a).is_some_and(|t| t >= start));
+    assert!(
+        last_activity(&w.redis, &key_b).is_none(),
+        "B had no traffic"
+    );
+    // 20 requests within a second or two: batched into at most a few writes, not 20.
+    let evals = w.redis.calls("eval") - evals_before;
+    assert!(
+        (1..=3).contains(&evals),
+        "{evals} activity writes for 20 requests"
+    );
+
+    // WebSocket frames mark B, long after its upgrade request.
+    let token = mint(TokenType::Terminal, ID_B, OWNER);
+    let mut ws = ws_connect(
+        w.gw.addr,
+        &w.gw.ws_host(ID_B),
+        &format!("/agent/ws?token={token}"),
+        &[],
+    )
+    .await
+    .expect("upgrade");
+    let first = eventually(Duration::from_secs(3), || async {
+        last_activity(&w.redis, &key_b).is_some()
+    })
+    .await;
+    assert!(first);
+    let _: () = redis::cmd("HDEL")
+        .arg(&key_b)
+        .arg("last_activity")
+        .query(&mut w.redis.conn())
+        .expect("HDEL");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ws_roundtrip(&mut ws, "frame").await, "upstream-b:frame");
+    let again = eventually(Duration::from_secs(3), || async {
+        last_activity(&w.redis, &key_b).is_some()
+    })
+    .await;
+    assert!(again, "a frame on the open WebSocket counts as activity");
+
+    // A deleted record is not recreated by a late activity write: mark A, delete it before
+    // the next flush.
+    assert_eq!(w.gw.get(&w.gw.ws_host(ID_A), "/", &[]).await.status, 200);
+    let _: () = redis::cmd("DEL")
+        .arg(&key_a)
+        .query(&mut w.redis.conn())
+        .expect("DEL");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&key_a)
+        .query(&mut w.redis.conn())
+        .expect("EXISTS");
+    assert_eq!(exists, 0);
+}

@@ -36,6 +36,10 @@ pub trait RouteStore: Send + Sync {
 
     /// Whether the store answers now (for `/readyz`).
     async fn ping(&self) -> bool;
+
+    /// Set `field` to the given unix time on each existing record (never creating one).
+    async fn mark_activity(&self, field: &str, batch: &[(String, u64)])
+        -> Result<(), StoreFailure>;
 }
 
 /// The answer cached per key.
@@ -190,6 +194,15 @@ impl RouteStore for StaticStore {
     async fn ping(&self) -> bool {
         true
     }
+
+    async fn mark_activity(
+        &self,
+        _field: &str,
+        _batch: &[(String, u64)],
+    ) -> Result<(), StoreFailure> {
+        // Records written in the config file are not updated.
+        Ok(())
+    }
 }
 
 /// Redis through the redis crate's `ConnectionManager`, which reconnects by itself. The
@@ -268,6 +281,45 @@ impl RouteStore for RedisStore {
         self.run::<String>("ping", &redis::cmd("PING"))
             .await
             .is_ok()
+    }
+
+    async fn mark_activity(
+        &self,
+        field: &str,
+        batch: &[(String, u64)],
+    ) -> Result<(), StoreFailure> {
+        // Only records that still exist: a deleted workspace must not come back as a hash
+        // holding nothing but `last_activity`.
+        const SCRIPT: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
+            redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0";
+        let mut pipe = redis::pipe();
+        for (key, at) in batch {
+            pipe.cmd("EVAL")
+                .arg(SCRIPT)
+                .arg(1)
+                .arg(key)
+                .arg(field)
+                .arg(*at)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let started = std::time::Instant::now();
+        let res =
+            tokio::time::timeout(self.command_timeout * 4, pipe.query_async::<()>(&mut conn)).await;
+        self.metrics
+            .redis_duration
+            .with_label_values(&["activity"])
+            .observe(started.elapsed().as_secs_f64());
+        let failure = match res {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => StoreFailure::Unavailable(e.to_string()),
+            Err(_) => StoreFailure::Unavailable("activity write timed out".into()),
+        };
+        self.metrics
+            .redis_errors
+            .with_label_values(&["activity"])
+            .inc();
+        Err(failure)
     }
 }
 

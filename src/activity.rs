@@ -1,0 +1,68 @@
+//! The activity signal for idle culling: each workspace record gets `last_activity` (unix
+//! seconds) at most once per interval, from HTTP requests and WebSocket frames in either
+//! direction. Requests only mark the record key in memory (`touch`, from `request_filter` and
+//! the body filters); a task on the Redis runtime writes the marks in one pipeline per interval.
+
+use crate::route::store::RouteStore;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Activity {
+    marks: Mutex<HashMap<String, u64>>,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Self {
+            marks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Note activity on the record at `key` at unix time `now`.
+    pub fn touch(&self, key: &str, now: u64) {
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        match marks.get_mut(key) {
+            Some(t) => *t = (*t).max(now),
+            None => {
+                marks.insert(key.to_owned(), now);
+            }
+        }
+    }
+
+    fn take(&self) -> HashMap<String, u64> {
+        std::mem::take(&mut *self.marks.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Write the marks every `interval`, for the life of the process.
+    pub fn spawn_flusher(
+        self: &Arc<Self>,
+        handle: &tokio::runtime::Handle,
+        store: Arc<dyn RouteStore>,
+        field: String,
+        interval: Duration,
+    ) {
+        let me = self.clone();
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let marks = me.take();
+                if marks.is_empty() {
+                    continue;
+                }
+                let batch: Vec<(String, u64)> = marks.into_iter().collect();
+                if let Err(e) = store.mark_activity(&field, &batch).await {
+                    log::warn!("cannot write activity for {} records: {e:?}", batch.len());
+                }
+            }
+        });
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
