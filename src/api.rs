@@ -49,6 +49,7 @@ impl Gateway {
         endpoint: Endpoint,
         id: WorkspaceId,
         is_upgrade: bool,
+        proto: &str,
         principal: &mut Option<Principal>,
     ) -> Result<Reply, GatewayError> {
         if is_upgrade {
@@ -77,7 +78,7 @@ impl Gateway {
         }
         // Everything else: the owner's app session, from its own origin.
         let user = self.auth.session_owner(&self.records, req, owner).await??;
-        self.auth.check_origin(req, false, self.proto)?;
+        self.auth.check_origin(req, false, proto)?;
         *principal = Some(Principal {
             user: user.clone(),
             method: AuthMethod::Session,
@@ -87,7 +88,7 @@ impl Gateway {
                 let (token, ttl) = self.mint(TokenType::DevIde, &id, &user)?;
                 let host = crate::headers::browser_host(req)?;
                 let path = self.api.ide_bootstrap.replace("{id}", id.as_str());
-                let url = format!("{}://{host}{path}?token={token}", self.proto);
+                let url = format!("{proto}://{host}{path}?token={token}");
                 Ok(token_reply(&token, ttl, &url))
             }
             Endpoint::TerminalToken => {
@@ -98,7 +99,7 @@ impl Gateway {
                 let port = crate::headers::host_port(host)
                     .map(|p| format!(":{p}"))
                     .unwrap_or_default();
-                let scheme = if self.proto == "https" { "wss" } else { "ws" };
+                let scheme = if proto == "https" { "wss" } else { "ws" };
                 let url = format!(
                     "{scheme}://{ws_host}{port}{}?token={token}",
                     self.auth.agent_ws_path

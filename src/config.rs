@@ -112,6 +112,31 @@ pub struct ListenConfig {
     /// Peers whose `X-Forwarded-For` is kept and appended to (IPs or CIDRs).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// TLS listeners.
+    #[serde(default)]
+    pub tls: Vec<TlsListenConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenConfig {
+    pub addr: String,
+    /// Offer HTTP/2 by ALPN (WebSockets stay on HTTP/1.1 connections).
+    #[serde(default = "yes")]
+    pub h2: bool,
+    /// Certificates chosen by SNI; the first also serves clients that send none or no match.
+    pub certs: Vec<CertConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    /// PEM certificate chain.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key.
+    pub key_file: std::path::PathBuf,
+    /// SNI names served, exact or one-label wildcards (`*.example.com`).
+    pub names: Vec<String>,
 }
 
 impl Default for ListenConfig {
@@ -119,6 +144,7 @@ impl Default for ListenConfig {
         Self {
             http: default_listen(),
             trusted_proxies: Vec::new(),
+            tls: Vec::new(),
         }
     }
 }
@@ -262,6 +288,8 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout_ms: u64,
     /// How long an upgraded (WebSocket) connection may stay silent in both directions.
     pub ws_idle_timeout_secs: u64,
+    /// PEM bundle of CAs for TLS upstreams, used instead of the system roots.
+    pub ca_file: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -272,6 +300,7 @@ impl Default for UpstreamConfig {
             write_timeout_ms: 60_000,
             pool_idle_timeout_ms: 60_000,
             ws_idle_timeout_secs: 3600,
+            ca_file: None,
         }
     }
 }
@@ -318,6 +347,14 @@ pub struct RouteConfig {
     /// takes terminal tokens this applies to the agent WebSocket path only.
     #[serde(default)]
     pub forward_token: bool,
+    /// Connect to the upstream over TLS.
+    #[serde(default)]
+    pub upstream_tls: bool,
+    /// SNI and name to verify for TLS upstreams (default: the record's host name).
+    pub upstream_sni: Option<String>,
+    /// Verify the TLS upstream's certificate and name.
+    #[serde(default = "yes")]
+    pub upstream_verify: bool,
 }
 
 /// A credential a route can accept.
@@ -515,8 +552,18 @@ impl Config {
         {
             return Err(bad("base_domain", format!("{bd:?} is not a DNS name")));
         }
-        if self.listen.http.is_empty() {
-            return Err(bad("listen.http", "at least one address is required"));
+        if self.listen.http.is_empty() && self.listen.tls.is_empty() {
+            return Err(bad("listen.http", "at least one listener is required"));
+        }
+        for (i, t) in self.listen.tls.iter().enumerate() {
+            let field = format!("listen.tls[{i}]");
+            t.addr.parse::<SocketAddr>().map_err(|_| {
+                bad(
+                    format!("{field}.addr"),
+                    format!("{:?} is not ip:port", t.addr),
+                )
+            })?;
+            crate::tls::SniResolver::load(&field, t)?;
         }
         for (i, addr) in self.listen.http.iter().enumerate() {
             addr.parse::<SocketAddr>().map_err(|_| {
@@ -567,6 +614,9 @@ impl Config {
         }
         if self.log.access_log.is_empty() {
             return Err(bad("log.access_log", "stdout, stderr, off, or a file path"));
+        }
+        if let Some(ca) = &self.upstream.ca_file {
+            std::fs::metadata(ca).map_err(|e| bad("upstream.ca_file", format!("{ca}: {e}")))?;
         }
         if self.server.threads == 0 {
             return Err(bad("server.threads", "must be at least 1"));

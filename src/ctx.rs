@@ -19,6 +19,8 @@ pub struct RequestCtx {
     pub route: Option<Arc<str>>,
     pub workspace: Option<WorkspaceId>,
     pub is_upgrade: bool,
+    /// `https` when the client came over TLS.
+    pub proto: &'static str,
     /// Where this request goes; `None` until routing and auth have decided.
     pub target: Option<Target>,
     /// The refusal edgegate answered with, if any.
@@ -51,6 +53,7 @@ impl RequestCtx {
             route: None,
             workspace: None,
             is_upgrade: false,
+            proto: "http",
             target: None,
             refusal: None,
             principal: None,

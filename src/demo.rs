@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
@@ -88,7 +88,21 @@ impl EchoUpstream {
         }
     }
 
-    async fn serve(&self, mut stream: TcpStream, conn: u64) -> std::io::Result<()> {
+    /// An upstream that records and answers on streams its caller accepts (e.g. over TLS).
+    pub fn unbound(name: &str, addr: SocketAddr) -> EchoUpstream {
+        EchoUpstream {
+            name: name.to_string(),
+            addr,
+            seen: Arc::new(Mutex::new(Vec::new())),
+            conns: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Serve one connection.
+    pub async fn serve<S>(&self, mut stream: S, conn: u64) -> std::io::Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let mut buf = Vec::with_capacity(4096);
         loop {
             // Read one request head.
@@ -179,7 +193,10 @@ impl EchoUpstream {
     }
 
     /// Answer each text message with `{name}:{message}`, binary with itself.
-    async fn echo_websocket(&self, stream: TcpStream) -> std::io::Result<()> {
+    async fn echo_websocket<S>(&self, stream: S) -> std::io::Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
         while let Some(msg) = ws.next().await {
             let reply = match msg {

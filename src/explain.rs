@@ -170,6 +170,9 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
     // The real decision, as request_filter makes it.
     let mut ctx = RequestCtx::new();
     ctx.is_upgrade = is_upgrade;
+    if q.url.starts_with("https://") || q.url.starts_with("wss://") {
+        ctx.proto = "https";
+    }
     let decision = gw.decide(&req, &mut ctx).await;
     let auth = match (&ctx.principal, ctx.auth_method) {
         (Some(p), _) => format!("ok: user {} by {}", p.user, p.method.as_str()),

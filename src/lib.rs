@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod tls;
 pub mod upstream;
 
 use config::{Config, StoreKind};
@@ -99,6 +100,7 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String>
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
         pid_file: config.server.pid_file.clone(),
         upgrade_sock: config.server.upgrade_sock.clone(),
+        ca_file: config.upstream.ca_file.clone(),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
@@ -123,6 +125,10 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String>
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "edgegate");
     for addr in &config.listen.http {
         service.add_tcp(addr);
+    }
+    for (i, t) in config.listen.tls.iter().enumerate() {
+        let settings = tls::settings(&format!("listen.tls[{i}]"), t).map_err(|e| e.to_string())?;
+        service.add_tls_with_settings(&t.addr, None, settings);
     }
     server.add_service(service);
     Ok(server)

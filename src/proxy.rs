@@ -37,8 +37,6 @@ pub struct Gateway {
     pub(crate) records: Records,
     pub(crate) auth: Auth,
     pub(crate) api: ApiConfig,
-    /// The scheme clients use to reach this listener.
-    pub(crate) proto: &'static str,
     resolver: Resolver,
     upstream: UpstreamConfig,
     trusted_proxies: Vec<IpNet>,
@@ -61,7 +59,6 @@ impl Gateway {
             records,
             auth: Auth::new(config).map_err(|e| e.to_string())?,
             api: config.api.clone(),
-            proto: "http",
             resolver: Resolver::new(
                 Duration::from_millis(config.cache.dns_ttl_ms),
                 Duration::from_millis(config.cache.negative_ttl_ms),
@@ -117,7 +114,14 @@ impl Gateway {
                 ctx.route = Some(endpoint.name().into());
                 ctx.workspace = Some(id);
                 let reply = self
-                    .answer(req, endpoint, id, ctx.is_upgrade, &mut ctx.principal)
+                    .answer(
+                        req,
+                        endpoint,
+                        id,
+                        ctx.is_upgrade,
+                        ctx.proto,
+                        &mut ctx.principal,
+                    )
                     .await?;
                 return Ok(Some(reply));
             }
@@ -129,6 +133,7 @@ impl Gateway {
                     group_key: upstream::group_key("default", &addr),
                     host_header: (!d.preserve_host).then(|| d.upstream.to_string()),
                     upstream_path: None,
+                    tls: None,
                 }
             }
             RouteMatch::Workspace(m) => {
@@ -147,7 +152,7 @@ impl Gateway {
                         &auth::Asking {
                             req,
                             is_upgrade: ctx.is_upgrade,
-                            proto: self.proto,
+                            proto: ctx.proto,
                         },
                         m.route,
                         &m.id,
@@ -200,11 +205,22 @@ impl Gateway {
                         Some(p)
                     }
                 };
+                let tls =
+                    m.route.upstream_tls.then(|| upstream::UpstreamTls {
+                        sni: m.route.upstream_sni.clone().unwrap_or_else(|| {
+                            match &rr.upstream.host {
+                                upstream::UpstreamHost::Name(n) => n.clone(),
+                                upstream::UpstreamHost::Ip(_) => String::new(),
+                            }
+                        }),
+                        verify: m.route.upstream_verify,
+                    });
                 let target = Target {
                     addr,
                     group_key: upstream::group_key(&key, &addr),
                     host_header: (!m.route.preserve_host).then(|| rr.upstream.to_string()),
                     upstream_path,
+                    tls,
                 };
                 ctx.activity_key = Some(key);
                 self.touch(ctx);
@@ -226,6 +242,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.is_upgrade = session.is_upgrade_req();
+        if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+            ctx.proto = "https";
+        }
         if ctx.is_upgrade {
             // Pingora reads an upgraded body under the HTTP read timeout (60 s by default);
             // an idle WebSocket is not a stalled request.
@@ -280,7 +299,7 @@ impl ProxyHttp for Gateway {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
             trusted_proxies: &self.trusted_proxies,
-            proto: self.proto,
+            proto: ctx.proto,
             credential_cookies: [&self.auth.session_cookie, &self.auth.ide_cookie],
         };
         headers::rewrite_upstream_request(upstream_request, ctx, &fwd)

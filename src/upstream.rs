@@ -157,6 +157,14 @@ pub struct Target {
     pub host_header: Option<String>,
     /// Path and query to send instead of the browser's (stripped tunnel prefix).
     pub upstream_path: Option<String>,
+    /// TLS to the upstream: the SNI (and name verified), and whether to verify.
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub verify: bool,
 }
 
 /// A pool key per workspace record and address: SipHash with fixed keys, so the same
@@ -172,9 +180,19 @@ pub fn group_key(scope: &str, addr: &SocketAddr) -> u64 {
 /// The peer for one request. Upgrades get the WebSocket idle timeout as their read timeout,
 /// since an idle socket is not a slow response.
 pub fn peer(target: &Target, cfg: &UpstreamConfig, is_upgrade: bool) -> Box<HttpPeer> {
-    let mut peer = HttpPeer::new(target.addr, false, String::new());
+    let (tls, sni) = match &target.tls {
+        Some(t) => (true, t.sni.clone()),
+        None => (false, String::new()),
+    };
+    let mut peer = HttpPeer::new(target.addr, tls, sni);
     peer.group_key = target.group_key;
     let o = &mut peer.options;
+    if let Some(t) = &target.tls {
+        o.verify_cert = t.verify;
+        o.verify_hostname = t.verify;
+        // WebSockets and these HTTP/1 semantics stay on HTTP/1.1 upstream.
+        o.set_http_version(1, 1);
+    }
     o.connection_timeout = Some(Duration::from_millis(cfg.connect_timeout_ms));
     o.write_timeout = Some(Duration::from_millis(cfg.write_timeout_ms));
     o.idle_timeout = Some(Duration::from_millis(cfg.pool_idle_timeout_ms));

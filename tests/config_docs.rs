@@ -9,24 +9,32 @@ fn read(rel: &str) -> String {
 
 /// `section.key` for every `key = …` line, and every `# key = …` line (an optional key shown
 /// commented out), in the shipped config.
+const DATA: &str = "<data>";
+
 fn conf_keys() -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     let mut section = String::new();
     for line in read("conf/edgegate.toml").lines() {
-        let line = line.trim();
-        if let Some(s) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
-            section = s.to_string();
+        // Commented-out tables and keys count: they document optional ones.
+        let line = line.trim().trim_start_matches('#').trim();
+        let line = line.split(" #").next().unwrap_or(line).trim();
+        let header = line
+            .strip_prefix("[[")
+            .and_then(|l| l.strip_suffix("]]"))
+            .or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')));
+        if let Some(s) = header {
+            // Example record tables (`[store.records."workspace:…"]`) hold data, not keys.
+            section = if s.contains('"') { DATA.to_string() } else { s.to_string() };
             continue;
         }
-        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = s.to_string();
+        if section == DATA {
             continue;
         }
-        let body = line.strip_prefix("# ").unwrap_or(line);
+        let body = line;
         let Some((key, _)) = body.split_once(" = ") else {
             continue;
         };
-        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
             continue;
         }
         keys.insert(if section.is_empty() {

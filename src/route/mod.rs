@@ -30,6 +30,9 @@ pub struct Route {
     pub strip_prefix: bool,
     pub auth: Vec<AuthMethod>,
     pub forward_token: bool,
+    pub upstream_tls: bool,
+    pub upstream_sni: Option<String>,
+    pub upstream_verify: bool,
 }
 
 #[derive(Debug)]
@@ -628,6 +631,9 @@ fn compile(
         strip_prefix: rc.strip_prefix,
         auth: rc.auth.clone(),
         forward_token: rc.forward_token,
+        upstream_tls: rc.upstream_tls,
+        upstream_sni: rc.upstream_sni.clone(),
+        upstream_verify: rc.upstream_verify,
     })
 }
 
