@@ -24,7 +24,11 @@ fn conf_keys() -> BTreeSet<String> {
             .or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')));
         if let Some(s) = header {
             // Example record tables (`[store.records."workspace:…"]`) hold data, not keys.
-            section = if s.contains('"') { DATA.to_string() } else { s.to_string() };
+            section = if s.contains('"') {
+                DATA.to_string()
+            } else {
+                s.to_string()
+            };
             continue;
         }
         if section == DATA {
@@ -34,7 +38,11 @@ fn conf_keys() -> BTreeSet<String> {
         let Some((key, _)) = body.split_once(" = ") else {
             continue;
         };
-        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
             continue;
         }
         keys.insert(if section.is_empty() {

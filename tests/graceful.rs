@@ -1,0 +1,135 @@
+//! Graceful stop and upgrade of the real binary: SIGTERM drains; `run -u` plus SIGQUIT hands
+//! the listeners to a new process while a bounded request loop runs, with no failed request.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn spawn(cfg: &std::path::Path, upgrade: bool) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgegate"));
+    cmd.args(["run", "-c"]).arg(cfg);
+    if upgrade {
+        cmd.arg("-u");
+    }
+    cmd.env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start edgegate")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Wait for the child to exit by itself (bounded); kill it if it does not.
+fn wait_exit(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
+    let redis = Redis::start();
+    redis.sessions();
+    let a = upstream("a").await;
+    let app = upstream("app").await;
+    let dir = std::env::temp_dir().join(format!("eg-graceful-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let text = config_text(port, redis.port, app.addr, "").replacen(
+        "grace_period_seconds = 0\n",
+        &format!(
+            "grace_period_seconds = 1\npid_file = {:?}\nupgrade_sock = {:?}\n",
+            dir.join("pid").display().to_string(),
+            dir.join("upgrade.sock").display().to_string()
+        ),
+        1,
+    );
+    let cfg = dir.join("edgegate.toml");
+    std::fs::write(&cfg, &text).expect("config");
+    redis.workspace(ID_A, &a.addr.to_string());
+    let gw_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let host = format!("ws-{}.{DOMAIN}:{port}", ID_A.to_ascii_lowercase());
+
+    let mut old = spawn(&cfg, false);
+    let up = eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(gw_addr).await.is_ok()
+    })
+    .await;
+    assert!(up, "the first process listens");
+
+    // A bounded request loop: 4 clients, new connection per request, at most 20 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, host) = (stop.clone(), ok.clone(), failed.clone(), host.clone());
+        clients.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let req = format!(
+                    "GET / HTTP/1.1\r\nHost: {host}\r\nCookie: session={OWNER_SESSION}\r\nConnection: close\r\n\r\n"
+                );
+                let r = tokio::time::timeout(Duration::from_secs(5), async {
+                    let mut s = tokio::net::TcpStream::connect(gw_addr).await?;
+                    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await?;
+                    let mut buf = Vec::new();
+                    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf).await?;
+                    Ok::<_, std::io::Error>(buf)
+                })
+                .await;
+                match r {
+                    Ok(Ok(buf)) if buf.starts_with(b"HTTP/1.1 200") => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = ok.load(Ordering::Relaxed);
+    assert!(before > 0, "traffic flows before the handover");
+
+    // The new process waits for the listeners; SIGQUIT makes the old one hand them over.
+    let mut new = spawn(&cfg, true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&old, "-QUIT");
+    let old_exited =
+        tokio::task::spawn_blocking(move || wait_exit(&mut old, Duration::from_secs(15)))
+            .await
+            .expect("join");
+    assert!(old_exited, "the old process drained and exited");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > before, "the new process served requests");
+    eprintln!("handover: {ok} ok, {failed} failed ({before} before)");
+    assert_eq!(failed, 0, "{failed} failed requests of {}", ok + failed);
+
+    // SIGTERM: stop accepting, drain, exit.
+    signal(&new, "-TERM");
+    let exited = tokio::task::spawn_blocking(move || wait_exit(&mut new, Duration::from_secs(15)))
+        .await
+        .expect("join");
+    assert!(exited, "SIGTERM ends the process");
+}
