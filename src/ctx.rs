@@ -38,8 +38,8 @@ pub struct RequestCtx {
     pub bytes_out: u64,
     /// Set when the upstream answered an upgrade with 101.
     pub ws_opened: Option<Instant>,
-    /// Which side of an upgraded connection finished first (`client`, `upstream`).
-    pub ws_first_end: Option<&'static str>,
+    /// Why the WebSocket tunnel ended: client, upstream, idle_timeout, shutdown.
+    pub ws_close_cause: Option<&'static str>,
     /// The record that receives this request's activity, and when it was last marked.
     pub activity_key: Option<String>,
     pub activity_marked: u64,
@@ -64,7 +64,7 @@ impl RequestCtx {
             bytes_in: 0,
             bytes_out: 0,
             ws_opened: None,
-            ws_first_end: None,
+            ws_close_cause: None,
             activity_key: None,
             activity_marked: 0,
         }

@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod route;
 pub mod tls;
 pub mod upstream;
+pub mod websocket;
 
 use config::{Config, StoreKind};
 use pingora::server::configuration::{Opt, ServerConf};
@@ -31,6 +32,8 @@ use std::sync::Arc;
 /// The gateway and what the admin listener shares with it.
 pub struct Parts {
     pub gateway: proxy::Gateway,
+    /// Set when the server starts to stop.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
     pub metrics: Arc<metrics::Metrics>,
     pub store: Arc<dyn store::RouteStore>,
 }
@@ -84,6 +87,7 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
         .with_runtime(redis_rt)
         .with_activity(activity);
     Ok(Parts {
+        stopping: gateway.stopping.clone(),
         gateway,
         metrics,
         store,
@@ -108,9 +112,14 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String>
 
     let Parts {
         gateway,
+        stopping,
         metrics,
         store,
     } = build_gateway(config, true)?;
+    server.add_service(pingora::services::background::background_service(
+        "edgegate-stopping",
+        StopRelay(stopping),
+    ));
 
     if !config.admin.listen.is_empty() {
         let mut admin = pingora::services::listening::Service::new(
@@ -132,6 +141,17 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String>
     }
     server.add_service(service);
     Ok(server)
+}
+
+/// Tells the gateway's WebSocket tunnels when Pingora starts to stop (they send 1012).
+struct StopRelay(Arc<tokio::sync::watch::Sender<bool>>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for StopRelay {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        let _ = self.0.send(true);
+    }
 }
 
 /// A gateway running on a thread of this process until dropped (tests, `demo`).
@@ -173,12 +193,17 @@ impl BackgroundGateway {
 
     /// Stop at once and wait for the server's runtimes to end.
     pub fn stop(mut self) {
-        self.shutdown();
+        self.shutdown(ShutdownSignal::FastShutdown);
     }
 
-    fn shutdown(&mut self) {
+    /// Stop as on SIGTERM (grace period, open WebSockets closed with 1012) and wait for it.
+    pub fn stop_gracefully(mut self) {
+        self.shutdown(ShutdownSignal::GracefulTerminate);
+    }
+
+    fn shutdown(&mut self, how: ShutdownSignal) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(ShutdownSignal::FastShutdown);
+            let _ = tx.send(how);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -188,6 +213,6 @@ impl BackgroundGateway {
 
 impl Drop for BackgroundGateway {
     fn drop(&mut self) {
-        self.shutdown();
+        self.shutdown(ShutdownSignal::FastShutdown);
     }
 }

@@ -25,12 +25,14 @@ use crate::route::{record, RouteMatch, RouteTable};
 use crate::upstream::{self, Resolver, Target};
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 pub struct Gateway {
     pub(crate) routes: RouteTable,
@@ -38,9 +40,13 @@ pub struct Gateway {
     pub(crate) auth: Auth,
     pub(crate) api: ApiConfig,
     resolver: Resolver,
-    upstream: UpstreamConfig,
+    pub(crate) upstream: UpstreamConfig,
     trusted_proxies: Vec<IpNet>,
-    ws_idle_timeout: Duration,
+    pub(crate) ws_idle_timeout: Duration,
+    /// Makes upstream connections for WebSocket tunnels (TLS and timeouts per peer).
+    pub(crate) connector: TransportConnector,
+    /// Flips to `true` when the process starts to stop (WebSocket tunnels then send 1012).
+    pub(crate) stopping: Arc<watch::Sender<bool>>,
     pub(crate) metrics: Arc<Metrics>,
     access_log: AccessLog,
     activity: Option<Arc<Activity>>,
@@ -68,6 +74,11 @@ impl Gateway {
             upstream: config.upstream.clone(),
             trusted_proxies: config.trusted_proxies(),
             ws_idle_timeout: config.ws_idle_timeout(),
+            connector: TransportConnector::new(Some(ConnectorOptions {
+                ca_file: config.upstream.ca_file.clone(),
+                ..ConnectorOptions::new(1)
+            })),
+            stopping: Arc::new(watch::channel(false).0),
             metrics,
             access_log: AccessLog::open(&config.log.access_log)?,
             activity: None,
@@ -85,8 +96,42 @@ impl Gateway {
         self
     }
 
+    /// What the upstream request needs from the connection and the config.
+    pub(crate) fn forwarding<'a>(&'a self, session: &Session, ctx: &RequestCtx) -> Forwarding<'a> {
+        Forwarding {
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            trusted_proxies: &self.trusted_proxies,
+            proto: ctx.proto,
+            credential_cookies: [&self.auth.session_cookie, &self.auth.ide_cookie],
+        }
+    }
+
+    pub(crate) fn count_upstream_failure(&self, ctx: &RequestCtx, e: &Error) {
+        let kind = match GatewayError::from_proxy_error(e) {
+            Some(GatewayError::UpstreamTimeout) => "timeout",
+            Some(GatewayError::UpstreamRefused) => "connect",
+            _ => return,
+        };
+        self.metrics
+            .upstream_failures
+            .with_label_values(&[ctx.route_name(), kind])
+            .inc();
+    }
+
+    /// A WebSocket is open: count it until `logging` sees it end.
+    pub(crate) fn ws_opened(&self, ctx: &mut RequestCtx) {
+        ctx.ws_opened = Some(std::time::Instant::now());
+        self.metrics
+            .websockets_open
+            .with_label_values(&[ctx.route_name()])
+            .inc();
+    }
+
     /// Mark the request's workspace active, at most once a second per request.
-    fn touch(&self, ctx: &mut RequestCtx) {
+    pub(crate) fn touch(&self, ctx: &mut RequestCtx) {
         let (Some(activity), Some(key)) = (&self.activity, &ctx.activity_key) else {
             return;
         };
@@ -251,6 +296,14 @@ impl ProxyHttp for Gateway {
             session.set_read_timeout(Some(self.ws_idle_timeout));
         }
         match self.decide(session.req_header(), ctx).await {
+            Ok(None) if ctx.is_upgrade => {
+                // WebSockets are tunnelled here, so a stopping process can close them cleanly.
+                if let Err(e) = self.tunnel(session, ctx).await {
+                    error::respond(session, &e, &ctx.request_id).await?;
+                    ctx.refusal = Some(e);
+                }
+                Ok(true)
+            }
             Ok(None) => Ok(false),
             Ok(Some(reply)) => {
                 let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
@@ -293,15 +346,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let fwd = Forwarding {
-            client_ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            trusted_proxies: &self.trusted_proxies,
-            proto: ctx.proto,
-            credential_cookies: [&self.auth.session_cookie, &self.auth.ide_cookie],
-        };
+        let fwd = self.forwarding(session, ctx);
         headers::rewrite_upstream_request(upstream_request, ctx, &fwd)
     }
 
@@ -311,13 +356,6 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.is_upgrade && upstream_response.status.as_u16() == 101 {
-            ctx.ws_opened = Some(std::time::Instant::now());
-            self.metrics
-                .websockets_open
-                .with_label_values(&[ctx.route_name()])
-                .inc();
-        }
         // The id the upstream saw, so a client report can be matched with both sides' logs.
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())
     }
@@ -326,17 +364,11 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        end_of_stream: bool,
+        _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.bytes_in += b.len() as u64;
-            if ctx.ws_opened.is_some() {
-                self.touch(ctx);
-            }
-        }
-        if end_of_stream && ctx.ws_opened.is_some() {
-            ctx.ws_first_end.get_or_insert("client");
         }
         Ok(())
     }
@@ -345,17 +377,11 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        end_of_stream: bool,
+        _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         if let Some(b) = body {
             ctx.bytes_out += b.len() as u64;
-            if ctx.ws_opened.is_some() {
-                self.touch(ctx);
-            }
-        }
-        if end_of_stream && ctx.ws_opened.is_some() {
-            ctx.ws_first_end.get_or_insert("upstream");
         }
         Ok(None)
     }
@@ -381,17 +407,7 @@ impl ProxyHttp for Gateway {
         let code = match GatewayError::from_proxy_error(e) {
             Some(err) => {
                 let status = err.status();
-                let kind = match err {
-                    GatewayError::UpstreamTimeout => Some("timeout"),
-                    GatewayError::UpstreamRefused => Some("connect"),
-                    _ => None,
-                };
-                if let Some(kind) = kind {
-                    self.metrics
-                        .upstream_failures
-                        .with_label_values(&[ctx.route_name(), kind])
-                        .inc();
-                }
+                self.count_upstream_failure(ctx, e);
                 // Once the upstream's response has started, a clean error cannot follow it:
                 // the connection is closed, so the client sees a truncated response.
                 if session.response_written().is_none() {
@@ -421,7 +437,7 @@ impl ProxyHttp for Gateway {
         )
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route_name();
         let method = session.req_header().method.as_str();
@@ -443,7 +459,7 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[route, method, result])
             .observe(elapsed.as_secs_f64());
         let ws_close = ctx.ws_opened.map(|opened| {
-            let cause = ws_close_cause(session, e, ctx.ws_first_end);
+            let cause = ctx.ws_close_cause.unwrap_or("error");
             m.websockets_open.with_label_values(&[route]).dec();
             m.websocket_duration
                 .with_label_values(&[route])
@@ -474,25 +490,5 @@ impl ProxyHttp for Gateway {
                 ws_close,
             });
         }
-    }
-}
-
-/// Why an upgraded connection ended.
-fn ws_close_cause(
-    session: &Session,
-    e: Option<&Error>,
-    first_end: Option<&'static str>,
-) -> &'static str {
-    if session.is_process_shutting_down() {
-        return "shutdown";
-    }
-    match e {
-        Some(e) if matches!(e.etype(), ErrorType::ReadTimedout) => "idle_timeout",
-        Some(e) => match e.esource() {
-            pingora::ErrorSource::Downstream => "client",
-            pingora::ErrorSource::Upstream => "upstream",
-            _ => "error",
-        },
-        None => first_end.unwrap_or("client"),
     }
 }

@@ -107,10 +107,37 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     let before = ok.load(Ordering::Relaxed);
     assert!(before > 0, "traffic flows before the handover");
 
+    // A WebSocket open on the old process.
+    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_A, OWNER);
+    let mut ws = ws_connect(gw_addr, &host, &format!("/agent/ws?token={token}"), &[])
+        .await
+        .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "before").await, "a:before");
+
     // The new process waits for the listeners; SIGQUIT makes the old one hand them over.
     let mut new = spawn(&cfg, true);
     tokio::time::sleep(Duration::from_millis(500)).await;
     signal(&old, "-QUIT");
+    // The old process closes it with 1012 before it exits (Pingora keeps accepting on both
+    // processes for its 5 s close timeout first), so the client reconnects at once.
+    let close = tokio::time::timeout(Duration::from_secs(12), async {
+        use futures_util::StreamExt;
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => return f,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("close frame in time")
+    .expect("with a code");
+    assert_eq!(u16::from(close.code), 1012);
+    let mut again = ws_connect(gw_addr, &host, &format!("/agent/ws?token={token}"), &[])
+        .await
+        .expect("reconnect");
+    assert_eq!(ws_roundtrip(&mut again, "after").await, "a:after");
     let old_exited =
         tokio::task::spawn_blocking(move || wait_exit(&mut old, Duration::from_secs(15)))
             .await

@@ -178,3 +178,54 @@ async fn websocket_idle_for_70s_still_round_trips() {
     tokio::time::sleep(Duration::from_secs(70)).await;
     assert_eq!(ws_roundtrip(&mut ws, "after").await, "upstream-a:after");
 }
+
+/// A stopping process closes its WebSockets with 1012 (service restart), between frames, so
+/// clients reconnect at once instead of seeing 1006.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_closes_open_websockets_with_1012() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+    let w = World::start("").await;
+    let mut w = w;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_A, OWNER);
+    let mut sockets = Vec::new();
+    for i in 0..3 {
+        let mut ws = ws_connect(
+            w.gw.addr,
+            &w.gw.ws_host(ID_A),
+            &format!("/agent/ws?token={token}"),
+            &[],
+        )
+        .await
+        .expect("upgrade");
+        assert_eq!(
+            ws_roundtrip(&mut ws, &format!("m{i}")).await,
+            format!("upstream-a:m{i}")
+        );
+        sockets.push(ws);
+    }
+    let started = std::time::Instant::now();
+    let stopper = w.gw.stop_gracefully();
+    for mut ws in sockets {
+        let frame = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame,
+                    Some(Ok(_)) => continue,
+                    other => panic!("no close frame: {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("a close frame within 5 s");
+        let frame = frame.expect("the close frame has a code");
+        assert_eq!(frame.code, CloseCode::Restart, "1012");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    tokio::task::spawn_blocking(move || stopper.join())
+        .await
+        .expect("join")
+        .expect("server stopped");
+}

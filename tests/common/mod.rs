@@ -270,7 +270,7 @@ pub struct Gateway {
     pub port: u16,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin: SocketAddr,
-    _bg: BackgroundGateway,
+    bg: Option<BackgroundGateway>,
 }
 
 impl Gateway {
@@ -295,8 +295,18 @@ impl Gateway {
             addr,
             port: addr.port(),
             admin,
-            _bg: bg,
+            bg: Some(bg),
         }
+    }
+
+    /// Stop as on SIGTERM, on a thread of its own (it waits out the grace period).
+    pub fn stop_gracefully(&mut self) -> std::thread::JoinHandle<()> {
+        let bg = self.bg.take();
+        std::thread::spawn(move || {
+            if let Some(bg) = bg {
+                bg.stop_gracefully();
+            }
+        })
     }
 
     /// `ws-{id}.example.test:{port}`: the Host a browser sends.

@@ -1,0 +1,324 @@
+//! WebSocket upgrades, tunnelled by edgegate itself from `request_filter` once routing and auth
+//! have bound the request's target. Pingora's own upgraded-body loop has no shutdown hook, so it
+//! cannot say goodbye: here the tunnel watches the process's shutdown and, before the process
+//! exits, sends the client a close frame with code 1012 (service restart) at a frame boundary,
+//! so browsers reconnect at once instead of reporting 1006. The tunnel also knows exactly which
+//! side ended a session (for the close-cause metric) and counts frames as workspace activity.
+//!
+//! The upstream connection is made by Pingora's transport connector from the request's own peer
+//! (`upstream::peer`: timeouts, TLS with SNI and verification), and the upstream request is the
+//! browser's, rewritten by `headers::rewrite_upstream_request` exactly as for plain requests.
+
+use crate::ctx::RequestCtx;
+use crate::error::GatewayError;
+use crate::proxy::Gateway;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::v1::client::http_req_header_to_wire;
+use pingora::proxy::Session;
+use pingora::ErrorType;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// The close frame sent to clients when the process stops: FIN + close opcode, 2-byte payload,
+/// status 1012 (service restart).
+const CLOSE_1012: [u8; 4] = [0x88, 0x02, 0x03, 0xF4];
+/// Longest response head accepted from an upstream.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Where a byte stream of WebSocket frames stands: a close frame may only go between frames.
+#[derive(Debug, Default)]
+pub struct FrameTracker {
+    header: Vec<u8>,
+    remaining: u64,
+}
+
+impl FrameTracker {
+    pub fn at_boundary(&self) -> bool {
+        self.header.is_empty() && self.remaining == 0
+    }
+
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = (self.remaining as usize).min(data.len());
+                self.remaining -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            self.header.push(data[0]);
+            data = &data[1..];
+            if let Some((len, header_len)) = frame_header(&self.header) {
+                debug_assert_eq!(header_len, self.header.len());
+                self.header.clear();
+                self.remaining = len;
+            }
+        }
+    }
+}
+
+/// `(payload length, header length)` once `h` holds a whole frame header.
+fn frame_header(h: &[u8]) -> Option<(u64, usize)> {
+    if h.len() < 2 {
+        return None;
+    }
+    let masked = h[1] & 0x80 != 0;
+    let mask = if masked { 4 } else { 0 };
+    let (len, ext) = match h[1] & 0x7F {
+        126 => (
+            h.get(2..4)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]) as u64)?,
+            2,
+        ),
+        127 => {
+            let b: [u8; 8] = h.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(b), 8)
+        }
+        n => (n as u64, 0),
+    };
+    let header_len = 2 + ext + mask;
+    (h.len() == header_len).then_some((len, header_len))
+}
+
+/// Why a tunnel ended.
+fn io_cause(e: &pingora::Error) -> &'static str {
+    match e.etype() {
+        ErrorType::ReadTimedout => "idle_timeout",
+        _ => "client",
+    }
+}
+
+impl Gateway {
+    /// Tunnel an authorised upgrade request. `Err` only before the client got its 101 (the
+    /// caller answers with the JSON error); afterwards the tunnel runs until one side ends.
+    pub(crate) async fn tunnel(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
+        let Some(target) = ctx.target.clone() else {
+            return Err(GatewayError::Internal);
+        };
+        let peer = crate::upstream::peer(&target, &self.upstream, true);
+        let mut upstream = self.connector.new_stream(&*peer).await.map_err(|e| {
+            log::warn!("websocket upstream {}: {e}", target.addr);
+            self.count_upstream_failure(ctx, &e);
+            GatewayError::from_proxy_error(&e).unwrap_or(GatewayError::UpstreamRefused)
+        })?;
+
+        let mut req = session.req_header().clone();
+        let fwd = self.forwarding(session, ctx);
+        crate::headers::rewrite_upstream_request(&mut req, ctx, &fwd)
+            .map_err(|_| GatewayError::BadPath)?;
+        let wire = http_req_header_to_wire(&req).ok_or(GatewayError::BadPath)?;
+        let connect_timeout = Duration::from_millis(self.upstream.connect_timeout_ms);
+        let read_timeout = Duration::from_millis(self.upstream.read_timeout_ms);
+        let sent = tokio::time::timeout(connect_timeout, upstream.write_all(&wire)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return Err(GatewayError::UpstreamRefused);
+        }
+        let _ = upstream.flush().await;
+
+        // The upstream's answer to the upgrade.
+        let mut buf = Vec::with_capacity(4096);
+        let (mut resp, head_len) = loop {
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout(read_timeout, upstream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(GatewayError::UpstreamRefused),
+                Ok(Ok(n)) => n,
+                Err(_) => return Err(GatewayError::UpstreamTimeout),
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut parsed = httparse::Response::new(&mut headers);
+            match parsed.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let mut resp = ResponseHeader::build(
+                        parsed.code.unwrap_or(502),
+                        Some(parsed.headers.len() + 1),
+                    )
+                    .map_err(|_| GatewayError::UpstreamRefused)?;
+                    for h in parsed.headers.iter() {
+                        resp.append_header(h.name.to_string(), h.value)
+                            .map_err(|_| GatewayError::UpstreamRefused)?;
+                    }
+                    break (resp, len);
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+                _ => return Err(GatewayError::UpstreamRefused),
+            }
+        };
+        let rest = Bytes::copy_from_slice(&buf[head_len..]);
+        resp.insert_header("x-request-id", ctx.request_id.as_str())
+            .map_err(|_| GatewayError::Internal)?;
+        if resp.status.as_u16() != 101 {
+            // The upstream declined the upgrade: pass its answer on, then close.
+            session.set_keepalive(None);
+            let _ = resp.remove_header("transfer-encoding");
+            resp.insert_header("connection", "close")
+                .map_err(|_| GatewayError::Internal)?;
+            let body = read_rest(&mut upstream, rest, &resp, read_timeout).await;
+            resp.insert_header("content-length", body.len().to_string())
+                .map_err(|_| GatewayError::Internal)?;
+            let ok = session
+                .write_response_header(Box::new(resp), body.is_empty())
+                .await
+                .is_ok();
+            if ok && !body.is_empty() {
+                let _ = session.write_response_body(Some(body), true).await;
+            }
+            return Ok(());
+        }
+
+        if session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .is_err()
+        {
+            ctx.ws_close_cause = Some("client");
+            return Ok(());
+        }
+        self.ws_opened(ctx);
+        // The tunnel keeps its own idle clock over both directions.
+        session.set_read_timeout(None);
+        let mut tracker = FrameTracker::default();
+        if !rest.is_empty() {
+            tracker.feed(&rest);
+            ctx.bytes_out += rest.len() as u64;
+            if session
+                .write_response_body(Some(rest), false)
+                .await
+                .is_err()
+            {
+                ctx.ws_close_cause = Some("client");
+                return Ok(());
+            }
+        }
+        let cause = self.pump(session, ctx, &mut upstream, &mut tracker).await;
+        ctx.ws_close_cause = Some(cause);
+        let _ = upstream.shutdown().await;
+        Ok(())
+    }
+
+    /// Copy both ways until one side ends, the connection idles out, or the process stops.
+    async fn pump(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        upstream: &mut pingora::protocols::Stream,
+        tracker: &mut FrameTracker,
+    ) -> &'static str {
+        let idle = self.ws_idle_timeout;
+        let mut stopping: watch::Receiver<bool> = self.stopping.subscribe();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut last = Instant::now();
+        let mut shutdown_deadline: Option<Instant> = None;
+        loop {
+            if *stopping.borrow() {
+                let deadline = *shutdown_deadline
+                    .get_or_insert_with(|| Instant::now() + Duration::from_secs(1));
+                // Between frames (or out of patience): say goodbye with 1012.
+                if tracker.at_boundary() || Instant::now() >= deadline {
+                    if tracker.at_boundary() {
+                        let _ = session
+                            .write_response_body(Some(Bytes::from_static(&CLOSE_1012)), false)
+                            .await;
+                    }
+                    let _ = session.finish_body().await;
+                    return "shutdown";
+                }
+            }
+            let idle_left = idle.saturating_sub(last.elapsed());
+            tokio::select! {
+                down = session.read_request_body() => match down {
+                    Ok(Some(data)) => {
+                        ctx.bytes_in += data.len() as u64;
+                        self.touch(ctx);
+                        last = Instant::now();
+                        if upstream.write_all(&data).await.is_err() || upstream.flush().await.is_err() {
+                            return "upstream";
+                        }
+                    }
+                    Ok(None) => return "client",
+                    Err(e) => return io_cause(&e),
+                },
+                up = upstream.read(&mut buf) => match up {
+                    Ok(0) | Err(_) => return "upstream",
+                    Ok(n) => {
+                        tracker.feed(&buf[..n]);
+                        ctx.bytes_out += n as u64;
+                        self.touch(ctx);
+                        last = Instant::now();
+                        let data = Bytes::copy_from_slice(&buf[..n]);
+                        if session.write_response_body(Some(data), false).await.is_err() {
+                            return "client";
+                        }
+                    }
+                },
+                _ = stopping.changed(), if !*stopping.borrow() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)), if shutdown_deadline.is_some() => {}
+                _ = tokio::time::sleep(idle_left) => return "idle_timeout",
+            }
+        }
+    }
+}
+
+/// The body of a declined upgrade, bounded: by its Content-Length, else until the upstream
+/// closes (at most 64 KiB and one read timeout).
+async fn read_rest(
+    upstream: &mut pingora::protocols::Stream,
+    mut have: Bytes,
+    resp: &ResponseHeader,
+    timeout: Duration,
+) -> Bytes {
+    let want = resp
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(MAX_HEAD)
+        .min(MAX_HEAD);
+    let mut body = have.to_vec();
+    let _ = tokio::time::timeout(timeout, async {
+        let mut chunk = [0u8; 4096];
+        while body.len() < want {
+            match upstream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    body.truncate(want);
+    have = Bytes::from(body);
+    have
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_boundaries_are_tracked_across_chunks() {
+        let mut t = FrameTracker::default();
+        assert!(t.at_boundary());
+        // "hello" text frame, split mid-header and mid-payload.
+        let frame = [0x81, 0x05, b'h', b'e', b'l', b'l', b'o'];
+        t.feed(&frame[..1]);
+        assert!(!t.at_boundary());
+        t.feed(&frame[1..4]);
+        assert!(!t.at_boundary());
+        t.feed(&frame[4..]);
+        assert!(t.at_boundary());
+        // A 300-byte binary frame (16-bit length) followed by a masked 0-byte frame.
+        let mut big = vec![0x82, 126, 0x01, 0x2C];
+        big.extend(std::iter::repeat_n(0u8, 300));
+        big.extend([0x89, 0x80, 1, 2, 3, 4]);
+        for chunk in big.chunks(7) {
+            t.feed(chunk);
+        }
+        assert!(t.at_boundary());
+        t.feed(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert!(!t.at_boundary(), "64-bit length: 65536 bytes pending");
+    }
+}
