@@ -55,7 +55,7 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     std::fs::create_dir_all(&dir).expect("dir");
     let port = free_port();
     let text = config_text(port, redis.port, app.addr, "").replacen(
-        "grace_period_seconds = 0\n",
+        "grace_period_seconds = 1\n",
         &format!(
             "grace_period_seconds = 1\npid_file = {:?}\nupgrade_sock = {:?}\n",
             dir.join("pid").display().to_string(),

@@ -219,7 +219,7 @@ http = ["127.0.0.1:{gw_port}"]
 listen = "127.0.0.1:{admin_port}"
 [server]
 threads = 2
-grace_period_seconds = 0
+grace_period_seconds = 1
 graceful_shutdown_timeout_seconds = 1
 [redis]
 url = "redis://127.0.0.1:{redis_port}/0"
