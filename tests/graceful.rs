@@ -79,9 +79,11 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     // A bounded request loop: 4 clients, new connection per request, at most 20 s.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let reasons: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let mut clients = Vec::new();
     for _ in 0..4 {
         let (stop, ok, failed, host) = (stop.clone(), ok.clone(), failed.clone(), host.clone());
+        let reasons = reasons.clone();
         clients.push(tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(20);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -97,9 +99,21 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
                 })
                 .await;
                 match r {
-                    Ok(Ok(buf)) if buf.starts_with(b"HTTP/1.1 200") => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
+                    Ok(Ok(buf)) if buf.starts_with(b"HTTP/1.1 200") => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        let why = match other {
+                            Ok(Ok(buf)) => String::from_utf8_lossy(&buf[..buf.len().min(120)]).into_owned(),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "no answer within 5 s".into(),
+                        };
+                        if let Ok(mut r) = reasons.lock() {
+                            r.push(why);
+                        }
+                    }
+                }
             }
         }));
     }
@@ -151,7 +165,13 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert!(ok > before, "the new process served requests");
     eprintln!("handover: {ok} ok, {failed} failed ({before} before)");
-    assert_eq!(failed, 0, "{failed} failed requests of {}", ok + failed);
+    let reasons = reasons.lock().map(|r| r.clone()).unwrap_or_default();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} failed requests of {}: {reasons:?}",
+        ok + failed
+    );
 
     // SIGTERM: stop accepting, drain, exit.
     signal(&new, "-TERM");
