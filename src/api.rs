@@ -77,11 +77,12 @@ impl Gateway {
             return self.bootstrap(req, route, &id, owner, principal).await;
         }
         // Everything else: the owner's app session, from its own origin.
-        let user = self.auth.session_owner(&self.records, req, owner).await??;
+        let (user, _) = self.auth.session_owner(&self.records, req, owner).await??;
         self.auth.check_origin(req, false, proto)?;
         *principal = Some(Principal {
             user: user.clone(),
             method: AuthMethod::Session,
+            session_key_hash: None,
         });
         match endpoint {
             Endpoint::IdeToken => {
@@ -168,6 +169,7 @@ impl Gateway {
         *principal = Some(Principal {
             user: v.sub,
             method: AuthMethod::DevIdeToken,
+            session_key_hash: None,
         });
         let prefix = route.prefix_for(id).ok_or(GatewayError::Internal)?;
         let secure = if self.auth.cookie_secure {

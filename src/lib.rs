@@ -54,21 +54,6 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
     let metrics = Arc::new(metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let store = store::build(config, redis_rt.as_deref(), metrics.clone())?;
     let cache = Records::new_cache(config);
-    if let Some(handle) = redis_rt
-        .as_ref()
-        .and_then(|r| r.handle())
-        .filter(|_| subscribe)
-    {
-        let (c, m) = (cache.clone(), metrics.clone());
-        let invalidate: Invalidate = Arc::new(move |key: Option<&str>| match key {
-            Some(k) => {
-                m.cache_invalidations.inc();
-                c.invalidate(k);
-            }
-            None => c.clear(),
-        });
-        store::spawn_invalidation_listener(&handle, &config.redis, invalidate)?;
-    }
     let activity = match redis_rt.as_ref().and_then(|r| r.handle()) {
         Some(handle) if subscribe && config.activity.interval_secs > 0 => {
             let a = Arc::new(activity::Activity::new());
@@ -82,10 +67,27 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
         }
         _ => None,
     };
-    let records = Records::new(store.clone(), cache, config, metrics.clone());
+    let records = Records::new(store.clone(), cache.clone(), config, metrics.clone());
     let gateway = proxy::Gateway::new(config, records, metrics.clone())?
-        .with_runtime(redis_rt)
+        .with_runtime(redis_rt.clone())
         .with_activity(activity);
+    if let Some(handle) = redis_rt
+        .as_ref()
+        .and_then(|r| r.handle())
+        .filter(|_| subscribe)
+    {
+        let (c, m, tunnels) = (cache, metrics.clone(), gateway.invalidations.clone());
+        let invalidate: Invalidate = Arc::new(move |key: Option<&str>| match key {
+            Some(k) => {
+                m.cache_invalidations.inc();
+                c.invalidate(k);
+                // After the cache: a tunnel that re-checks must read the new record.
+                let _ = tunnels.send(auth::key_hash(k));
+            }
+            None => c.clear(),
+        });
+        store::spawn_invalidation_listener(&handle, &config.redis, invalidate)?;
+    }
     Ok(Parts {
         stopping: gateway.stopping.clone(),
         gateway,

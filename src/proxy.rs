@@ -32,7 +32,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 pub struct Gateway {
     pub(crate) routes: RouteTable,
@@ -47,6 +47,8 @@ pub struct Gateway {
     pub(crate) connector: TransportConnector,
     /// Flips to `true` when the process starts to stop (WebSocket tunnels then send 1012).
     pub(crate) stopping: Arc<watch::Sender<bool>>,
+    /// Hashes of invalidated keys, for open WebSockets to re-check their credential.
+    pub(crate) invalidations: broadcast::Sender<u64>,
     pub(crate) metrics: Arc<Metrics>,
     access_log: AccessLog,
     activity: Option<Arc<Activity>>,
@@ -79,6 +81,7 @@ impl Gateway {
                 ..ConnectorOptions::new(1)
             })),
             stopping: Arc::new(watch::channel(false).0),
+            invalidations: broadcast::channel(1024).0,
             metrics,
             access_log: AccessLog::open(&config.log.access_log)?,
             activity: None,

@@ -2,13 +2,17 @@
 //! have bound the request's target. Pingora's own upgraded-body loop has no shutdown hook, so it
 //! cannot say goodbye: here the tunnel watches the process's shutdown and, before the process
 //! exits, sends the client a close frame with code 1012 (service restart) at a frame boundary,
-//! so browsers reconnect at once instead of reporting 1006. The tunnel also knows exactly which
-//! side ended a session (for the close-cause metric) and counts frames as workspace activity.
+//! so browsers reconnect at once instead of reporting 1006. When an invalidation message names
+//! its session or its workspace record, the tunnel re-runs the request's decision and closes
+//! with 1008 if the credential no longer passes (a revoked session ends its open terminals).
+//! The tunnel also knows exactly which side ended a session (for the close-cause metric) and
+//! counts frames as workspace activity.
 //!
 //! The upstream connection is made by Pingora's transport connector from the request's own peer
 //! (`upstream::peer`: timeouts, TLS with SNI and verification), and the upstream request is the
 //! browser's, rewritten by `headers::rewrite_upstream_request` exactly as for plain requests.
 
+use crate::auth::key_hash;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::proxy::Gateway;
@@ -19,11 +23,13 @@ use pingora::proxy::Session;
 use pingora::ErrorType;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// The close frame sent to clients when the process stops: FIN + close opcode, 2-byte payload,
 /// status 1012 (service restart).
 const CLOSE_1012: [u8; 4] = [0x88, 0x02, 0x03, 0xF4];
+/// The close frame sent when the tunnel's credential is revoked: 1008 (policy violation).
+const CLOSE_1008: [u8; 4] = [0x88, 0x02, 0x03, 0xF0];
 /// Longest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -201,7 +207,8 @@ impl Gateway {
         Ok(())
     }
 
-    /// Copy both ways until one side ends, the connection idles out, or the process stops.
+    /// Copy both ways until one side ends, the connection idles out, its credential is revoked,
+    /// or the process stops.
     async fn pump(
         &self,
         session: &mut Session,
@@ -211,26 +218,40 @@ impl Gateway {
     ) -> &'static str {
         let idle = self.ws_idle_timeout;
         let mut stopping: watch::Receiver<bool> = self.stopping.subscribe();
+        let mut invalidations = self.invalidations.subscribe();
+        // The keys whose invalidation makes this tunnel re-check its credential.
+        let watched: Vec<u64> = ctx
+            .activity_key
+            .iter()
+            .map(|k| key_hash(k))
+            .chain(ctx.principal.as_ref().and_then(|p| p.session_key_hash))
+            .collect();
         let mut buf = vec![0u8; 16 * 1024];
         let mut last = Instant::now();
-        let mut shutdown_deadline: Option<Instant> = None;
+        // Set once the tunnel must end: the close frame, the cause, and how long to wait for a
+        // frame boundary to send it at.
+        let mut closing: Option<(&'static [u8; 4], &'static str, Instant)> = None;
         loop {
-            if *stopping.borrow() {
-                let deadline = *shutdown_deadline
-                    .get_or_insert_with(|| Instant::now() + Duration::from_secs(1));
-                // Between frames (or out of patience): say goodbye with 1012.
+            if closing.is_none() && *stopping.borrow() {
+                closing = Some((
+                    &CLOSE_1012,
+                    "shutdown",
+                    Instant::now() + Duration::from_secs(1),
+                ));
+            }
+            if let Some((frame, cause, deadline)) = closing {
                 if tracker.at_boundary() || Instant::now() >= deadline {
                     if tracker.at_boundary() {
                         let _ = session
-                            .write_response_body(Some(Bytes::from_static(&CLOSE_1012)), false)
+                            .write_response_body(Some(Bytes::from_static(frame)), false)
                             .await;
                     }
                     let _ = session.finish_body().await;
-                    return "shutdown";
+                    return cause;
                 }
             }
             let idle_left = idle.saturating_sub(last.elapsed());
-            tokio::select! {
+            let recheck = tokio::select! {
                 down = session.read_request_body() => match down {
                     Ok(Some(data)) => {
                         ctx.bytes_in += data.len() as u64;
@@ -239,6 +260,7 @@ impl Gateway {
                         if upstream.write_all(&data).await.is_err() || upstream.flush().await.is_err() {
                             return "upstream";
                         }
+                        false
                     }
                     Ok(None) => return "client",
                     Err(e) => return io_cause(&e),
@@ -254,11 +276,54 @@ impl Gateway {
                         if session.write_response_body(Some(data), false).await.is_err() {
                             return "client";
                         }
+                        false
                     }
                 },
-                _ = stopping.changed(), if !*stopping.borrow() => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)), if shutdown_deadline.is_some() => {}
+                key = invalidations.recv(), if closing.is_none() => match key {
+                    Ok(h) => watched.contains(&h),
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => false,
+                },
+                _ = stopping.changed(), if !*stopping.borrow() => false,
+                _ = tokio::time::sleep(Duration::from_millis(50)), if closing.is_some() => false,
                 _ = tokio::time::sleep(idle_left) => return "idle_timeout",
+            };
+            if recheck && self.revoked(session, ctx).await {
+                closing = Some((
+                    &CLOSE_1008,
+                    "revoked",
+                    Instant::now() + Duration::from_secs(1),
+                ));
+            }
+        }
+    }
+
+    /// Whether the tunnel's request would now be refused (session revoked or of another user,
+    /// workspace gone, stopped or given to someone else). A store outage revokes nothing: open
+    /// WebSockets stay up through it.
+    async fn revoked(&self, session: &Session, ctx: &RequestCtx) -> bool {
+        let mut fresh = RequestCtx::new();
+        fresh.is_upgrade = true;
+        fresh.proto = ctx.proto;
+        match self.decide(session.req_header(), &mut fresh).await {
+            Ok(_) => false,
+            Err(e) => {
+                let gone = matches!(
+                    e,
+                    GatewayError::Unauthenticated
+                        | GatewayError::Forbidden
+                        | GatewayError::UnknownWorkspace
+                        | GatewayError::NotRunning
+                        | GatewayError::BadRecord
+                );
+                if gone {
+                    log::info!(
+                        "request {}: closing its WebSocket, the credential or workspace changed ({})",
+                        ctx.request_id,
+                        e.code()
+                    );
+                }
+                gone
             }
         }
     }

@@ -229,3 +229,107 @@ async fn graceful_stop_closes_open_websockets_with_1012() {
         .expect("join")
         .expect("server stopped");
 }
+
+async fn expect_close(ws: &mut Ws) -> u16 {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let frame = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a close frame within 5 s");
+    u16::from(frame.expect("a close code").code)
+}
+
+/// Revoking a session (or giving the workspace to someone else) ends the WebSockets it opened,
+/// with 1008; a Redis outage ends none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_credentials_close_their_open_websockets() {
+    let mut w = World::start("[cache]\nttl_ms = 60000\n").await;
+    w.redis.wait_for_subscriber("edgegate:invalidate");
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    w.redis.workspace(ID_B, &w.b.addr.to_string());
+    let host_a = w.gw.ws_host(ID_A);
+    let origin = format!("http://{host_a}");
+    let cookie = format!("session={OWNER_SESSION}");
+    let mut by_session = ws_connect(
+        w.gw.addr,
+        &host_a,
+        "/agent/ws",
+        &[("cookie", &cookie), ("origin", &origin)],
+    )
+    .await
+    .expect("session upgrade");
+    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_B, OWNER);
+    let mut by_token = ws_connect(
+        w.gw.addr,
+        &w.gw.ws_host(ID_B),
+        &format!("/agent/ws?token={token}"),
+        &[],
+    )
+    .await
+    .expect("token upgrade");
+    assert_eq!(ws_roundtrip(&mut by_session, "1").await, "upstream-a:1");
+    assert_eq!(ws_roundtrip(&mut by_token, "1").await, "upstream-b:1");
+
+    // An unrelated invalidation changes nothing.
+    w.redis.publish(
+        "edgegate:invalidate",
+        "workspace:01J0AAAAAAAAAAAAAAAAAAAAA7",
+    );
+    assert_eq!(ws_roundtrip(&mut by_session, "2").await, "upstream-a:2");
+
+    // The session is deleted: its socket closes with 1008; the token's socket stays.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("session:{OWNER_SESSION}"))
+        .query(&mut w.redis.conn())
+        .expect("DEL");
+    w.redis
+        .publish("edgegate:invalidate", &format!("session:{OWNER_SESSION}"));
+    assert_eq!(expect_close(&mut by_session).await, 1008);
+    assert_eq!(ws_roundtrip(&mut by_token, "3").await, "upstream-b:3");
+
+    // Workspace B changes hands: the old owner's token socket closes.
+    w.redis.hset(
+        &format!("workspace:{ID_B}"),
+        &[
+            ("backend", &w.b.addr.to_string()),
+            ("owner", "someone-else"),
+            ("status", "running"),
+        ],
+    );
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_B}"));
+    assert_eq!(expect_close(&mut by_token).await, 1008);
+
+    // Through a Redis outage an open socket stays up.
+    w.redis.sessions();
+    let mut steady = ws_connect(
+        w.gw.addr,
+        &host_a,
+        &format!(
+            "/agent/ws?token={}",
+            mint(edgegate::auth::token::TokenType::Terminal, ID_A, OWNER)
+        ),
+        &[],
+    )
+    .await
+    .expect("upgrade");
+    w.redis.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ws_roundtrip(&mut steady, "still").await, "upstream-a:still");
+
+    let metrics = w.gw.admin_get("/metrics").await.body;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "edgegate_websocket_closes_total{cause=\"revoked\",route=\"workspace\"} 2"
+        )),
+        "{metrics}"
+    );
+}

@@ -27,6 +27,18 @@ pub struct Asking<'a> {
 pub struct Principal {
     pub user: String,
     pub method: AuthMethod,
+    /// For a session: a hash of its Redis key, so an invalidation of that key can be matched
+    /// against open WebSockets without keeping the session id around.
+    pub session_key_hash: Option<u64>,
+}
+
+/// A stable hash of a Redis key (for matching invalidation messages).
+pub fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 /// A template `head{x}tail` with the key prefix applied.
@@ -170,6 +182,7 @@ impl Auth {
                 return Ok(Some(Principal {
                     user: v.sub,
                     method,
+                    session_key_hash: None,
                 }));
             }
         }
@@ -183,6 +196,7 @@ impl Auth {
                         return Ok(Some(Principal {
                             user: v.sub,
                             method: AuthMethod::IdeCookie,
+                            session_key_hash: None,
                         }));
                     }
                     Ok(_) => refusal = GatewayError::Forbidden,
@@ -196,11 +210,12 @@ impl Auth {
                 *attempt = Some(AuthMethod::Session);
             }
             match self.session_owner(records, req, owner).await? {
-                Ok(user) => {
+                Ok((user, hash)) => {
                     self.check_origin(req, is_upgrade, proto)?;
                     return Ok(Some(Principal {
                         user,
                         method: AuthMethod::Session,
+                        session_key_hash: Some(hash),
                     }));
                 }
                 Err(GatewayError::Forbidden) => refusal = GatewayError::Forbidden,
@@ -217,7 +232,7 @@ impl Auth {
         records: &Records,
         req: &RequestHeader,
         owner: &str,
-    ) -> Result<Result<String, GatewayError>, GatewayError> {
+    ) -> Result<Result<(String, u64), GatewayError>, GatewayError> {
         let mut refusal = GatewayError::Unauthenticated;
         for sid in session::cookie_values(req, &self.session_cookie) {
             match session::session_user(
@@ -228,7 +243,9 @@ impl Auth {
             )
             .await?
             {
-                Some(user) if user == owner => return Ok(Ok(user)),
+                Some(user) if user == owner => {
+                    return Ok(Ok((user, key_hash(&self.session_key.key(sid)))))
+                }
                 Some(_) => refusal = GatewayError::Forbidden,
                 None => {}
             }
