@@ -264,6 +264,9 @@ pub struct CacheConfig {
     pub max_entries: usize,
     /// How long a resolved upstream DNS name is kept.
     pub dns_ttl_ms: u64,
+    /// While Redis is unreachable, serve a route record read within this window (0: never).
+    /// Sessions are never served stale.
+    pub stale_ms: u64,
 }
 
 impl Default for CacheConfig {
@@ -273,6 +276,7 @@ impl Default for CacheConfig {
             negative_ttl_ms: 1000,
             max_entries: 100_000,
             dns_ttl_ms: 30_000,
+            stale_ms: 60_000,
         }
     }
 }

@@ -43,6 +43,15 @@ pub struct RequestCtx {
     /// The record that receives this request's activity, and when it was last marked.
     pub activity_key: Option<String>,
     pub activity_marked: u64,
+    /// The one re-decision allowed after the cached backend refused a connection.
+    pub refresh: Refresh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    No,
+    Pending,
+    Done,
 }
 
 impl RequestCtx {
@@ -67,6 +76,7 @@ impl RequestCtx {
             ws_close_cause: None,
             activity_key: None,
             activity_marked: 0,
+            refresh: Refresh::No,
         }
     }
 

@@ -17,6 +17,8 @@ pub enum GatewayError {
     BadId,
     #[error("that port is not open for proxying")]
     PortNotAllowed,
+    #[error("only WebSocket upgrades are supported")]
+    BadUpgrade,
     #[error("no route for this host")]
     NoRoute,
     #[error("unknown workspace")]
@@ -47,7 +49,7 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         use GatewayError::*;
         match self {
-            BadHost | BadPath | BadId | PortNotAllowed => 400,
+            BadHost | BadPath | BadId | PortNotAllowed | BadUpgrade => 400,
             Unauthenticated => 401,
             Forbidden => 403,
             NoRoute | UnknownWorkspace => 404,
@@ -67,6 +69,7 @@ impl GatewayError {
             BadPath => "bad_path",
             BadId => "bad_id",
             PortNotAllowed => "port_not_allowed",
+            BadUpgrade => "bad_upgrade",
             NoRoute => "no_route",
             UnknownWorkspace => "unknown_workspace",
             Unauthenticated => "unauthenticated",

@@ -16,7 +16,7 @@ use crate::activity::Activity;
 use crate::api::Reply;
 use crate::auth::{self, Auth};
 use crate::config::{ApiConfig, AuthMethod, Config, UpstreamConfig};
-use crate::ctx::RequestCtx;
+use crate::ctx::{Refresh, RequestCtx};
 use crate::error::{self, GatewayError};
 use crate::headers::{self, Forwarding, IpNet};
 use crate::metrics::{self, Metrics};
@@ -124,6 +124,23 @@ impl Gateway {
             .inc();
     }
 
+    /// After a connect failure: whether the workspace's backend may have moved, in which case
+    /// its cached record is dropped and the request is to be decided again, once.
+    pub(crate) fn may_have_moved(&self, ctx: &mut RequestCtx, e: &Error) -> bool {
+        let refused = matches!(
+            e.etype(),
+            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute
+        );
+        match (&ctx.activity_key, ctx.refresh) {
+            (Some(key), Refresh::No) if refused => {
+                self.records.cache().invalidate(key);
+                ctx.refresh = Refresh::Pending;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A WebSocket is open: count it until `logging` sees it end.
     pub(crate) fn ws_opened(&self, ctx: &mut RequestCtx) {
         ctx.ws_opened = Some(std::time::Instant::now());
@@ -153,6 +170,13 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> std::result::Result<Option<Reply>, GatewayError> {
         let host = headers::normalize_host(headers::browser_host(req)?)?;
+        // `Upgrade: h2c` (or anything but websocket) would let a client speak past the proxy
+        // to the upstream: never upgraded.
+        if let Some(up) = req.headers.get(http::header::UPGRADE) {
+            if !up.as_bytes().eq_ignore_ascii_case(b"websocket") {
+                return Err(GatewayError::BadUpgrade);
+            }
+        }
         let matched =
             self.routes
                 .match_request(&host, req.uri.path(), req.uri.query(), ctx.is_upgrade)?;
@@ -332,9 +356,16 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.refresh == Refresh::Pending {
+            // The cached backend refused: decide again from a fresh record (auth included).
+            ctx.refresh = Refresh::Done;
+            if let Err(e) = self.decide(session.req_header(), ctx).await {
+                return Err(Error::explain(ErrorType::HTTPStatus(e.status()), e.code()));
+            }
+        }
         // Only ever the target this request's own `request_filter` bound.
         let target = ctx
             .target
@@ -393,11 +424,13 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // One target per request: retrying the same refused address only delays the 502.
-        e.set_retry(false);
+        // A workspace whose cached backend refuses may have moved: drop the cached record and
+        // retry once from a fresh one. Anything else is not retried against the same address.
+        let retry = self.may_have_moved(ctx, &e);
+        e.set_retry(retry);
         e
     }
 

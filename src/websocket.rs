@@ -103,15 +103,29 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<(), GatewayError> {
-        let Some(target) = ctx.target.clone() else {
-            return Err(GatewayError::Internal);
+        let mut upstream = loop {
+            let Some(target) = ctx.target.clone() else {
+                return Err(GatewayError::Internal);
+            };
+            let peer = crate::upstream::peer(&target, &self.upstream, true);
+            match self.connector.new_stream(&*peer).await {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    log::warn!("websocket upstream {}: {e}", target.addr);
+                    self.count_upstream_failure(ctx, &e);
+                    if self.may_have_moved(ctx, &e) {
+                        // Decide again from a fresh record (auth included), then retry once.
+                        ctx.refresh = crate::ctx::Refresh::Done;
+                        let req = session.req_header().clone();
+                        self.decide(&req, ctx).await?;
+                        continue;
+                    }
+                    return Err(
+                        GatewayError::from_proxy_error(&e).unwrap_or(GatewayError::UpstreamRefused)
+                    );
+                }
+            }
         };
-        let peer = crate::upstream::peer(&target, &self.upstream, true);
-        let mut upstream = self.connector.new_stream(&*peer).await.map_err(|e| {
-            log::warn!("websocket upstream {}: {e}", target.addr);
-            self.count_upstream_failure(ctx, &e);
-            GatewayError::from_proxy_error(&e).unwrap_or(GatewayError::UpstreamRefused)
-        })?;
 
         let mut req = session.req_header().clone();
         let fwd = self.forwarding(session, ctx);

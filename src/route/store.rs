@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One Redis hash, as the app wrote it.
 pub type Record = HashMap<String, String>;
@@ -52,6 +52,11 @@ pub struct Records {
     ttl: Duration,
     negative_ttl: Duration,
     metrics: Arc<Metrics>,
+    /// How long after its last successful read a route record may be served while the store
+    /// is unreachable (never a session).
+    stale_window: Duration,
+    last_good: std::sync::Mutex<HashMap<String, (Arc<Record>, Instant)>>,
+    max_entries: usize,
 }
 
 impl Records {
@@ -67,6 +72,9 @@ impl Records {
             ttl: Duration::from_millis(config.cache.ttl_ms),
             negative_ttl: Duration::from_millis(config.cache.negative_ttl_ms),
             metrics,
+            stale_window: Duration::from_millis(config.cache.stale_ms),
+            last_good: std::sync::Mutex::new(HashMap::new()),
+            max_entries: config.cache.max_entries,
         }
     }
 
@@ -81,15 +89,16 @@ impl Records {
     /// The record at `key`; `Ok(None)` when there is none. Store failures become the
     /// client-facing error here and are logged with the key.
     pub async fn get(&self, key: &str) -> (Result<Option<Arc<Record>>, GatewayError>, Outcome) {
-        self.lookup(key, key).await
+        self.lookup(key, key, true).await
     }
 
-    /// Like `get`, for keys that embed a secret (a session id): logs never name the key.
+    /// Like `get`, for keys that embed a secret (a session id): logs never name the key, and a
+    /// stale copy is never served (auth fails closed).
     pub async fn get_secret(
         &self,
         key: &str,
     ) -> (Result<Option<Arc<Record>>, GatewayError>, Outcome) {
-        self.lookup(key, "<redacted>").await
+        self.lookup(key, "<redacted>", false).await
     }
 
     /// Spend a one-time marker: `true` the first time `key` is set (SET NX with expiry).
@@ -107,11 +116,29 @@ impl Records {
         &self,
         key: &str,
         log_key: &str,
+        stale_ok: bool,
     ) -> (Result<Option<Arc<Record>>, GatewayError>, Outcome) {
         let (lookup, outcome) = self
             .cache
             .get_or_fetch(key, || async {
-                let res = self.store.fetch(key).await.map(|r| r.map(Arc::new));
+                let mut res = self.store.fetch(key).await.map(|r| r.map(Arc::new));
+                match &res {
+                    Ok(Some(rec)) if stale_ok && !self.stale_window.is_zero() => {
+                        self.remember(key, rec.clone());
+                    }
+                    Err(StoreFailure::Unavailable(_)) if stale_ok => {
+                        if let Some(rec) = self.stale_copy(key) {
+                            self.metrics
+                                .cache_lookups
+                                .with_label_values(&["stale"])
+                                .inc();
+                            res = Ok(Some(rec));
+                            // Served to the waiting requests only; the next one asks again.
+                            return (res, Duration::ZERO);
+                        }
+                    }
+                    _ => {}
+                }
                 let ttl = match &res {
                     Ok(Some(_)) => self.ttl,
                     Ok(None) => self.negative_ttl,
@@ -145,6 +172,28 @@ impl Records {
 
     pub fn cache(&self) -> &Arc<Cache<Lookup>> {
         &self.cache
+    }
+
+    /// Keep the last good copy of a route record for outages.
+    fn remember(&self, key: &str, rec: Arc<Record>) {
+        let mut last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+        if last.len() >= self.max_entries && !last.contains_key(key) {
+            let now = Instant::now();
+            let window = self.stale_window;
+            last.retain(|_, (_, at)| now.duration_since(*at) < window);
+            if last.len() >= self.max_entries {
+                last.clear();
+            }
+        }
+        last.insert(key.to_owned(), (rec, Instant::now()));
+    }
+
+    /// The last good copy of `key`, if it was read within the stale window.
+    fn stale_copy(&self, key: &str) -> Option<Arc<Record>> {
+        let last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+        last.get(key)
+            .filter(|(_, at)| at.elapsed() < self.stale_window)
+            .map(|(rec, _)| rec.clone())
     }
 }
 

@@ -112,6 +112,15 @@ impl Redis {
         }
     }
 
+    /// Send a signal to the running server (`-STOP`, `-CONT`).
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }

@@ -1,0 +1,179 @@
+//! Faults: a backend that moved, an upstream that dies mid-body or mid-WebSocket, a paused
+//! Redis, and an h2c upgrade attempt.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_backend_is_re_read_and_the_request_retried_once() {
+    // A long TTL: only the refusal can make edgegate read the record again.
+    let w = World::start("[cache]\nttl_ms = 60000\n").await;
+    let dead = free_port();
+    w.redis.workspace(ID_A, &format!("127.0.0.1:{dead}"));
+    let host = w.gw.ws_host(ID_A);
+    assert_eq!(
+        w.gw.get(&host, "/", &[]).await.status,
+        502,
+        "cached at a dead address"
+    );
+    // The app moves the workspace but the message is lost.
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let before = w.redis.calls("hgetall");
+    let r = w.gw.get(&host, "/moved", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(w.a.seen()[0].target, "/moved");
+    assert_eq!(
+        w.redis.calls("hgetall") - before,
+        1,
+        "one fresh read of the record"
+    );
+
+    // The same for a WebSocket.
+    w.redis.workspace(ID_B, &format!("127.0.0.1:{dead}"));
+    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_B, OWNER);
+    let path = format!("/agent/ws?token={token}");
+    assert!(ws_connect(w.gw.addr, &w.gw.ws_host(ID_B), &path, &[])
+        .await
+        .is_err());
+    w.redis.workspace(ID_B, &w.b.addr.to_string());
+    let mut ws = ws_connect(w.gw.addr, &w.gw.ws_host(ID_B), &path, &[])
+        .await
+        .expect("reached the moved backend");
+    assert_eq!(ws_roundtrip(&mut ws, "x").await, "upstream-b:x");
+
+    // Still dead after a fresh read: 502 after one retry, not a loop.
+    let other = "01J0AAAAAAAAAAAAAAAAAAAAA8";
+    w.redis.workspace(other, &format!("127.0.0.1:{dead}"));
+    let r = w.gw.get(&w.gw.ws_host(other), "/", &[]).await;
+    assert_eq!(r.status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_dies_mid_body_leaves_a_truncated_response() {
+    let w = World::start("").await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        if let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly-this-much")
+                .await;
+            // Dropped: the connection closes 986 bytes short.
+        }
+    });
+    w.redis.workspace(ID_A, &addr.to_string());
+    let r = w.gw.get(&w.gw.ws_host(ID_A), "/", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("1000"));
+    assert!(
+        r.body.len() < 1000,
+        "never a clean end: {} bytes",
+        r.body.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upstream_that_dies_closes_the_client_socket() {
+    use futures_util::StreamExt;
+    let w = World::start("").await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        if let Ok((s, _)) = l.accept().await {
+            let ws = tokio_tungstenite::accept_async(s).await.expect("handshake");
+            let _ = kill_rx.await;
+            drop(ws); // dies without a close frame
+        }
+    });
+    w.redis.workspace(ID_A, &addr.to_string());
+    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_A, OWNER);
+    let mut ws = ws_connect(
+        w.gw.addr,
+        &w.gw.ws_host(ID_A),
+        &format!("/agent/ws?token={token}"),
+        &[],
+    )
+    .await
+    .expect("upgrade");
+    let _ = kill_tx.send(());
+    let ended = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the client's socket closed within 1 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_costs_its_deadline_and_cached_routes_keep_working() {
+    // Records expire fast; the stale window keeps known workspaces reachable.
+    let w = World::start("[cache]\nttl_ms = 100\nnegative_ttl_ms = 100\n").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    // A terminal token: its check needs no Redis (a session would, and must fail closed).
+    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_A, OWNER);
+    let path = format!("/agent/ws?token={token}");
+    assert_eq!(w.gw.request("GET", &host, &path, &[]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    w.redis.signal("-STOP");
+    let started = std::time::Instant::now();
+    let r = w.gw.request("GET", &host, &path, &[]).await;
+    assert_eq!(
+        r.status, 200,
+        "a known workspace is served from its last good record: {}",
+        r.body
+    );
+    let r = w.gw.get(&w.gw.ws_host(ID_B), "/", &[]).await;
+    assert_eq!(r.status, 503, "an unknown one gets 503: {}", r.body);
+    assert!(r.header("retry-after").is_some());
+    // A session cannot be checked while Redis sleeps: refused, never served stale.
+    let r = w.gw.get(&host, "/", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let paused_for = started.elapsed();
+    w.redis.signal("-CONT");
+    // Three requests that each met the 500 ms deadline at most once or twice, never a hang.
+    assert!(paused_for < Duration::from_secs(10), "{paused_for:?}");
+    let back = eventually(Duration::from_secs(5), || async {
+        w.gw.get(&host, "/", &[]).await.status == 200
+    })
+    .await;
+    assert!(back);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_upgrades_are_refused() {
+    let w = World::start("").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let cookie = format!("session={OWNER_SESSION}");
+    let r =
+        w.gw.request(
+            "GET",
+            &w.gw.ws_host(ID_A),
+            "/",
+            &[
+                ("Cookie", &cookie),
+                ("Connection", "Upgrade, HTTP2-Settings"),
+                ("Upgrade", "h2c"),
+                ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "bad_upgrade");
+    assert_eq!(w.a.count(), 0);
+}
