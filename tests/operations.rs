@@ -127,12 +127,14 @@ async fn metrics_move_by_the_right_amounts_after_known_traffic() {
         delta("edgegate_requests_total", &[ws_route[0], ("status", "5xx")]),
         1.0
     );
+    // 3 proxied + the dead-backend request, decided twice (refused connect → fresh record →
+    // one retry).
     assert_eq!(
         delta(
             "edgegate_auth_decisions_total",
             &[("method", "session"), ("result", "ok")]
         ),
-        4.0
+        5.0
     );
     assert_eq!(
         delta(

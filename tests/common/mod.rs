@@ -44,9 +44,19 @@ pub fn mint(typ: edgegate::auth::token::TokenType, id: &str, user: &str) -> Stri
     keys().mint(typ, &id, user).expect("mint").0
 }
 
+/// An ephemeral port nobody listens on, never the same twice in one test process.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no fresh ephemeral port in 100 tries");
 }
 
 /// A `redis-server` owned by this test; killed on drop.
