@@ -48,6 +48,33 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub activity: ActivityConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Bounds on what one client may ask.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest request target (path and query); longer is 414.
+    pub max_uri_bytes: usize,
+    /// Total size of the request headers; larger is 431.
+    pub max_header_bytes: usize,
+    /// Number of request headers; more is 431.
+    pub max_headers: usize,
+    /// Requests and WebSockets in flight per workspace record; beyond it 429. 0: no cap.
+    pub max_connections_per_workspace: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_uri_bytes: 8192,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_connections_per_workspace: 0,
+        }
+    }
 }
 
 /// The idle-culling signal written to workspace records.

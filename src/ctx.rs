@@ -45,6 +45,8 @@ pub struct RequestCtx {
     pub activity_marked: u64,
     /// The one re-decision allowed after the cached backend refused a connection.
     pub refresh: Refresh,
+    /// This request's place in its workspace's in-flight count (freed with the CTX).
+    pub slot: Option<crate::limits::Slot>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +79,7 @@ impl RequestCtx {
             activity_key: None,
             activity_marked: 0,
             refresh: Refresh::No,
+            slot: None,
         }
     }
 

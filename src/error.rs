@@ -19,6 +19,12 @@ pub enum GatewayError {
     PortNotAllowed,
     #[error("only WebSocket upgrades are supported")]
     BadUpgrade,
+    #[error("the request line is too long")]
+    UriTooLong,
+    #[error("the request headers are too large")]
+    HeadersTooLarge,
+    #[error("too many concurrent connections to this workspace")]
+    TooManyConnections,
     #[error("no route for this host")]
     NoRoute,
     #[error("unknown workspace")]
@@ -54,6 +60,9 @@ impl GatewayError {
             Forbidden => 403,
             NoRoute | UnknownWorkspace => 404,
             MethodNotAllowed => 405,
+            UriTooLong => 414,
+            TooManyConnections => 429,
+            HeadersTooLarge => 431,
             BadRecord | UpstreamUnresolvable | UpstreamRefused => 502,
             NotRunning | StoreUnavailable => 503,
             UpstreamTimeout => 504,
@@ -75,6 +84,9 @@ impl GatewayError {
             Unauthenticated => "unauthenticated",
             Forbidden => "forbidden",
             MethodNotAllowed => "method_not_allowed",
+            UriTooLong => "uri_too_long",
+            HeadersTooLarge => "headers_too_large",
+            TooManyConnections => "too_many_connections",
             BadRecord => "bad_route_record",
             UpstreamUnresolvable => "upstream_unresolvable",
             UpstreamRefused => "upstream_unreachable",
@@ -90,6 +102,7 @@ impl GatewayError {
         match self {
             GatewayError::NotRunning => Some("5"),
             GatewayError::StoreUnavailable => Some("1"),
+            GatewayError::TooManyConnections => Some("1"),
             _ => None,
         }
     }

@@ -47,6 +47,28 @@ pub fn browser_host(req: &RequestHeader) -> Result<&str, GatewayError> {
     }
 }
 
+/// 414 for an overlong request target, 431 for too many or too large headers.
+pub fn check_limits(
+    req: &RequestHeader,
+    limits: &crate::config::LimitsConfig,
+) -> Result<(), GatewayError> {
+    if req.raw_path().len() > limits.max_uri_bytes {
+        return Err(GatewayError::UriTooLong);
+    }
+    if req.headers.len() > limits.max_headers {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    let bytes: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if bytes > limits.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
 /// Lower-case, without port or trailing dot, checked to be a DNS name or IP literal.
 pub fn normalize_host(raw: &str) -> Result<String, GatewayError> {
     let host = if let Some(rest) = raw.strip_prefix('[') {

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod headers;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

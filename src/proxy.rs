@@ -52,6 +52,8 @@ pub struct Gateway {
     pub(crate) metrics: Arc<Metrics>,
     access_log: AccessLog,
     activity: Option<Arc<Activity>>,
+    limits: crate::config::LimitsConfig,
+    in_flight: crate::limits::InFlight,
     /// Keeps the Redis connection's runtime alive as long as the service.
     _redis_runtime: Option<Arc<RedisRuntime>>,
 }
@@ -85,6 +87,8 @@ impl Gateway {
             metrics,
             access_log: AccessLog::open(&config.log.access_log)?,
             activity: None,
+            limits: config.limits.clone(),
+            in_flight: crate::limits::InFlight::new(config.limits.max_connections_per_workspace),
             _redis_runtime: None,
         })
     }
@@ -169,6 +173,7 @@ impl Gateway {
         req: &RequestHeader,
         ctx: &mut RequestCtx,
     ) -> std::result::Result<Option<Reply>, GatewayError> {
+        headers::check_limits(req, &self.limits)?;
         let host = headers::normalize_host(headers::browser_host(req)?)?;
         // `Upgrade: h2c` (or anything but websocket) would let a client speak past the proxy
         // to the upstream: never upgraded.
@@ -212,6 +217,7 @@ impl Gateway {
                 ctx.route = Some(m.route.name.clone());
                 ctx.workspace = Some(m.id);
                 let key = m.route.key(&m.id);
+
                 let (found, _outcome) = self.records.get(&key).await;
                 let rec = found?.ok_or(GatewayError::UnknownWorkspace)?;
                 let rr = record::read(m.route, &key, &rec, m.port)?;
@@ -245,6 +251,13 @@ impl Gateway {
                     .with_label_values(&[ctx.auth_method.map_or("none", |m| m.as_str()), result])
                     .inc();
                 ctx.principal = decision?;
+                // Only authorised requests count against the workspace's cap.
+                if ctx.slot.is_none() {
+                    ctx.slot = self
+                        .in_flight
+                        .enter(&key)
+                        .ok_or(GatewayError::TooManyConnections)?;
+                }
                 let addr = self.resolver.resolve(&rr.upstream).await?;
                 // Credentials stop here: edgegate's cookies always, a Bearer when it was
                 // ours, and `?token=` unless the route's upstream validates it too.

@@ -177,3 +177,45 @@ async fn h2c_upgrades_are_refused() {
     assert_eq!(r.error_code(), "bad_upgrade");
     assert_eq!(w.a.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_and_a_full_workspace_are_refused_with_their_status() {
+    let w = World::start("[limits]\nmax_uri_bytes = 1000\nmax_header_bytes = 2048\nmax_headers = 20\nmax_connections_per_workspace = 2\n").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    let long = format!("/{}", "a".repeat(1100));
+    assert_eq!(w.gw.get(&host, &long, &[]).await.status, 414);
+    let big = "b".repeat(3000);
+    assert_eq!(w.gw.get(&host, "/", &[("X-Big", &big)]).await.status, 431);
+    let many: Vec<(String, String)> = (0..30)
+        .map(|i| (format!("X-H{i}"), "v".to_string()))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(w.gw.get(&host, "/", &many).await.status, 431);
+    assert_eq!(w.a.count(), 0);
+
+    // Two WebSockets fill workspace A; the third request waits outside (429), B is unaffected.
+    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_A, OWNER);
+    let path = format!("/agent/ws?token={token}");
+    let mut one = ws_connect(w.gw.addr, &host, &path, &[])
+        .await
+        .expect("first");
+    let _two = ws_connect(w.gw.addr, &host, &path, &[])
+        .await
+        .expect("second");
+    let r = w.gw.get(&host, "/", &[]).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.error_code(), "too_many_connections");
+    assert!(r.header("retry-after").is_some());
+    w.redis.workspace(ID_B, &w.b.addr.to_string());
+    assert_eq!(w.gw.get(&w.gw.ws_host(ID_B), "/", &[]).await.status, 200);
+    // Closing one frees its place.
+    use futures_util::SinkExt;
+    one.close(None).await.expect("close");
+    drop(one);
+    let freed = eventually(Duration::from_secs(3), || async {
+        w.gw.get(&host, "/", &[]).await.status == 200
+    })
+    .await;
+    assert!(freed);
+}
