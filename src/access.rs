@@ -80,20 +80,39 @@ pub struct Entry<'a> {
     pub ws_close: Option<&'static str>,
 }
 
-/// The query with every `token` value replaced by `REDACTED`.
+/// Query parameters whose values are credentials somewhere (edgegate's `token`, openvscode's
+/// `tkn`, OAuth's `code` and friends).
+const SECRET_PARAMS: &[&str] = &[
+    "token",
+    "tkn",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "code",
+    "password",
+    "secret",
+    "api_key",
+    "key",
+    "sig",
+    "signature",
+];
+
+fn is_secret(param: &str) -> bool {
+    let name = param.split_once('=').map_or(param, |(k, _)| k);
+    SECRET_PARAMS.iter().any(|s| name.eq_ignore_ascii_case(s))
+}
+
+/// The query with every credential-like value replaced by `REDACTED`.
 pub fn redact_query(query: &str) -> Cow<'_, str> {
-    if !query.split('&').any(|p| p.starts_with("token=")) {
+    if !query.split('&').any(is_secret) {
         return Cow::Borrowed(query);
     }
     Cow::Owned(
         query
             .split('&')
-            .map(|p| {
-                if p.starts_with("token=") {
-                    "token=REDACTED"
-                } else {
-                    p
-                }
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if is_secret(p) => format!("{k}=REDACTED"),
+                _ => p.to_string(),
             })
             .collect::<Vec<_>>()
             .join("&"),
@@ -110,5 +129,9 @@ mod tests {
         );
         assert_eq!(super::redact_query("a=1"), "a=1");
         assert_eq!(super::redact_query("mytoken=1"), "mytoken=1");
+        assert_eq!(
+            super::redact_query("tkn=x&code=y&q=1"),
+            "tkn=REDACTED&code=REDACTED&q=1"
+        );
     }
 }

@@ -156,6 +156,12 @@ impl Gateway {
         if v.sub != owner {
             return Err(GatewayError::Forbidden);
         }
+        // The IDE is served on the app's origin, so a bootstrap link must only ever log in the
+        // browser of the token's own user: otherwise one user could plant a cookie for their
+        // workspace, and their content, in another user's browser.
+        if self.auth.bootstrap_requires_session {
+            self.auth.session_owner(&self.records, req, owner).await??;
+        }
         // Keep the mark as long as the token could still verify.
         let keep = v.exp.saturating_sub(now()) + 5;
         if !self

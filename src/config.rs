@@ -441,6 +441,9 @@ pub struct AuthConfig {
     pub jti_key: String,
     /// Redis key of a VM agent's state, returned by the status endpoint.
     pub agent_key: String,
+    /// The IDE bootstrap also needs the app session of the token's user (login-CSRF defence:
+    /// the IDE shares the app's origin).
+    pub bootstrap_requires_session: bool,
     pub tokens: TokenConfig,
 }
 
@@ -456,6 +459,7 @@ impl Default for AuthConfig {
             agent_ws_path: "/agent/ws".into(),
             jti_key: "edgegate:jti:{jti}".into(),
             agent_key: "agent:{id}".into(),
+            bootstrap_requires_session: true,
             tokens: TokenConfig::default(),
         }
     }

@@ -148,6 +148,23 @@ impl Metrics {
     }
 }
 
+/// The method as a label: the standard ones, everything else `other` (a client must not be
+/// able to mint series).
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// `2xx`, `4xx`, …; `0` when no response was sent.
 pub fn status_class(status: u16) -> &'static str {
     match status {

@@ -103,6 +103,20 @@ impl Gateway {
         self
     }
 
+    /// A trusted proxy (TLS-terminating load balancer) says the client came over HTTPS.
+    fn tls_before_us(&self, session: &Session) -> bool {
+        let trusted = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| self.trusted_proxies.iter().any(|n| n.contains(a.ip())));
+        trusted
+            && session
+                .req_header()
+                .headers
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+    }
+
     /// What the upstream request needs from the connection and the config.
     pub(crate) fn forwarding<'a>(&'a self, session: &Session, ctx: &RequestCtx) -> Forwarding<'a> {
         Forwarding {
@@ -327,7 +341,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.is_upgrade = session.is_upgrade_req();
-        if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+        if session.digest().is_some_and(|d| d.ssl_digest.is_some()) || self.tls_before_us(session) {
             ctx.proto = "https";
         }
         if ctx.is_upgrade {
@@ -489,7 +503,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route_name();
-        let method = session.req_header().method.as_str();
+        let method = metrics::method_label(&session.req_header().method);
         let result = if ctx.refusal.is_some() {
             "refused"
         } else if ctx.target.is_some() {

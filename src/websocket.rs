@@ -13,9 +13,11 @@
 //! browser's, rewritten by `headers::rewrite_upstream_request` exactly as for plain requests.
 
 use crate::auth::key_hash;
+use crate::config::AuthMethod;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::proxy::Gateway;
+use crate::route::{record, RouteMatch};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
@@ -30,6 +32,18 @@ use tokio::sync::{broadcast, watch};
 const CLOSE_1012: [u8; 4] = [0x88, 0x02, 0x03, 0xF4];
 /// The close frame sent when the tunnel's credential is revoked: 1008 (policy violation).
 const CLOSE_1008: [u8; 4] = [0x88, 0x02, 0x03, 0xF0];
+/// Headers that describe one hop, never forwarded as the client sent them.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 /// Longest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -131,6 +145,13 @@ impl Gateway {
         let fwd = self.forwarding(session, ctx);
         crate::headers::rewrite_upstream_request(&mut req, ctx, &fwd)
             .map_err(|_| GatewayError::BadPath)?;
+        // Hop-by-hop headers belong to the client's hop: only the upgrade itself goes on.
+        for name in HOP_BY_HOP {
+            req.remove_header(*name);
+        }
+        req.insert_header("connection", "Upgrade")
+            .and_then(|_| req.insert_header("upgrade", "websocket"))
+            .map_err(|_| GatewayError::Internal)?;
         let wire = http_req_header_to_wire(&req).ok_or(GatewayError::BadPath)?;
         let connect_timeout = Duration::from_millis(self.upstream.connect_timeout_ms);
         let read_timeout = Duration::from_millis(self.upstream.read_timeout_ms);
@@ -231,6 +252,7 @@ impl Gateway {
         tracker: &mut FrameTracker,
     ) -> &'static str {
         let idle = self.ws_idle_timeout;
+        let write_timeout = Duration::from_millis(self.upstream.write_timeout_ms);
         let mut stopping: watch::Receiver<bool> = self.stopping.subscribe();
         let mut invalidations = self.invalidations.subscribe();
         // The keys whose invalidation makes this tunnel re-check its credential.
@@ -271,7 +293,13 @@ impl Gateway {
                         ctx.bytes_in += data.len() as u64;
                         self.touch(ctx);
                         last = Instant::now();
-                        if upstream.write_all(&data).await.is_err() || upstream.flush().await.is_err() {
+                        // Bounded: an upstream that stops reading must not freeze the tunnel.
+                        let wrote = tokio::time::timeout(write_timeout, async {
+                            upstream.write_all(&data).await?;
+                            upstream.flush().await
+                        })
+                        .await;
+                        if !matches!(wrote, Ok(Ok(()))) {
                             return "upstream";
                         }
                         false
@@ -287,7 +315,13 @@ impl Gateway {
                         self.touch(ctx);
                         last = Instant::now();
                         let data = Bytes::copy_from_slice(&buf[..n]);
-                        if session.write_response_body(Some(data), false).await.is_err() {
+                        // Bounded: a client that stops reading must not freeze the tunnel.
+                        let wrote = tokio::time::timeout(
+                            write_timeout,
+                            session.write_response_body(Some(data), false),
+                        )
+                        .await;
+                        if !matches!(wrote, Ok(Ok(()))) {
                             return "client";
                         }
                         false
@@ -312,32 +346,49 @@ impl Gateway {
         }
     }
 
-    /// Whether the tunnel's request would now be refused (session revoked or of another user,
-    /// workspace gone, stopped or given to someone else). A store outage revokes nothing: open
-    /// WebSockets stay up through it.
+    /// Whether the tunnel's credential no longer holds: its workspace record is gone, stopped
+    /// or owned by someone else, or (for a session) the session no longer belongs to the
+    /// owner. The token that opened the tunnel is not re-verified: it authorised the upgrade,
+    /// and its short life must not end healthy terminals. A store outage revokes nothing.
     async fn revoked(&self, session: &Session, ctx: &RequestCtx) -> bool {
-        let mut fresh = RequestCtx::new();
-        fresh.is_upgrade = true;
-        fresh.proto = ctx.proto;
-        match self.decide(session.req_header(), &mut fresh).await {
-            Ok(_) => false,
+        let Some(principal) = &ctx.principal else {
+            return false;
+        };
+        let req = session.req_header();
+        let verdict: Result<(), GatewayError> = async {
+            let host = crate::headers::normalize_host(crate::headers::browser_host(req)?)?;
+            let RouteMatch::Workspace(m) =
+                self.routes
+                    .match_request(&host, req.uri.path(), req.uri.query(), true)?
+            else {
+                return Ok(());
+            };
+            let key = m.route.key(&m.id);
+            let rec = self
+                .records
+                .get(&key)
+                .await
+                .0?
+                .ok_or(GatewayError::UnknownWorkspace)?;
+            let owner = record::read(m.route, &key, &rec, m.port)?.owner;
+            if owner != principal.user {
+                return Err(GatewayError::Forbidden);
+            }
+            if principal.method == AuthMethod::Session {
+                self.auth.session_owner(&self.records, req, owner).await??;
+            }
+            Ok(())
+        }
+        .await;
+        match verdict {
+            Ok(()) | Err(GatewayError::StoreUnavailable) => false,
             Err(e) => {
-                let gone = matches!(
-                    e,
-                    GatewayError::Unauthenticated
-                        | GatewayError::Forbidden
-                        | GatewayError::UnknownWorkspace
-                        | GatewayError::NotRunning
-                        | GatewayError::BadRecord
+                log::info!(
+                    "request {}: closing its WebSocket, its credential no longer holds ({})",
+                    ctx.request_id,
+                    e.code()
                 );
-                if gone {
-                    log::info!(
-                        "request {}: closing its WebSocket, the credential or workspace changed ({})",
-                        ctx.request_id,
-                        e.code()
-                    );
-                }
-                gone
+                true
             }
         }
     }

@@ -633,7 +633,22 @@ async fn ide_bootstrap_spends_the_token_once_and_sets_a_scoped_cookie() {
     );
 
     let path = format!("/api/dev/{ID_A}/ide?token={token}");
-    let r = w.gw.request("GET", &app, &path, &[]).await;
+    // Opened in another user's browser: refused, and the token is not spent.
+    let other = format!("session={OTHER_SESSION}");
+    assert_eq!(
+        w.gw.request("GET", &app, &path, &[("Cookie", &other)])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        w.gw.request("GET", &app, &path, &[]).await.status,
+        401,
+        "no session at all"
+    );
+    let r =
+        w.gw.request("GET", &app, &path, &[("Cookie", &owner)])
+            .await;
     assert_eq!(r.status, 302, "{}", r.body);
     assert_eq!(
         r.header("location"),
@@ -658,7 +673,9 @@ async fn ide_bootstrap_spends_the_token_once_and_sets_a_scoped_cookie() {
     );
 
     // Replay: the jti is spent.
-    let r = w.gw.request("GET", &app, &path, &[]).await;
+    let r =
+        w.gw.request("GET", &app, &path, &[("Cookie", &owner)])
+            .await;
     assert_eq!(r.status, 401);
     // A token for another id.
     w.redis.dev(ID_B, &w.b.addr.to_string());

@@ -210,7 +210,6 @@ async fn oversized_requests_and_a_full_workspace_are_refused_with_their_status()
     w.redis.workspace(ID_B, &w.b.addr.to_string());
     assert_eq!(w.gw.get(&w.gw.ws_host(ID_B), "/", &[]).await.status, 200);
     // Closing one frees its place.
-    use futures_util::SinkExt;
     one.close(None).await.expect("close");
     drop(one);
     let freed = eventually(Duration::from_secs(3), || async {

@@ -65,7 +65,7 @@ async fn an_auth_heavy_run_logs_no_token_cookie_or_secret() {
             "GET",
             &app,
             &format!("/api/dev/{ID_A}/ide?token={dev}"),
-            &[],
+            &[("Cookie", &owner)],
         )
         .await;
     assert_eq!(r.status, 302);

@@ -81,17 +81,41 @@ async fn trusted_proxy_forwarded_for_is_appended() {
     );
     let gw = Gateway::start(&text);
     w.redis.workspace(ID_A, &w.a.addr.to_string());
+    // Behind a TLS-terminating balancer: the browser's Origin is https.
+    let origin = format!("https://{}", gw.ws_host(ID_A));
     let r = gw
         .get(
             &gw.ws_host(ID_A),
             "/",
-            &[("X-Forwarded-For", "203.0.113.9")],
+            &[
+                ("X-Forwarded-For", "203.0.113.9"),
+                ("X-Forwarded-Proto", "https"),
+                ("Origin", &origin),
+            ],
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
+    let seen = &w.a.seen()[0];
     assert_eq!(
-        w.a.seen()[0].header("x-forwarded-for"),
+        seen.header("x-forwarded-for"),
         Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+
+    // From an untrusted peer the same header changes nothing.
+    let r =
+        w.gw.get(
+            &w.gw.ws_host(ID_A),
+            "/",
+            &[
+                ("X-Forwarded-Proto", "https"),
+                ("Origin", &format!("https://{}", w.gw.ws_host(ID_A))),
+            ],
+        )
+        .await;
+    assert_eq!(
+        r.status, 403,
+        "an https Origin on a plain-HTTP hop is cross-origin"
     );
 }
 

@@ -333,3 +333,44 @@ async fn revoked_credentials_close_their_open_websockets() {
         "{metrics}"
     );
 }
+
+/// A terminal token authorises its upgrade; its short life must not end the terminal when the
+/// workspace record is merely refreshed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_does_not_end_its_healthy_websocket_on_an_invalidation() {
+    let w = World::start("").await;
+    w.redis.wait_for_subscriber("edgegate:invalidate");
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let now = edgegate::auth::token::now();
+    // Valid for 3 more seconds (plus the 5 s leeway), 60 s lifetime in all.
+    let claims = serde_json::json!({
+        "sub": OWNER, "ws": ID_A, "type": "terminal", "iat": now - 57, "exp": now + 3,
+        "jti": "short-lived", "iss": "edgegate", "aud": "edgegate",
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
+    let mut ws = ws_connect(
+        w.gw.addr,
+        &w.gw.ws_host(ID_A),
+        &format!("/agent/ws?token={token}"),
+        &[],
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "a").await, "upstream-a:a");
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    // The record is rewritten unchanged and announced.
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        ws_roundtrip(&mut ws, "b").await,
+        "upstream-a:b",
+        "still open"
+    );
+}

@@ -85,6 +85,7 @@ pub struct Auth {
     pub agent_ws_path: String,
     pub jti_key: KeyTemplate,
     pub agent_key: KeyTemplate,
+    pub bootstrap_requires_session: bool,
 }
 
 /// Why a credential was refused, for the access log (never the credential itself).
@@ -138,6 +139,7 @@ impl Auth {
             agent_ws_path: a.agent_ws_path.clone(),
             jti_key: KeyTemplate::new("auth.jti_key", prefix, &a.jti_key, "{jti}")?,
             agent_key: KeyTemplate::new("auth.agent_key", prefix, &a.agent_key, "{id}")?,
+            bootstrap_requires_session: a.bootstrap_requires_session,
         })
     }
 
