@@ -53,7 +53,9 @@ fn browser_request() -> RequestHeader {
 
 fn auth(c: &mut Criterion) {
     let config = config();
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("rt");
     let metrics = Arc::new(edgegate::metrics::Metrics::new().expect("metrics"));
     let records = Records::new(
         Arc::new(StaticStore::new(&config)),
@@ -76,7 +78,9 @@ fn auth(c: &mut Criterion) {
 
     let id = WorkspaceId::parse(ID).expect("id");
     let hs = TokenKeys::from_config(&config.auth.tokens, 3600).expect("hs256 keys");
-    let (t, _) = hs.mint(TokenType::Terminal, &id, "demo-user").expect("mint");
+    let (t, _) = hs
+        .mint(TokenType::Terminal, &id, "demo-user")
+        .expect("mint");
     c.bench_function("JWT verify HS256", |b| {
         b.iter(|| black_box(hs.verify(black_box(&t), TokenType::Terminal, &id).is_ok()))
     });
@@ -105,7 +109,9 @@ fn auth(c: &mut Criterion) {
             3600,
         )
         .expect("eddsa keys");
-        let (t, _) = ed.mint(TokenType::Terminal, &id, "demo-user").expect("mint");
+        let (t, _) = ed
+            .mint(TokenType::Terminal, &id, "demo-user")
+            .expect("mint");
         c.bench_function("JWT verify EdDSA", |b| {
             b.iter(|| black_box(ed.verify(black_box(&t), TokenType::Terminal, &id).is_ok()))
         });

@@ -77,15 +77,20 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
         .and_then(|r| r.handle())
         .filter(|_| subscribe)
     {
+        let secrets = gateway.records.secrets_cache().clone();
         let (c, m, tunnels) = (cache, metrics.clone(), gateway.invalidations.clone());
         let invalidate: Invalidate = Arc::new(move |key: Option<&str>| match key {
             Some(k) => {
                 m.cache_invalidations.inc();
                 c.invalidate(k);
-                // After the cache: a tunnel that re-checks must read the new record.
+                secrets.invalidate(k);
+                // After the caches: a tunnel that re-checks must read the new record.
                 let _ = tunnels.send(auth::key_hash(k));
             }
-            None => c.clear(),
+            None => {
+                c.clear();
+                secrets.clear();
+            }
         });
         store::spawn_invalidation_listener(&handle, &config.redis, invalidate)?;
     }

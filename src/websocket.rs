@@ -52,6 +52,8 @@ const MAX_HEAD: usize = 64 * 1024;
 pub struct FrameTracker {
     header: Vec<u8>,
     remaining: u64,
+    /// A close frame went by: this side started (or answered) the closing handshake.
+    pub saw_close: bool,
 }
 
 impl FrameTracker {
@@ -71,6 +73,7 @@ impl FrameTracker {
             data = &data[1..];
             if let Some((len, header_len)) = frame_header(&self.header) {
                 debug_assert_eq!(header_len, self.header.len());
+                self.saw_close |= self.header[0] & 0x0F == 0x8;
                 self.header.clear();
                 self.remaining = len;
             }
@@ -196,10 +199,21 @@ impl Gateway {
         if resp.status.as_u16() != 101 {
             // The upstream declined the upgrade: pass its answer on, then close.
             session.set_keepalive(None);
-            let _ = resp.remove_header("transfer-encoding");
+            // A chunked body would need re-framing: it is dropped, the status says enough.
+            let chunked = resp.remove_header("transfer-encoding").is_some();
             resp.insert_header("connection", "close")
                 .map_err(|_| GatewayError::Internal)?;
-            let body = read_rest(&mut upstream, rest, &resp, read_timeout).await;
+            let body = if chunked {
+                Bytes::new()
+            } else {
+                read_rest(
+                    &mut upstream,
+                    rest,
+                    &resp,
+                    read_timeout.min(Duration::from_secs(2)),
+                )
+                .await
+            };
             resp.insert_header("content-length", body.len().to_string())
                 .map_err(|_| GatewayError::Internal)?;
             let ok = session
@@ -264,6 +278,9 @@ impl Gateway {
             .collect();
         let mut buf = vec![0u8; 16 * 1024];
         let mut last = Instant::now();
+        // Frames from the client, to know which side started a closing handshake.
+        let mut from_client = FrameTracker::default();
+        let mut first_close: Option<&'static str> = None;
         // Set once the tunnel must end: the close frame, the cause, and how long to wait for a
         // frame boundary to send it at.
         let mut closing: Option<(&'static [u8; 4], &'static str, Instant)> = None;
@@ -291,6 +308,10 @@ impl Gateway {
                 down = session.read_request_body() => match down {
                     Ok(Some(data)) => {
                         ctx.bytes_in += data.len() as u64;
+                        from_client.feed(&data);
+                        if from_client.saw_close {
+                            first_close.get_or_insert("client");
+                        }
                         self.touch(ctx);
                         last = Instant::now();
                         // Bounded: an upstream that stops reading must not freeze the tunnel.
@@ -304,13 +325,16 @@ impl Gateway {
                         }
                         false
                     }
-                    Ok(None) => return "client",
-                    Err(e) => return io_cause(&e),
+                    Ok(None) => return first_close.unwrap_or("client"),
+                    Err(e) => return first_close.unwrap_or(io_cause(&e)),
                 },
                 up = upstream.read(&mut buf) => match up {
-                    Ok(0) | Err(_) => return "upstream",
+                    Ok(0) | Err(_) => return first_close.unwrap_or("upstream"),
                     Ok(n) => {
                         tracker.feed(&buf[..n]);
+                        if tracker.saw_close {
+                            first_close.get_or_insert("upstream");
+                        }
                         ctx.bytes_out += n as u64;
                         self.touch(ctx);
                         last = Instant::now();
@@ -395,7 +419,7 @@ impl Gateway {
 }
 
 /// The body of a declined upgrade, bounded: by its Content-Length, else until the upstream
-/// closes (at most 64 KiB and one read timeout).
+/// closes (at most 64 KiB and `timeout`).
 async fn read_rest(
     upstream: &mut pingora::protocols::Stream,
     mut have: Bytes,
@@ -448,6 +472,10 @@ mod tests {
             t.feed(chunk);
         }
         assert!(t.at_boundary());
+        assert!(!t.saw_close);
+        // A masked close frame from a client.
+        t.feed(&[0x88, 0x82, 9, 9, 9, 9, 1, 2]);
+        assert!(t.saw_close && t.at_boundary());
         t.feed(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
         assert!(!t.at_boundary(), "64-bit length: 65536 bytes pending");
     }

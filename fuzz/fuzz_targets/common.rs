@@ -15,6 +15,7 @@ pub fn config() -> &'static Config {
     &C
 }
 
+#[allow(dead_code)]
 pub fn table() -> &'static RouteTable {
     static T: once_cell::sync::Lazy<RouteTable> =
         once_cell::sync::Lazy::new(|| RouteTable::new(config()).expect("table"));

@@ -49,6 +49,8 @@ type Lookup = Result<Option<Arc<Record>>, StoreFailure>;
 pub struct Records {
     store: Arc<dyn RouteStore>,
     cache: Arc<Cache<Lookup>>,
+    /// Sessions have a cache of their own: made-up session ids must not push route records out.
+    secrets: Arc<Cache<Lookup>>,
     ttl: Duration,
     negative_ttl: Duration,
     metrics: Arc<Metrics>,
@@ -69,6 +71,7 @@ impl Records {
         Self {
             store,
             cache,
+            secrets: Self::new_cache(config),
             ttl: Duration::from_millis(config.cache.ttl_ms),
             negative_ttl: Duration::from_millis(config.cache.negative_ttl_ms),
             metrics,
@@ -118,8 +121,9 @@ impl Records {
         log_key: &str,
         stale_ok: bool,
     ) -> (Result<Option<Arc<Record>>, GatewayError>, Outcome) {
-        let (lookup, outcome) = self
-            .cache
+        // Route records (stale allowed) and secrets (sessions) live in separate caches.
+        let cache = if stale_ok { &self.cache } else { &self.secrets };
+        let (lookup, outcome) = cache
             .get_or_fetch(key, || async {
                 let mut res = self.store.fetch(key).await.map(|r| r.map(Arc::new));
                 match &res {
@@ -172,6 +176,11 @@ impl Records {
 
     pub fn cache(&self) -> &Arc<Cache<Lookup>> {
         &self.cache
+    }
+
+    /// The session cache (for the invalidation listener).
+    pub fn secrets_cache(&self) -> &Arc<Cache<Lookup>> {
+        &self.secrets
     }
 
     /// Keep the last good copy of a route record for outages.
