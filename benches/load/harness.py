@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Side-by-side load harness: nginx, a plain Pingora proxy and edgegate, on loopback.
+
+Started by benches/load/run (which installs and builds what is needed). Everything runs on
+127.0.0.1, every loop is bounded, and every process started here is stopped here.
+
+A fast upstream (nginx, 100-byte body) sits behind three proxies:
+  nginx     proxy_pass with upstream keepalive
+  pingora   examples/plain_pingora.rs: fixed peer, Pingora's defaults
+  edgegate  its real configuration: Redis-backed host routing (cache hit), session auth,
+            metrics and the JSON access log on
+They are driven interleaved (A B C, A B C, ...) with wrk at saturation, and with oha at a fixed
+rate when oha is installed. Per proxy: median req/s, p50/p99, CPU microseconds per request (from
+/proc/PID/stat over the run), RSS, and the ratios edgegate/pingora and edgegate/nginx. Redis
+commands per edgegate request come from INFO commandstats.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ID = "01HZX3M9Q4T8V6W2Y5B7C9D1EF"
+HOST = f"ws-{ID.lower()}.bench.test"
+SESSION = "bench-session"
+TICK = os.sysconf("SC_CLK_TCK")
+BODY = "x" * 99 + "\n"  # 100 bytes
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, limit=20.0):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port} after {limit}s")
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def tree_pids(pid):
+    """The process and its children (nginx's worker does the work)."""
+    out = [pid]
+    try:
+        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        out += [int(k) for k in kids.split()]
+    except FileNotFoundError:
+        pass
+    return out
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, name, cmd, cpu=None, **kw):
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu)] + cmd
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        self.procs.append((name, p))
+        return p
+
+    def stop(self):
+        for _, p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.time() + 10
+        for _, p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def nginx_conf(work, name, body):
+    path = os.path.join(work, f"{name}.conf")
+    with open(path, "w") as f:
+        f.write(
+            f"""worker_processes 1;
+daemon off;
+pid {work}/{name}.pid;
+error_log {work}/{name}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/{name}-body;
+  proxy_temp_path {work}/{name}-proxy;
+  fastcgi_temp_path {work}/{name}-fcgi;
+  uwsgi_temp_path {work}/{name}-uwsgi;
+  scgi_temp_path {work}/{name}-scgi;
+{body}
+}}
+"""
+        )
+    return path
+
+
+def wrk(port, seconds, cpu):
+    cmd = ["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency",
+           "-H", f"Host: {HOST}", "-H", f"Cookie: session={SESSION}",
+           f"http://127.0.0.1:{port}/"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        if not m:
+            return float("nan")
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    return {
+        "requests": reqs, "rps": rps, "p50": pct(50), "p99": pct(99),
+        "bad": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else "",
+    }
+
+
+def oha(port, rate, seconds, cpu):
+    if not shutil.which("oha"):
+        return None
+    cmd = ["oha", "--no-tui", "--json", "-z", f"{seconds}s", "-q", str(rate), "-c", "64",
+           "-H", f"Host: {HOST}", "-H", f"Cookie: session={SESSION}", f"http://127.0.0.1:{port}/"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    data = json.loads(out)
+    lat = data.get("latencyPercentiles", {})
+    return {"p50": lat.get("p50", float("nan")) * 1000, "p99": lat.get("p99", float("nan")) * 1000}
+
+
+def redis_calls(port):
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"],
+                         capture_output=True, text=True).stdout
+    total = 0
+    for line in out.splitlines():
+        m = re.match(r"cmdstat_(\w+):calls=(\d+)", line)
+        if m and m.group(1) not in ("info",):
+            total += int(m.group(2))
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rate", type=int, default=5000)
+    ap.add_argument("--pinned", action="store_true",
+                    help="load generator on CPU 0; proxies, upstream and Redis on CPU 1")
+    args = ap.parse_args()
+
+    gen_cpu, srv_cpu = (0, 1) if args.pinned else (None, None)
+    work = tempfile.mkdtemp(prefix="edgegate-load-")
+    procs = Procs()
+    try:
+        up, ng, pp, eg, adm, rp = (free_port() for _ in range(6))
+        upstream = procs.start("upstream", ["nginx", "-c", nginx_conf(work, "upstream", f"""
+  server {{ listen 127.0.0.1:{up}; default_type text/plain;
+           location / {{ return 200 "{BODY}"; }} }}""")], srv_cpu)
+        nginx = procs.start("nginx", ["nginx", "-c", nginx_conf(work, "proxy", f"""
+  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{ng};
+           location / {{ proxy_pass http://up; proxy_http_version 1.1;
+                        proxy_set_header Connection ""; proxy_set_header Host $host; }} }}""")], srv_cpu)
+        redis = procs.start("redis", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", work], srv_cpu)
+        wait_port(rp)
+        cli = ["redis-cli", "-p", str(rp)]
+        subprocess.run(cli + ["HSET", f"workspace:{ID}", "backend", f"127.0.0.1:{up}",
+                              "owner", "bench", "status", "running"], check=True, capture_output=True)
+        subprocess.run(cli + ["HSET", f"session:{SESSION}", "user", "bench"],
+                       check=True, capture_output=True)
+        pingora = procs.start("pingora", [os.path.join(ROOT, "target/release/examples/plain_pingora"),
+                                          f"127.0.0.1:{pp}", f"127.0.0.1:{up}", "1"], srv_cpu)
+        secret = os.path.join(work, "secret")
+        with open(secret, "w") as f:
+            f.write("load-harness-secret-0123456789abcdef-0123")
+        cfg = os.path.join(work, "edgegate.toml")
+        with open(cfg, "w") as f:
+            f.write(f"""base_domain = "bench.test"
+[listen]
+http = ["127.0.0.1:{eg}"]
+[admin]
+listen = "127.0.0.1:{adm}"
+[log]
+level = "warn"
+access_log = "{work}/access.log"
+[server]
+threads = 1
+pid_file = "{work}/edgegate.pid"
+upgrade_sock = "{work}/edgegate.sock"
+[redis]
+url = "redis://127.0.0.1:{rp}/0"
+key_prefix = ""
+invalidate_channel = "edgegate:invalidate"
+connect_timeout_ms = 500
+command_timeout_ms = 500
+[cache]
+ttl_ms = 60000
+[auth.tokens]
+secret_file = "{secret}"
+[api]
+ide_route = ""
+[[route]]
+name = "workspace"
+host = "ws-{{id}}.{{base_domain}}"
+key = "workspace:{{id}}"
+status_field = "status"
+auth = ["session"]
+""")
+        edgegate = procs.start("edgegate", [os.path.join(ROOT, "target/release/edgegate"),
+                                            "run", "-c", cfg], srv_cpu)
+        for port in (up, ng, pp, eg, adm):
+            wait_port(port)
+        # Warm every path once (edgegate's cache included) and check it answers 200.
+        for port in (ng, pp, eg):
+            w = wrk(port, 1, gen_cpu)
+            if w["bad"] or w["requests"] == 0:
+                raise SystemExit(f"port {port} does not answer 200 ({w})")
+
+        proxies = [("nginx", nginx, ng), ("pingora", pingora, pp), ("edgegate", edgegate, eg)]
+        results = {name: [] for name, _, _ in proxies}
+        redis_per_req = []
+        for r in range(args.rounds):
+            for name, proc, port in proxies:
+                pids = tree_pids(proc.pid)
+                before = sum(cpu_ticks(p) for p in pids)
+                calls = redis_calls(rp) if name == "edgegate" else 0
+                w = wrk(port, args.seconds, gen_cpu)
+                if name == "edgegate":
+                    # The INFO call itself is excluded in redis_calls.
+                    redis_per_req.append((redis_calls(rp) - calls) / max(1, w["requests"]))
+                ticks = sum(cpu_ticks(p) for p in pids) - before
+                w["cpu_us"] = ticks / TICK * 1e6 / max(1, w["requests"])
+                w["rss"] = sum(rss_kib(p) for p in pids)
+                results[name].append(w)
+                print(f"round {r + 1} {name:9} {w['rps']:>9.0f} req/s  "
+                      f"{w['cpu_us']:6.1f} us/req  p99 {w['p99']:.2f} ms  bad {w['bad']}",
+                      file=sys.stderr)
+        fixed = {}
+        for name, _, port in proxies:
+            fixed[name] = oha(port, args.rate, args.seconds, gen_cpu)
+
+        med = lambda name, k: statistics.median(x[k] for x in results[name])
+        layout = "pinned (gen CPU 0, servers CPU 1)" if args.pinned else "unpinned"
+        print(f"\nedgegate load harness: {args.rounds} interleaved rounds x {args.seconds}s, "
+              f"wrk -t1 -c64, 100-byte bodies, {layout}")
+        print(f"{'proxy':10} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>11} "
+              f"{'RSS KiB':>8} {'fixed-rate p50/p99 ms':>22}")
+        for name, _, _ in proxies:
+            f = fixed[name]
+            fr = f"{f['p50']:.2f} / {f['p99']:.2f}" if f else "n/a (install oha)"
+            print(f"{name:10} {med(name, 'rps'):>9.0f} {med(name, 'p50'):>7.2f} "
+                  f"{med(name, 'p99'):>7.2f} {med(name, 'cpu_us'):>11.1f} "
+                  f"{med(name, 'rss'):>8.0f} {fr:>22}")
+        e, p, n = (med(x, "cpu_us") for x in ("edgegate", "pingora", "nginx"))
+        er, pr, nr = (med(x, "rps") for x in ("edgegate", "pingora", "nginx"))
+        print(f"\nedgegate/pingora: CPU per request {e / p:.2f}x, req/s {er / pr:.2f}x")
+        print(f"edgegate/nginx:   CPU per request {e / n:.2f}x, req/s {er / nr:.2f}x")
+        print(f"edgegate Redis commands per request: {statistics.median(redis_per_req):.4f}")
+        bad = sum(x["bad"] for v in results.values() for x in v)
+        if bad:
+            print(f"WARNING: {bad} non-2xx responses during the runs")
+    finally:
+        procs.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
