@@ -4,54 +4,62 @@
 use serde::Serialize;
 use std::borrow::Cow;
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-pub enum AccessLog {
-    Off,
-    Stdout,
-    Stderr,
-    File(Mutex<std::fs::File>),
+/// Lines are appended to a 64 KiB buffer under a lock (a memcpy per request, no system call);
+/// the buffer is written out when full and by a flusher thread every 200 ms, so a line reaches
+/// the destination within that time.
+pub struct AccessLog {
+    out: Option<Arc<Mutex<std::io::BufWriter<Box<dyn Write + Send>>>>>,
 }
 
 impl AccessLog {
     /// `stdout`, `stderr`, `off`, or a file path opened for appending.
     pub fn open(spec: &str) -> Result<AccessLog, String> {
-        Ok(match spec {
-            "off" => AccessLog::Off,
-            "stdout" => AccessLog::Stdout,
-            "stderr" => AccessLog::Stderr,
-            path => AccessLog::File(Mutex::new(
+        let dest: Box<dyn Write + Send> = match spec {
+            "off" => return Ok(AccessLog { out: None }),
+            "stdout" => Box::new(std::io::stdout()),
+            "stderr" => Box::new(std::io::stderr()),
+            path => Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
                     .map_err(|e| format!("log.access_log: cannot open {path}: {e}"))?,
-            )),
-        })
+            ),
+        };
+        let out = Arc::new(Mutex::new(std::io::BufWriter::with_capacity(64 * 1024, dest)));
+        let weak = Arc::downgrade(&out);
+        std::thread::Builder::new()
+            .name("edgegate-access-log".into())
+            .spawn(move || {
+                // Ends when the gateway (and its log) is gone.
+                while let Some(out) = weak.upgrade() {
+                    if let Ok(mut o) = out.lock() {
+                        let _ = o.flush();
+                    }
+                    drop(out);
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            })
+            .map_err(|e| format!("log.access_log: cannot start its flusher: {e}"))?;
+        Ok(AccessLog { out: Some(out) })
     }
 
     pub fn enabled(&self) -> bool {
-        !matches!(self, AccessLog::Off)
+        self.out.is_some()
     }
 
-    /// Write one line; a failing destination is not the request's problem.
+    /// Append one line; a failing destination is not the request's problem.
     pub fn write(&self, entry: &Entry<'_>) {
-        if !self.enabled() {
-            return;
-        }
+        let Some(out) = &self.out else { return };
         let Ok(mut line) = serde_json::to_vec(entry) else {
             return;
         };
         line.push(b'\n');
-        let _ = match self {
-            AccessLog::Off => Ok(()),
-            AccessLog::Stdout => std::io::stdout().lock().write_all(&line),
-            AccessLog::Stderr => std::io::stderr().lock().write_all(&line),
-            AccessLog::File(f) => match f.lock() {
-                Ok(mut f) => f.write_all(&line),
-                Err(_) => Ok(()),
-            },
-        };
+        if let Ok(mut o) = out.lock() {
+            let _ = o.write_all(&line);
+        }
     }
 }
 

@@ -5,6 +5,11 @@ use edgegate::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// jemalloc: Pingora's many short-lived per-request allocations cost measurably less with it
+/// than with glibc malloc across worker threads (benches/load, docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// sysexits' EX_USAGE: the configuration is wrong.
 const EX_USAGE: u8 = 64;
 
