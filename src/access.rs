@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 /// the buffer is written out when full and by a flusher thread every 200 ms, so a line reaches
 /// the destination within that time.
 pub struct AccessLog {
-    out: Option<Arc<Mutex<std::io::BufWriter<Box<dyn Write + Send>>>>>,
+    out: Option<Arc<Mutex<Buffered>>>,
 }
+
+type Buffered = std::io::BufWriter<Box<dyn Write + Send>>;
 
 impl AccessLog {
     /// `stdout`, `stderr`, `off`, or a file path opened for appending.
