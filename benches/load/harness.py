@@ -178,6 +178,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rate", type=int, default=5000)
+    ap.add_argument("--access-log", metavar="DEST",
+                    help="edgegate's access log destination (default: a file; 'off' to compare)")
+    ap.add_argument("--perf", metavar="FILE",
+                    help="record a perf profile of edgegate into FILE")
     ap.add_argument("--pinned", action="store_true",
                     help="load generator on CPU 0; proxies, upstream and Redis on CPU 1")
     args = ap.parse_args()
@@ -217,7 +221,7 @@ http = ["127.0.0.1:{eg}"]
 listen = "127.0.0.1:{adm}"
 [log]
 level = "warn"
-access_log = "{work}/access.log"
+access_log = "{args.access_log or work + '/access.log'}"
 [server]
 threads = 1
 pid_file = "{work}/edgegate.pid"
@@ -241,8 +245,11 @@ key = "workspace:{{id}}"
 status_field = "status"
 auth = ["session"]
 """)
-        edgegate = procs.start("edgegate", [os.path.join(ROOT, "target/release/edgegate"),
-                                            "run", "-c", cfg], srv_cpu)
+        eg_cmd = [os.path.join(ROOT, "target/release/edgegate"), "run", "-c", cfg]
+        if args.perf:
+            # Sample edgegate's CPU (software clock: works where hardware counters do not).
+            eg_cmd = ["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", args.perf] + eg_cmd
+        edgegate = procs.start("edgegate", eg_cmd, srv_cpu)
         for port in (up, ng, pp, eg, adm):
             wait_port(port)
         # Warm every path once (edgegate's cache included) and check it answers 200.
