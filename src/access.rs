@@ -30,7 +30,10 @@ impl AccessLog {
                     .map_err(|e| format!("log.access_log: cannot open {path}: {e}"))?,
             ),
         };
-        let out = Arc::new(Mutex::new(std::io::BufWriter::with_capacity(64 * 1024, dest)));
+        let out = Arc::new(Mutex::new(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            dest,
+        )));
         let weak = Arc::downgrade(&out);
         std::thread::Builder::new()
             .name("edgegate-access-log".into())

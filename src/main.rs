@@ -103,9 +103,9 @@ fn main() -> ExitCode {
             Err(e) => usage_error(&e),
         },
         Command::Run { config, upgrade } => {
-            let config = match Config::load(&config) {
+            let config = match load(&config) {
                 Ok(c) => c,
-                Err(e) => return usage_error(&e),
+                Err(code) => return code,
             };
             edgegate::logging::init(&config.log.level);
             let opt = pingora::server::configuration::Opt {
@@ -132,9 +132,9 @@ fn main() -> ExitCode {
             origin,
             upgrade,
         } => {
-            let config = match Config::load(&config) {
+            let config = match load(&config) {
                 Ok(c) => c,
-                Err(e) => return usage_error(&e),
+                Err(code) => return code,
             };
             let question = edgegate::explain::Question {
                 url,
@@ -172,9 +172,9 @@ fn main() -> ExitCode {
 
 fn mint(config: &std::path::Path, typ: &str, id: &str, user: &str) -> ExitCode {
     use edgegate::auth::token::{TokenKeys, TokenType};
-    let config = match Config::load(config) {
+    let config = match load(config) {
         Ok(c) => c,
-        Err(e) => return usage_error(&e),
+        Err(code) => return code,
     };
     let Some(typ) = TokenType::parse(typ).filter(|t| *t != TokenType::IdeSession) else {
         return usage_error(&"--type: must be dev-ide or terminal");
@@ -199,6 +199,11 @@ fn mint(config: &std::path::Path, typ: &str, id: &str, user: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Load and validate a config file, or the exit status for why not.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| usage_error(&e))
 }
 
 fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {

@@ -7,19 +7,6 @@ use common::*;
 use edgegate::auth::token::{now, TokenKeys, TokenType};
 use edgegate::config::TokenConfig;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A private and public PEM key pair for `alg`, in a directory of this test process.
 fn key_pair(alg: &str) -> (PathBuf, PathBuf) {

@@ -134,20 +134,8 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     signal(&old, "-QUIT");
     // The old process closes it with 1012 before it exits (Pingora keeps accepting on both
     // processes for its 5 s close timeout first), so the client reconnects at once.
-    let close = tokio::time::timeout(Duration::from_secs(12), async {
-        use futures_util::StreamExt;
-        loop {
-            match ws.next().await {
-                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => return f,
-                Some(Ok(_)) => continue,
-                other => panic!("no close frame: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("close frame in time")
-    .expect("with a code");
-    assert_eq!(u16::from(close.code), 1012);
+    let code = expect_close(&mut ws, Duration::from_secs(12)).await;
+    assert_eq!(code, 1012);
     let mut again = ws_connect(gw_addr, &host, &format!("/agent/ws?token={token}"), &[])
         .await
         .expect("reconnect");
