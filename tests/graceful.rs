@@ -9,6 +9,18 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A child process killed when the test ends, even by a failed assertion.
+struct Killed(Option<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn spawn(cfg: &std::path::Path, upgrade: bool) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgegate"));
     cmd.args(["run", "-c"]).arg(cfg);
@@ -32,7 +44,11 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// Wait for the child to exit by itself (bounded); kill it if it does not.
-fn wait_exit(child: &mut Child, limit: Duration) -> bool {
+fn wait_exit(guard: &mut Killed, limit: Duration) -> bool {
+    let Some(mut child) = guard.0.take() else {
+        return true;
+    };
+    let child = &mut child;
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -69,7 +85,7 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     let gw_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let host = format!("ws-{}.{DOMAIN}:{port}", ID_A.to_ascii_lowercase());
 
-    let mut old = spawn(&cfg, false);
+    let mut old = Killed(Some(spawn(&cfg, false)));
     let up = eventually(Duration::from_secs(10), || async {
         tokio::net::TcpStream::connect(gw_addr).await.is_ok()
     })
@@ -129,9 +145,9 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     assert_eq!(ws_roundtrip(&mut ws, "before").await, "a:before");
 
     // The new process waits for the listeners; SIGQUIT makes the old one hand them over.
-    let mut new = spawn(&cfg, true);
+    let mut new = Killed(Some(spawn(&cfg, true)));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    signal(&old, "-QUIT");
+    signal(old.0.as_ref().expect("old"), "-QUIT");
     // The old process closes it with 1012 before it exits (Pingora keeps accepting on both
     // processes for its 5 s close timeout first), so the client reconnects at once.
     let code = expect_close(&mut ws, Duration::from_secs(12)).await;
@@ -162,7 +178,7 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     );
 
     // SIGTERM: stop accepting, drain, exit.
-    signal(&new, "-TERM");
+    signal(new.0.as_ref().expect("new"), "-TERM");
     let exited = tokio::task::spawn_blocking(move || wait_exit(&mut new, Duration::from_secs(15)))
         .await
         .expect("join");

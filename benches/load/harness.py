@@ -162,6 +162,44 @@ def oha(port, rate, seconds, cpu):
     return {"p50": lat.get("p50", float("nan")) * 1000, "p99": lat.get("p99", float("nan")) * 1000}
 
 
+WS_ID = "01HZX3M9Q4T8V6W2Y5B7C9D1EG"
+WS_HOST = f"ws-{WS_ID.lower()}.bench.test"
+
+
+def hold_websockets(port, n, host):
+    """Open n idle WebSockets through the proxy at port; return the sockets (all upgraded)."""
+    socks = []
+    req = (f"GET /agent/ws HTTP/1.1\r\nHost: {host}\r\nCookie: session={SESSION}\r\n"
+           f"Origin: http://{host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode()
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(req)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise SystemExit(f"port {port}: connection closed during the upgrade")
+            head += chunk
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise SystemExit(f"port {port}: upgrade refused: {head[:80]!r}")
+        socks.append(s)
+    return socks
+
+
+def ws_kib_per_conn(proc, port, n, host):
+    """RSS growth per held idle WebSocket, in KiB."""
+    warm = hold_websockets(port, 20, host)
+    time.sleep(0.5)
+    before = sum(rss_kib(p) for p in tree_pids(proc.pid))
+    held = hold_websockets(port, n, host)
+    time.sleep(1.0)
+    after = sum(rss_kib(p) for p in tree_pids(proc.pid))
+    for s in held + warm:
+        s.close()
+    return (after - before) / n
+
+
 def redis_calls(port):
     out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"],
                          capture_output=True, text=True).stdout
@@ -178,6 +216,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rate", type=int, default=5000)
+    ap.add_argument("--websockets", type=int, default=500,
+                    help="idle WebSockets held through each proxy for the memory column (0: skip)")
     ap.add_argument("--access-log", metavar="DEST",
                     help="edgegate's access log destination (default: a file; 'off' to compare)")
     ap.add_argument("--perf", metavar="FILE",
@@ -190,15 +230,25 @@ def main():
     work = tempfile.mkdtemp(prefix="edgegate-load-")
     procs = Procs()
     try:
-        up, ng, pp, eg, adm, rp = (free_port() for _ in range(6))
+        up, ng, pp, eg, adm, rp, wu, ngw, ppw = (free_port() for _ in range(9))
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
         upstream = procs.start("upstream", ["nginx", "-c", nginx_conf(work, "upstream", f"""
   server {{ listen 127.0.0.1:{up}; default_type text/plain;
            location / {{ return 200 "{BODY}"; }} }}""")], srv_cpu)
+        ws_upstream = procs.start("ws-upstream", [os.path.join(ROOT, "target/release/examples/echo_upstream"),
+                                                  f"127.0.0.1:{wu}"], srv_cpu)
         nginx = procs.start("nginx", ["nginx", "-c", nginx_conf(work, "proxy", f"""
   upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
   server {{ listen 127.0.0.1:{ng};
            location / {{ proxy_pass http://up; proxy_http_version 1.1;
-                        proxy_set_header Connection ""; proxy_set_header Host $host; }} }}""")], srv_cpu)
+                        proxy_set_header Connection ""; proxy_set_header Host $host; }} }}
+  server {{ listen 127.0.0.1:{ngw};
+           location / {{ proxy_pass http://127.0.0.1:{wu}; proxy_http_version 1.1;
+                        proxy_read_timeout 3600s;
+                        proxy_set_header Upgrade $http_upgrade;
+                        proxy_set_header Connection "upgrade"; proxy_set_header Host $host; }} }}""")], srv_cpu)
         redis = procs.start("redis", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1",
                                       "--save", "", "--appendonly", "no", "--dir", work], srv_cpu)
         wait_port(rp)
@@ -207,8 +257,12 @@ def main():
                               "owner", "bench", "status", "running"], check=True, capture_output=True)
         subprocess.run(cli + ["HSET", f"session:{SESSION}", "user", "bench"],
                        check=True, capture_output=True)
+        subprocess.run(cli + ["HSET", f"workspace:{WS_ID}", "backend", f"127.0.0.1:{wu}",
+                              "owner", "bench", "status", "running"], check=True, capture_output=True)
         pingora = procs.start("pingora", [os.path.join(ROOT, "target/release/examples/plain_pingora"),
                                           f"127.0.0.1:{pp}", f"127.0.0.1:{up}", "1"], srv_cpu)
+        pingora_ws = procs.start("pingora-ws", [os.path.join(ROOT, "target/release/examples/plain_pingora"),
+                                                f"127.0.0.1:{ppw}", f"127.0.0.1:{wu}", "1"], srv_cpu)
         secret = os.path.join(work, "secret")
         with open(secret, "w") as f:
             f.write("load-harness-secret-0123456789abcdef-0123")
@@ -250,7 +304,7 @@ auth = ["session"]
             # Sample edgegate's CPU (software clock: works where hardware counters do not).
             eg_cmd = ["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", args.perf] + eg_cmd
         edgegate = procs.start("edgegate", eg_cmd, srv_cpu)
-        for port in (up, ng, pp, eg, adm):
+        for port in (up, ng, pp, eg, adm, wu, ngw, ppw):
             wait_port(port)
         # Warm every path once (edgegate's cache included) and check it answers 200.
         for port in (ng, pp, eg):
@@ -280,19 +334,25 @@ auth = ["session"]
         fixed = {}
         for name, _, port in proxies:
             fixed[name] = oha(port, args.rate, args.seconds, gen_cpu)
+        ws_kib = {}
+        if args.websockets:
+            for name, proc, port in (("nginx", nginx, ngw), ("pingora", pingora_ws, ppw),
+                                     ("edgegate", edgegate, eg)):
+                ws_kib[name] = ws_kib_per_conn(proc, port, args.websockets, WS_HOST)
 
         med = lambda name, k: statistics.median(x[k] for x in results[name])
         layout = "pinned (gen CPU 0, servers CPU 1)" if args.pinned else "unpinned"
         print(f"\nedgegate load harness: {args.rounds} interleaved rounds x {args.seconds}s, "
               f"wrk -t1 -c64, 100-byte bodies, {layout}")
         print(f"{'proxy':10} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>11} "
-              f"{'RSS KiB':>8} {'fixed-rate p50/p99 ms':>22}")
+              f"{'RSS KiB':>8} {'fixed-rate p50/p99 ms':>22} {'KiB/idle WS':>12}")
         for name, _, _ in proxies:
             f = fixed[name]
             fr = f"{f['p50']:.2f} / {f['p99']:.2f}" if f else "n/a (install oha)"
+            ws = f"{ws_kib[name]:.1f}" if name in ws_kib else "n/a"
             print(f"{name:10} {med(name, 'rps'):>9.0f} {med(name, 'p50'):>7.2f} "
                   f"{med(name, 'p99'):>7.2f} {med(name, 'cpu_us'):>11.1f} "
-                  f"{med(name, 'rss'):>8.0f} {fr:>22}")
+                  f"{med(name, 'rss'):>8.0f} {fr:>22} {ws:>12}")
         e, p, n = (med(x, "cpu_us") for x in ("edgegate", "pingora", "nginx"))
         er, pr, nr = (med(x, "rps") for x in ("edgegate", "pingora", "nginx"))
         print(f"\nedgegate/pingora: CPU per request {e / p:.2f}x, req/s {er / pr:.2f}x")
