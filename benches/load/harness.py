@@ -152,12 +152,17 @@ def wrk(port, seconds, cpu):
 def oha(port, rate, seconds, cpu):
     if not shutil.which("oha"):
         return None
-    cmd = ["oha", "--no-tui", "--json", "-z", f"{seconds}s", "-q", str(rate), "-c", "64",
+    cmd = ["oha", "--no-tui", "--output-format", "json", "--latency-correction",
+           "-z", f"{seconds}s", "-q", str(rate), "-c", "64",
            "-H", f"Host: {HOST}", "-H", f"Cookie: session={SESSION}", f"http://127.0.0.1:{port}/"]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu)] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-    data = json.loads(out)
+    try:
+        data = json.loads(out)
+    except json.JSONDecodeError:
+        print(f"oha gave no JSON: {out[:200]!r}", file=sys.stderr)
+        return None
     lat = data.get("latencyPercentiles", {})
     return {"p50": lat.get("p50", float("nan")) * 1000, "p99": lat.get("p99", float("nan")) * 1000}
 
