@@ -20,6 +20,13 @@ const WS_BUCKETS: &[f64] = &[
     1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
 ];
 
+pub struct CacheCounters {
+    pub hit: IntCounter,
+    pub negative_hit: IntCounter,
+    pub miss: IntCounter,
+    pub stale: IntCounter,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
@@ -27,6 +34,8 @@ pub struct Metrics {
     pub upstream_failures: IntCounterVec,
     pub auth_decisions: IntCounterVec,
     pub cache_lookups: IntCounterVec,
+    /// The `cache_lookups` series resolved once: a lookup on every request need not hash labels.
+    pub cache: CacheCounters,
     pub cache_invalidations: IntCounter,
     pub redis_duration: HistogramVec,
     pub redis_errors: IntCounterVec,
@@ -74,7 +83,21 @@ impl Metrics {
             &["route"],
         )?;
         r.register(Box::new(websockets_open.clone()))?;
+        let cache_lookups = counter(
+            &r,
+            "edgegate_cache_lookups_total",
+            "Record cache lookups: hit, negative_hit, miss, stale",
+            &["result"],
+        )?;
+        let cache = CacheCounters {
+            hit: cache_lookups.with_label_values(&["hit"]),
+            negative_hit: cache_lookups.with_label_values(&["negative_hit"]),
+            miss: cache_lookups.with_label_values(&["miss"]),
+            stale: cache_lookups.with_label_values(&["stale"]),
+        };
         Ok(Metrics {
+            cache_lookups,
+            cache,
             requests: counter(
                 &r,
                 "edgegate_requests_total",
@@ -99,12 +122,6 @@ impl Metrics {
                 "edgegate_auth_decisions_total",
                 "Auth decisions by credential and result",
                 &["method", "result"],
-            )?,
-            cache_lookups: counter(
-                &r,
-                "edgegate_cache_lookups_total",
-                "Record cache lookups: hit, negative_hit, miss",
-                &["result"],
             )?,
             cache_invalidations,
             redis_duration: histogram(

@@ -132,10 +132,7 @@ impl Records {
                     }
                     Err(StoreFailure::Unavailable(_)) if stale_ok => {
                         if let Some(rec) = self.stale_copy(key) {
-                            self.metrics
-                                .cache_lookups
-                                .with_label_values(&["stale"])
-                                .inc();
+                            self.metrics.cache.stale.inc();
                             res = Ok(Some(rec));
                             // Served to the waiting requests only; the next one asks again.
                             return (res, Duration::ZERO);
@@ -152,15 +149,12 @@ impl Records {
                 (res, ttl)
             })
             .await;
-        let counted = match (&lookup, outcome) {
-            (_, Outcome::Miss) => "miss",
-            (Ok(None), Outcome::Hit) => "negative_hit",
-            (_, Outcome::Hit) => "hit",
-        };
-        self.metrics
-            .cache_lookups
-            .with_label_values(&[counted])
-            .inc();
+        let c = &self.metrics.cache;
+        match (&lookup, outcome) {
+            (_, Outcome::Miss) => c.miss.inc(),
+            (Ok(None), Outcome::Hit) => c.negative_hit.inc(),
+            (_, Outcome::Hit) => c.hit.inc(),
+        }
         let res = lookup.map_err(|f| match f {
             StoreFailure::Unavailable(why) => {
                 log::warn!("route store unavailable reading {log_key}: {why}");
