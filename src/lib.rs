@@ -25,6 +25,16 @@ pub mod upstream;
 pub mod websocket;
 
 use config::{Config, StoreKind};
+
+/// A hash that is the same in every thread and process run (SipHash with fixed keys): for pool
+/// group keys and for matching invalidated keys against open WebSockets.
+pub(crate) fn stable_hash<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
+    use std::hash::Hasher;
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use route::store::{self, Invalidate, Records, RedisRuntime};

@@ -9,7 +9,6 @@ use crate::error::GatewayError;
 use crate::route::cache::Cache;
 use pingora::upstreams::peer::HttpPeer;
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -170,11 +169,7 @@ pub struct UpstreamTls {
 /// A pool key per workspace record and address: SipHash with fixed keys, so the same
 /// workspace maps to the same pool across requests and threads.
 pub fn group_key(scope: &str, addr: &SocketAddr) -> u64 {
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new();
-    scope.hash(&mut h);
-    addr.hash(&mut h);
-    h.finish()
+    crate::stable_hash(&(scope, addr))
 }
 
 /// The peer for one request. Upgrades get the WebSocket idle timeout as their read timeout,

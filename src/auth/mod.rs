@@ -34,11 +34,7 @@ pub struct Principal {
 
 /// A stable hash of a Redis key (for matching invalidation messages).
 pub fn key_hash(key: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new();
-    key.hash(&mut h);
-    h.finish()
+    crate::stable_hash(key)
 }
 
 /// A template `head{x}tail` with the key prefix applied.
@@ -237,17 +233,8 @@ impl Auth {
     ) -> Result<Result<(String, u64), GatewayError>, GatewayError> {
         let mut refusal = GatewayError::Unauthenticated;
         for sid in session::cookie_values(req, &self.session_cookie) {
-            match session::session_user(
-                records,
-                &self.session_key.head,
-                &self.session_key.tail,
-                sid,
-            )
-            .await?
-            {
-                Some(user) if user == owner => {
-                    return Ok(Ok((user, key_hash(&self.session_key.key(sid)))))
-                }
+            match session::session_user(records, &self.session_key, sid).await? {
+                Some((user, hash)) if user == owner => return Ok(Ok((user, hash))),
                 Some(_) => refusal = GatewayError::Forbidden,
                 None => {}
             }

@@ -3,6 +3,7 @@
 //! `auth::Auth::authorize` from `request_filter`.
 
 use super::token::now;
+use super::KeyTemplate;
 use crate::error::GatewayError;
 use crate::route::store::Records;
 use pingora::http::RequestHeader;
@@ -62,18 +63,18 @@ fn plausible_sid(sid: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.~+/=%".contains(&b))
 }
 
-/// The user of session `sid`, `None` when there is no valid session (unknown, expired,
-/// malformed). Redis unreachable is an error: auth fails closed.
+/// The user of session `sid` and the hash of its Redis key (for revocation), `None` when there
+/// is no valid session (unknown, expired, malformed). Redis unreachable is an error: auth fails
+/// closed.
 pub async fn session_user(
     records: &Records,
-    key_head: &str,
-    key_tail: &str,
+    key_template: &KeyTemplate,
     sid: &str,
-) -> Result<Option<String>, GatewayError> {
+) -> Result<Option<(String, u64)>, GatewayError> {
     if !plausible_sid(sid) {
         return Ok(None);
     }
-    let key = format!("{key_head}{sid}{key_tail}");
+    let key = key_template.key(sid);
     let (found, _) = records.get_secret(&key).await;
     let Some(rec) = found? else { return Ok(None) };
     let Some(user) = rec.get("user").filter(|u| !u.is_empty()) else {
@@ -90,7 +91,7 @@ pub async fn session_user(
             }
         }
     }
-    Ok(Some(user.clone()))
+    Ok(Some((user.clone(), super::key_hash(&key))))
 }
 
 #[cfg(test)]

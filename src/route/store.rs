@@ -81,10 +81,6 @@ impl Records {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn RouteStore> {
-        &self.store
-    }
-
     pub fn new_cache(config: &Config) -> Arc<Cache<Lookup>> {
         Arc::new(Cache::new(config.cache.max_entries))
     }
