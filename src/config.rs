@@ -255,10 +255,33 @@ pub struct StoreConfig {
     pub records: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// How edgegate finds its Redis.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (or one address in front of several), at `url`.
+    #[default]
+    Single,
+    /// The master of `service`, as the Sentinels at `nodes` name it; followed across failovers.
+    Sentinel,
+    /// A Redis Cluster; `nodes` are seeds, the rest is discovered.
+    Cluster,
+}
+
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
+    pub mode: RedisMode,
+    /// `mode = "single"`: the server's URL, database included.
     pub url: String,
+    /// `mode = "sentinel"`: the Sentinels' URLs; `mode = "cluster"`: seed nodes' URLs.
+    pub nodes: Vec<String>,
+    /// `mode = "sentinel"`: the monitored master's name.
+    pub service: String,
+    /// `mode = "sentinel"`: database on the master.
+    pub master_db: i64,
+    /// `mode = "sentinel"`: environment variable holding the master's password (unset: none).
+    pub master_password_env: String,
     /// Prepended to every key edgegate reads or writes.
     pub key_prefix: String,
     /// Pub/sub channel on which the app publishes key names to drop from the cache.
@@ -271,12 +294,59 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
+            mode: RedisMode::Single,
             url: "redis://127.0.0.1:6379/0".to_string(),
+            nodes: Vec::new(),
+            service: String::new(),
+            master_db: 0,
+            master_password_env: String::new(),
             key_prefix: String::new(),
             invalidate_channel: "edgegate:invalidate".to_string(),
             connect_timeout_ms: 500,
             command_timeout_ms: 500,
         }
+    }
+}
+
+impl RedisConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url_ok = |u: &str| redis::parse_redis_url(u).is_some();
+        match self.mode {
+            RedisMode::Single => {
+                if !url_ok(&self.url) {
+                    return Err(bad("redis.url", "not a redis:// or rediss:// URL"));
+                }
+            }
+            RedisMode::Sentinel | RedisMode::Cluster => {
+                if self.nodes.is_empty() {
+                    return Err(bad(
+                        "redis.nodes",
+                        "list at least one node for mode = \"sentinel\" or \"cluster\"",
+                    ));
+                }
+                // By position: a URL may carry a password.
+                if let Some(i) = self.nodes.iter().position(|n| !url_ok(n)) {
+                    return Err(bad(
+                        format!("redis.nodes[{i}]"),
+                        "not a redis:// or rediss:// URL",
+                    ));
+                }
+                if self.mode == RedisMode::Sentinel && self.service.is_empty() {
+                    return Err(bad(
+                        "redis.service",
+                        "name the master the Sentinels monitor",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The master's password for `mode = "sentinel"`, read from `master_password_env`.
+    pub fn master_password(&self) -> Option<String> {
+        (!self.master_password_env.is_empty())
+            .then(|| std::env::var(&self.master_password_env).ok())
+            .flatten()
     }
 }
 
@@ -664,8 +734,7 @@ impl Config {
                         "only used with store.kind = \"static\"",
                     ));
                 }
-                redis::parse_redis_url(&self.redis.url)
-                    .ok_or_else(|| bad("redis.url", "not a redis:// or rediss:// URL"))?;
+                self.redis.validate()?;
             }
             StoreKind::Static => {}
         }

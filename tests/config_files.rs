@@ -89,6 +89,27 @@ fn bad_config_prints_one_line_naming_the_field_and_exits_64() {
             "redis.url",
         ),
         (
+            good.replacen("mode = \"single\"", "mode = \"cluster\"", 1),
+            "redis.nodes",
+        ),
+        (
+            good.replacen(
+                "mode = \"single\"",
+                "mode = \"sentinel\"\nnodes = [\"redis://127.0.0.1:26379\"]",
+                1,
+            ),
+            "redis.service",
+        ),
+        (
+            // The bad entry is named by position: a node URL may hold a password.
+            good.replacen(
+                "mode = \"single\"",
+                "mode = \"cluster\"\nnodes = [\"redis://a:1\", \"redis//:hunter2@host\"]",
+                1,
+            ),
+            "redis.nodes[1]",
+        ),
+        (
             good.replacen(
                 "upstream = \"127.0.0.1:3000\"",
                 "upstream = \"not an address!\"",
@@ -102,5 +123,6 @@ fn bad_config_prints_one_line_naming_the_field_and_exits_64() {
         assert_eq!(code, 64, "{field}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
         assert!(err.contains(field), "{field} not named in {err:?}");
+        assert!(!err.contains("hunter2"), "a password in the error: {err:?}");
     }
 }

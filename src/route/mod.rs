@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod id;
 pub mod record;
+pub mod redis_conn;
 pub mod store;
 
 pub use id::WorkspaceId;

@@ -4,12 +4,12 @@
 //! The Redis side also runs the `edgegate:invalidate` subscriber that drops cached keys.
 
 use super::cache::{Cache, Outcome};
+use super::redis_conn::{Backend, SubscribeTo};
 use crate::config::{Config, RedisConfig, StoreKind};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -253,10 +253,10 @@ impl RouteStore for StaticStore {
     }
 }
 
-/// Redis through the redis crate's `ConnectionManager`, which reconnects by itself. The
-/// connection is made lazily so the gateway starts while Redis is down.
+/// Redis in any of its `[redis] mode`s (see `redis_conn`). Connections are made lazily so
+/// the gateway starts while Redis is down.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    backend: Backend,
     command_timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -264,18 +264,9 @@ pub struct RedisStore {
 impl RedisStore {
     /// Must be called inside the Tokio runtime that will drive the connection (see `RedisRuntime`).
     pub fn new(cfg: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| e.to_string())?;
-        let command_timeout = Duration::from_millis(cfg.command_timeout_ms);
-        let mgr_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
-            .set_response_timeout(Some(command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, mgr_cfg).map_err(|e| e.to_string())?;
         Ok(Self {
-            conn,
-            command_timeout,
+            backend: Backend::new(cfg)?,
+            command_timeout: Duration::from_millis(cfg.command_timeout_ms),
             metrics,
         })
     }
@@ -286,9 +277,29 @@ impl RedisStore {
         name: &'static str,
         cmd: &redis::Cmd,
     ) -> Result<T, StoreFailure> {
-        let mut conn = self.conn.clone();
+        self.deadline(name, self.command_timeout, async {
+            let mut conn = self.backend.conn().await?;
+            match cmd.query_async::<T>(&mut conn).await {
+                // A Sentinel master that is gone: ask for the new one and try once more.
+                Err(e) if self.backend.failed(Some(&e)) => {
+                    let mut conn = self.backend.conn().await?;
+                    cmd.query_async::<T>(&mut conn).await
+                }
+                res => res,
+            }
+        })
+        .await
+    }
+
+    /// Await `work` for at most `limit`; timed, counted, and failures reported to the backend.
+    async fn deadline<T>(
+        &self,
+        name: &'static str,
+        limit: Duration,
+        work: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreFailure> {
         let started = std::time::Instant::now();
-        let res = tokio::time::timeout(self.command_timeout, cmd.query_async::<T>(&mut conn)).await;
+        let res = tokio::time::timeout(limit, work).await;
         self.metrics
             .redis_duration
             .with_label_values(&[name])
@@ -296,9 +307,13 @@ impl RedisStore {
         let failure = match res {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) if e.code() == Some("WRONGTYPE") => StoreFailure::WrongType,
-            Ok(Err(e)) => StoreFailure::Unavailable(e.to_string()),
+            Ok(Err(e)) => {
+                self.backend.failed(Some(&e));
+                StoreFailure::Unavailable(e.to_string())
+            }
             Err(_) => {
-                StoreFailure::Unavailable(format!("no answer within {:?}", self.command_timeout))
+                self.backend.failed(None);
+                StoreFailure::Unavailable(format!("no answer within {limit:?}"))
             }
         };
         self.metrics.redis_errors.with_label_values(&[name]).inc();
@@ -340,34 +355,32 @@ impl RouteStore for RedisStore {
         // holding nothing but `last_activity`.
         const SCRIPT: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
             redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0";
-        let mut pipe = redis::pipe();
-        for (key, at) in batch {
-            pipe.cmd("EVAL")
+        let eval = |key: &str, at: u64| {
+            redis::cmd("EVAL")
                 .arg(SCRIPT)
                 .arg(1)
                 .arg(key)
                 .arg(field)
-                .arg(*at)
-                .ignore();
-        }
-        let mut conn = self.conn.clone();
-        let started = std::time::Instant::now();
-        let res =
-            tokio::time::timeout(self.command_timeout * 4, pipe.query_async::<()>(&mut conn)).await;
-        self.metrics
-            .redis_duration
-            .with_label_values(&["activity"])
-            .observe(started.elapsed().as_secs_f64());
-        let failure = match res {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => StoreFailure::Unavailable(e.to_string()),
-            Err(_) => StoreFailure::Unavailable("activity write timed out".into()),
+                .arg(at)
+                .clone()
         };
-        self.metrics
-            .redis_errors
-            .with_label_values(&["activity"])
-            .inc();
-        Err(failure)
+        let cluster = self.backend.is_cluster();
+        self.deadline("activity", self.command_timeout * 4, async {
+            let mut conn = self.backend.conn().await?;
+            if cluster {
+                // A cluster pipeline must stay within one slot: one command per key.
+                for (key, at) in batch {
+                    eval(key, *at).query_async::<()>(&mut conn).await?;
+                }
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            for (key, at) in batch {
+                pipe.add_command(eval(key, *at)).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
     }
 }
 
@@ -407,35 +420,57 @@ pub type Invalidate = Arc<dyn Fn(Option<&str>) + Send + Sync>;
 /// Subscribe to the invalidation channel for the life of the process, reconnecting with
 /// backoff. Every (re)subscription clears the caches: messages sent while the subscription
 /// was down are lost, and the TTLs are short, so a clean start costs little.
+///
+/// A cluster's nodes are tried in turn (PUBLISH reaches every node of a cluster); with
+/// Sentinel the subscription follows the master, and moves when the Sentinels name another.
 pub fn spawn_invalidation_listener(
     handle: &tokio::runtime::Handle,
     cfg: &RedisConfig,
     invalidate: Invalidate,
 ) -> Result<(), String> {
-    let client = redis::Client::open(cfg.url.as_str()).map_err(|e| e.to_string())?;
+    let mut to = SubscribeTo::new(cfg)?;
     let channel = cfg.invalidate_channel.clone();
     let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
     handle.spawn(async move {
         let mut backoff = Duration::from_millis(100);
-        loop {
-            match tokio::time::timeout(connect_timeout, client.get_async_pubsub()).await {
-                Ok(Ok(mut pubsub)) => match pubsub.subscribe(&channel).await {
-                    Ok(()) => {
-                        log::info!("subscribed to invalidation channel {channel}");
-                        invalidate(None);
-                        backoff = Duration::from_millis(100);
-                        let mut messages = pubsub.on_message();
-                        while let Some(msg) = messages.next().await {
-                            match std::str::from_utf8(msg.get_payload_bytes()) {
-                                Ok(key) => invalidate(Some(key)),
-                                Err(_) => log::warn!("ignoring non-UTF-8 invalidation message"),
+        for attempt in 0usize.. {
+            let subscribed = async {
+                let client = to.client(attempt).await?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>((pubsub, client.get_connection_info().addr().clone()))
+            };
+            match tokio::time::timeout(connect_timeout, subscribed).await {
+                Ok(Ok((pubsub, addr))) => {
+                    log::info!("subscribed to invalidation channel {channel} at {addr}");
+                    invalidate(None);
+                    backoff = Duration::from_millis(100);
+                    let mut messages = pubsub.into_on_message();
+                    let mut check = tokio::time::interval(MASTER_CHECK_INTERVAL);
+                    check.tick().await;
+                    loop {
+                        tokio::select! {
+                            msg = messages.next() => match msg {
+                                Some(msg) => match std::str::from_utf8(msg.get_payload_bytes()) {
+                                    Ok(key) => invalidate(Some(key)),
+                                    Err(_) => log::warn!("ignoring non-UTF-8 invalidation message"),
+                                },
+                                None => break,
+                            },
+                            _ = check.tick() => {
+                                // A master that lost its role but not its connections would
+                                // keep this subscription while the app publishes elsewhere.
+                                if to.moved_from(&addr).await {
+                                    log::warn!("redis master moved away from {addr}");
+                                    break;
+                                }
                             }
                         }
-                        log::warn!("invalidation channel {channel} lost; resubscribing");
                     }
-                    Err(e) => log::warn!("cannot subscribe to {channel}: {e}"),
-                },
-                Ok(Err(e)) => log::debug!("invalidation subscriber cannot connect: {e}"),
+                    log::warn!("invalidation channel {channel} lost; resubscribing");
+                    continue;
+                }
+                Ok(Err(e)) => log::debug!("invalidation subscriber cannot subscribe: {e}"),
                 Err(_) => log::debug!("invalidation subscriber: connect timed out"),
             }
             // Cached entries stay while Redis is away (nobody can change records then); the
@@ -446,6 +481,9 @@ pub fn spawn_invalidation_listener(
     });
     Ok(())
 }
+
+/// How often a Sentinel-mode subscriber checks that it still listens to the master.
+const MASTER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Build the configured store; `None` runtime for the static store.
 pub fn build(

@@ -63,14 +63,19 @@ pub fn free_port() -> u16 {
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// More `redis-server` arguments (cluster mode, `--replicaof`, a Sentinel's config file).
+    args: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        let mut r = Redis {
-            port: free_port(),
-            child: None,
-        };
+        Redis::start_with(&[])
+    }
+
+    /// A `redis-server` with more arguments; for a Sentinel, its config file comes first.
+    pub fn start_with(args: &[&str]) -> Redis {
+        let mut r = Redis::not_started();
+        r.args = args.iter().map(|a| a.to_string()).collect();
         r.spawn();
         r
     }
@@ -80,12 +85,14 @@ impl Redis {
         Redis {
             port: free_port(),
             child: None,
+            args: Vec::new(),
         }
     }
 
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         let child = Command::new("redis-server")
+            .args(&self.args)
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -229,6 +236,12 @@ impl Drop for Redis {
 /// The gateway's config for tests: the SPEC's routes, Redis on `redis_port`, the app API
 /// on `app`, plus any extra TOML (later keys must not repeat a table already written here).
 pub fn config_text(gw_port: u16, redis_port: u16, app: SocketAddr, extra: &str) -> String {
+    let redis = format!("url = \"redis://127.0.0.1:{redis_port}/0\"");
+    config_text_redis(gw_port, &redis, app, extra)
+}
+
+/// `config_text` with `redis` as the `[redis]` table's way to Redis (`url`, or `mode` and `nodes`).
+pub fn config_text_redis(gw_port: u16, redis: &str, app: SocketAddr, extra: &str) -> String {
     format!(
         r#"
 base_domain = "{DOMAIN}"
@@ -241,7 +254,7 @@ threads = 2
 grace_period_seconds = 1
 graceful_shutdown_timeout_seconds = 1
 [redis]
-url = "redis://127.0.0.1:{redis_port}/0"
+{redis}
 key_prefix = ""
 invalidate_channel = "edgegate:invalidate"
 connect_timeout_ms = 300
