@@ -64,6 +64,9 @@ pub struct LimitsConfig {
     pub max_headers: usize,
     /// Requests and WebSockets in flight per workspace record; beyond it 429. 0: no cap.
     pub max_connections_per_workspace: usize,
+    /// Time a client has to send a request's headers (from accept, or from the first byte of
+    /// a later request on the connection); past it 408 or a close. 0: no deadline.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -73,6 +76,7 @@ impl Default for LimitsConfig {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_connections_per_workspace: 0,
+            header_timeout_ms: 10_000,
         }
     }
 }

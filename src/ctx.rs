@@ -97,7 +97,7 @@ impl Default for RequestCtx {
 
 /// 24 hex digits: a random per-process tag and a counter, unique across instances and restarts
 /// without a random draw per request.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     static TAG: once_cell::sync::Lazy<u32> = once_cell::sync::Lazy::new(|| {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -23,6 +23,8 @@ pub enum GatewayError {
     UriTooLong,
     #[error("the request headers are too large")]
     HeadersTooLarge,
+    #[error("the request headers did not arrive in time")]
+    HeaderTimeout,
     #[error("too many concurrent connections to this workspace")]
     TooManyConnections,
     #[error("no route for this host")]
@@ -60,6 +62,7 @@ impl GatewayError {
             Forbidden => 403,
             NoRoute | UnknownWorkspace => 404,
             MethodNotAllowed => 405,
+            HeaderTimeout => 408,
             UriTooLong => 414,
             TooManyConnections => 429,
             HeadersTooLarge => 431,
@@ -86,6 +89,7 @@ impl GatewayError {
             MethodNotAllowed => "method_not_allowed",
             UriTooLong => "uri_too_long",
             HeadersTooLarge => "headers_too_large",
+            HeaderTimeout => "request_timeout",
             TooManyConnections => "too_many_connections",
             BadRecord => "bad_route_record",
             UpstreamUnresolvable => "upstream_unresolvable",

@@ -14,6 +14,7 @@ pub mod ctx;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod header_deadline;
 pub mod headers;
 pub mod limits;
 pub mod logging;
@@ -148,8 +149,10 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String>
         server.add_service(admin);
     }
 
-    let mut service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "edgegate");
+    let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let limit = std::time::Duration::from_millis(config.limits.header_timeout_ms);
+    let app = header_deadline::HeaderDeadlineApp::new(proxy, limit);
+    let mut service = pingora::services::listening::Service::new("edgegate".to_string(), app);
     for addr in &config.listen.http {
         service.add_tcp(addr);
     }

@@ -339,6 +339,12 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _: &mut RequestCtx) -> Result<()> {
+        // The headers are in: lift the header deadline for the rest of this request.
+        crate::header_deadline::headers_received(session.as_downstream().stream());
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.is_upgrade = session.is_upgrade_req();
         if session.digest().is_some_and(|d| d.ssl_digest.is_some()) || self.tls_before_us(session) {
@@ -501,6 +507,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // This request is over; the next one on the connection gets its own header deadline.
+        crate::header_deadline::request_done(session.as_downstream().stream());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route_name();
         let method = metrics::method_label(&session.req_header().method);

@@ -218,3 +218,139 @@ async fn oversized_requests_and_a_full_workspace_are_refused_with_their_status()
     .await;
     assert!(freed);
 }
+
+/// Read until the gateway closes (bounded); returns what it sent and how long it took.
+async fn read_until_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut buf)).await;
+    (buf, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_clients_get_408_or_a_close_while_others_are_served() {
+    let w = World::start("[limits]\nheader_timeout_ms = 1000\n").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    let cookie = format!("Cookie: session={OWNER_SESSION}\r\n");
+
+    // A slowloris: one header byte every 100 ms, never the blank line.
+    let slow = {
+        let (addr, host) = (w.gw.addr, host.clone());
+        tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let head = format!("GET /slow HTTP/1.1\r\nHost: {host}\r\nX-Slow: ");
+            s.write_all(head.as_bytes()).await.expect("write");
+            let started = std::time::Instant::now();
+            for _ in 0..60 {
+                if s.write_all(b"a").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut probe = [0u8; 1];
+                // The gateway answered (or closed): stop dribbling.
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(1), s.peek(&mut probe)).await
+                {
+                    let _ = n;
+                    break;
+                }
+            }
+            let (buf, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+            (buf, started.elapsed())
+        })
+    };
+    // A client that connects and says nothing.
+    let silent = {
+        let addr = w.gw.addr;
+        tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            read_until_closed(&mut s, Duration::from_secs(5)).await
+        })
+    };
+    // Meanwhile other clients are served, each well inside the deadline.
+    for i in 0..20 {
+        let started = std::time::Instant::now();
+        let r = w.gw.get(&host, &format!("/fast/{i}"), &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "a normal request waited behind the slow ones"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (buf, took) = slow.await.expect("slow client");
+    let resp = parse_response(&buf);
+    assert_eq!(resp.status, 408, "{resp:?}");
+    assert_eq!(resp.error_code(), "request_timeout");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "the deadline is 1 s from accept: closed after {took:?}"
+    );
+    let (buf, took) = silent.await.expect("silent client");
+    assert!(buf.is_empty(), "a silent client gets no response: {buf:?}");
+    assert!(took < Duration::from_secs(4), "silent client held {took:?}");
+    // The partial request never reached the upstream.
+    assert!(w.a.seen().iter().all(|s| s.target != "/slow"));
+    assert_eq!(w.a.count(), 20);
+
+    // Kept alive: idle longer than the deadline between requests is fine (the next request's
+    // clock starts at its first byte), and a body may take longer than the deadline.
+    let mut s = tokio::net::TcpStream::connect(w.gw.addr)
+        .await
+        .expect("connect");
+    let req = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{cookie}\r\n");
+    s.write_all(req("/ka/1").as_bytes()).await.expect("write");
+    let first = read_response(&mut s).await;
+    assert_eq!(first.status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let body = "x".repeat(30);
+    let post = format!(
+        "POST /ka/2 HTTP/1.1\r\nHost: {host}\r\n{cookie}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(post.as_bytes()).await.expect("write");
+    for chunk in body.as_bytes().chunks(10) {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        s.write_all(chunk).await.expect("slow body");
+    }
+    let second = read_response(&mut s).await;
+    assert_eq!(second.status, 200, "{second:?}");
+    assert!(w.a.seen().iter().any(|s| s.target == "/ka/2"));
+    // A third request on the same connection whose headers stall is cut at its deadline.
+    s.write_all(format!("GET /ka/3 HTTP/1.1\r\nHost: {host}\r\n").as_bytes())
+        .await
+        .expect("write");
+    let (buf, took) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(parse_response(&buf).status, 408);
+    assert!(took >= Duration::from_millis(800), "cut after {took:?}");
+    assert!(w.a.seen().iter().all(|s| s.target != "/ka/3"));
+}
+
+/// Read one response with a Content-Length body from a kept-alive connection (bounded).
+async fn read_response(s: &mut tokio::net::TcpStream) -> Resp {
+    let fut = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before a whole response");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return parse_response(&buf);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("a response within 10 s")
+}
