@@ -21,7 +21,8 @@ fn ids() -> Vec<String> {
         .collect()
 }
 
-const LONG_CACHE: &str = "[cache]\nttl_ms = 600000\nnegative_ttl_ms = 600000\n";
+const LONG_CACHE: &str =
+    "[cache]\nttl_ms = 600000\nnegative_ttl_ms = 600000\n[activity]\ninterval_secs = 1\n";
 /// Every request reads Redis and nothing is served stale: failover errors are visible.
 const NO_CACHE: &str = "[cache]\nttl_ms = 1\nnegative_ttl_ms = 1\nstale_ms = 0\n";
 
@@ -379,6 +380,26 @@ async fn cluster_invalidation_reaches_every_instance_and_failover_errors_stay_in
         );
     }
     assert!(b.count() >= seen_by_b + 2, "upstream b saw both instances");
+    // The activity writer reaches records on every master (one script per key in a cluster).
+    let mut conn = cluster.client();
+    let marked = |c: &mut redis::cluster::ClusterConnection| {
+        ids.iter()
+            .filter(|id| {
+                redis::cmd("HGET")
+                    .arg(format!("workspace:{id}"))
+                    .arg("last_activity")
+                    .query::<Option<u64>>(c)
+                    .ok()
+                    .flatten()
+                    .is_some()
+            })
+            .count()
+    };
+    wait_until(
+        "activity marks on every record",
+        Duration::from_secs(10),
+        || marked(&mut conn) == ids.len(),
+    );
     cluster.workspace(moved, &a.addr.to_string());
     cluster.workspace(silent, &a.addr.to_string());
 
