@@ -146,6 +146,13 @@ pub struct ListenConfig {
     /// TLS listeners.
     #[serde(default)]
     pub tls: Vec<TlsListenConfig>,
+    /// Read buffer per plain-HTTP client connection (Pingora's default is 64 KiB, zero-filled,
+    /// held for the connection's life: most of an idle WebSocket's memory). 0: unbuffered.
+    #[serde(default = "default_read_buffer")]
+    pub read_buffer_bytes: usize,
+    /// Read buffer per TLS client connection (one TLS record is up to 16 KiB + overhead).
+    #[serde(default = "default_tls_read_buffer")]
+    pub tls_read_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,8 +183,18 @@ impl Default for ListenConfig {
             http: default_listen(),
             trusted_proxies: Vec::new(),
             tls: Vec::new(),
+            read_buffer_bytes: default_read_buffer(),
+            tls_read_buffer_bytes: default_tls_read_buffer(),
         }
     }
+}
+
+fn default_read_buffer() -> usize {
+    8 * 1024
+}
+
+fn default_tls_read_buffer() -> usize {
+    16 * 1024 + 256
 }
 
 fn default_listen() -> Vec<String> {

@@ -153,12 +153,23 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String>
     let limit = std::time::Duration::from_millis(config.limits.header_timeout_ms);
     let app = header_deadline::HeaderDeadlineApp::new(proxy, limit);
     let mut service = pingora::services::listening::Service::new("edgegate".to_string(), app);
-    for addr in &config.listen.http {
-        service.add_tcp(addr);
+    // Pingora reads each client connection through a 64 KiB buffer by default; smaller ones
+    // keep idle connections (WebSockets above all) cheap.
+    use pingora::listeners::ListenerConfig;
+    use pingora::protocols::l4::stream::L4BufferSettings;
+    let l = &config.listen;
+    for addr in &l.http {
+        let buffers = L4BufferSettings::default().read(l.read_buffer_bytes);
+        service.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
-    for (i, t) in config.listen.tls.iter().enumerate() {
+    for (i, t) in l.tls.iter().enumerate() {
         let settings = tls::settings(&format!("listen.tls[{i}]"), t).map_err(|e| e.to_string())?;
-        service.add_tls_with_settings(&t.addr, None, settings);
+        let buffers = L4BufferSettings::default().read(l.tls_read_buffer_bytes);
+        service.add_listener(
+            ListenerConfig::tcp(t.addr.as_str())
+                .tls(settings)
+                .l4_buffer(buffers),
+        );
     }
     server.add_service(service);
     Ok(server)

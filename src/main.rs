@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 /// jemalloc: Pingora's many short-lived per-request allocations cost measurably less with it
 /// than with glibc malloc across worker threads (benches/load, docs/BENCHMARKS.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

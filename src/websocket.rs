@@ -18,7 +18,7 @@ use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::proxy::Gateway;
 use crate::route::{record, RouteMatch};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::proxy::Session;
@@ -46,6 +46,9 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 /// Longest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
+/// Room for one read from the upstream: small while a tunnel idles, larger during a burst.
+const READ_SMALL: usize = 2 * 1024;
+const READ_LARGE: usize = 16 * 1024;
 
 /// Where a byte stream of WebSocket frames stands: a close frame may only go between frames.
 #[derive(Debug, Default)]
@@ -276,7 +279,8 @@ impl Gateway {
             .map(|k| key_hash(k))
             .chain(ctx.principal.as_ref().and_then(|p| p.session_key_hash))
             .collect();
-        let mut buf = vec![0u8; 16 * 1024];
+        // Small while idle (an idle tunnel holds it), larger once the upstream sends in bulk.
+        let mut buf = BytesMut::with_capacity(READ_SMALL);
         let mut last = Instant::now();
         // Frames from the client, to know which side started a closing handshake.
         let mut from_client = FrameTracker::default();
@@ -328,7 +332,7 @@ impl Gateway {
                     Ok(None) => return first_close.unwrap_or("client"),
                     Err(e) => return first_close.unwrap_or(io_cause(&e)),
                 },
-                up = upstream.read(&mut buf) => match up {
+                up = upstream.read_buf(&mut buf) => match up {
                     Ok(0) | Err(_) => return first_close.unwrap_or("upstream"),
                     Ok(n) => {
                         tracker.feed(&buf[..n]);
@@ -338,7 +342,11 @@ impl Gateway {
                         ctx.bytes_out += n as u64;
                         self.touch(ctx);
                         last = Instant::now();
-                        let data = Bytes::copy_from_slice(&buf[..n]);
+                        // Handed on without a copy; the next read gets fresh room, more of
+                        // it when this read filled what it had.
+                        let full = buf.capacity() == n;
+                        let data = buf.split().freeze();
+                        buf.reserve(if full { READ_LARGE } else { READ_SMALL });
                         // Bounded: a client that stops reading must not freeze the tunnel.
                         let wrote = tokio::time::timeout(
                             write_timeout,
