@@ -47,6 +47,9 @@ pub struct RequestCtx {
     pub refresh: Refresh,
     /// This request's place in its workspace's in-flight count (freed with the CTX).
     pub slot: Option<crate::limits::Slot>,
+    /// A WebSocket tunnel took the request (and this state) into a task of its own; what
+    /// Pingora still holds is an empty shell that must not be logged.
+    pub detached: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +61,20 @@ pub enum Refresh {
 
 impl RequestCtx {
     pub fn new() -> Self {
+        Self::with_id(new_request_id())
+    }
+
+    /// What Pingora keeps once a WebSocket tunnel has taken the request's state away.
+    pub fn detached_shell() -> Self {
         Self {
-            request_id: new_request_id(),
+            detached: true,
+            ..Self::with_id(String::new())
+        }
+    }
+
+    fn with_id(request_id: String) -> Self {
+        Self {
+            request_id,
             started: Instant::now(),
             route: None,
             workspace: None,
@@ -80,6 +95,7 @@ impl RequestCtx {
             activity_marked: 0,
             refresh: Refresh::No,
             slot: None,
+            detached: false,
         }
     }
 

@@ -80,9 +80,8 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
         _ => None,
     };
     let records = Records::new(store.clone(), cache.clone(), config, metrics.clone());
-    let gateway = proxy::Gateway::new(config, records, metrics.clone())?
-        .with_runtime(redis_rt.clone())
-        .with_activity(activity);
+    let gateway =
+        proxy::Gateway::new(config, records, metrics.clone(), redis_rt.clone(), activity)?;
     if let Some(handle) = redis_rt
         .as_ref()
         .and_then(|r| r.handle())

@@ -34,7 +34,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
-pub struct Gateway {
+/// The proxy: cheap to clone (one `Arc`), so a WebSocket tunnel can outlive the Pingora task
+/// that opened it (websocket.rs).
+#[derive(Clone)]
+pub struct Gateway(Arc<Core>);
+
+/// Everything the gateway's hooks share; reached through `Gateway`'s `Deref`.
+pub struct Core {
     pub(crate) routes: RouteTable,
     pub(crate) records: Records,
     pub(crate) auth: Auth,
@@ -58,13 +64,22 @@ pub struct Gateway {
     _redis_runtime: Option<Arc<RedisRuntime>>,
 }
 
+impl std::ops::Deref for Gateway {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.0
+    }
+}
+
 impl Gateway {
     pub fn new(
         config: &Config,
         records: Records,
         metrics: Arc<Metrics>,
+        redis_runtime: Option<Arc<RedisRuntime>>,
+        activity: Option<Arc<Activity>>,
     ) -> std::result::Result<Self, String> {
-        Ok(Self {
+        Ok(Self(Arc::new(Core {
             routes: RouteTable::new(config).map_err(|e| e.to_string())?,
             records,
             auth: Auth::new(config).map_err(|e| e.to_string())?,
@@ -86,21 +101,11 @@ impl Gateway {
             invalidations: broadcast::channel(1024).0,
             metrics,
             access_log: AccessLog::open(&config.log.access_log)?,
-            activity: None,
+            activity,
             limits: config.limits.clone(),
             in_flight: crate::limits::InFlight::new(config.limits.max_connections_per_workspace),
-            _redis_runtime: None,
-        })
-    }
-
-    pub fn with_runtime(mut self, rt: Option<Arc<RedisRuntime>>) -> Self {
-        self._redis_runtime = rt;
-        self
-    }
-
-    pub fn with_activity(mut self, activity: Option<Arc<Activity>>) -> Self {
-        self.activity = activity;
-        self
+            _redis_runtime: redis_runtime,
+        })))
     }
 
     /// A trusted proxy (TLS-terminating load balancer) says the client came over HTTPS.
@@ -507,11 +512,22 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.detached {
+            // A WebSocket tunnel took this request over; it logs the request when it ends.
+            return;
+        }
         // This request is over; the next one on the connection gets its own header deadline.
         crate::header_deadline::request_done(session.as_downstream().stream());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.log_request(session.req_header(), status, ctx);
+    }
+}
+
+impl Gateway {
+    /// Metrics and the access log line for a finished request.
+    pub(crate) fn log_request(&self, req: &RequestHeader, status: u16, ctx: &RequestCtx) {
         let route = ctx.route_name();
-        let method = metrics::method_label(&session.req_header().method);
+        let method = metrics::method_label(&req.method);
         let result = if ctx.refusal.is_some() {
             "refused"
         } else if ctx.target.is_some() {
@@ -539,7 +555,6 @@ impl ProxyHttp for Gateway {
             cause
         });
         if self.access_log.enabled() {
-            let req = session.req_header();
             let time = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0);

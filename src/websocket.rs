@@ -19,10 +19,12 @@ use crate::error::GatewayError;
 use crate::proxy::Gateway;
 use crate::route::{record, RouteMatch};
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::proxy::Session;
-use pingora::ErrorType;
+use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, watch};
@@ -107,14 +109,6 @@ fn frame_header(h: &[u8]) -> Option<(u64, usize)> {
     (h.len() == header_len).then_some((len, header_len))
 }
 
-/// Why a tunnel ended.
-fn io_cause(e: &pingora::Error) -> &'static str {
-    match e.etype() {
-        ErrorType::ReadTimedout => "idle_timeout",
-        _ => "client",
-    }
-}
-
 impl Gateway {
     /// Tunnel an authorised upgrade request. `Err` only before the client got its 101 (the
     /// caller answers with the JSON error); afterwards the tunnel runs until one side ends.
@@ -123,6 +117,10 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<(), GatewayError> {
+        // The tunnel takes over the client's connection, which only HTTP/1 upgrades.
+        if !matches!(*session.downstream_session, ServerSession::H1(_)) {
+            return Err(GatewayError::BadUpgrade);
+        }
         let mut upstream = loop {
             let Some(target) = ctx.target.clone() else {
                 return Err(GatewayError::Internal);
@@ -147,7 +145,9 @@ impl Gateway {
             }
         };
 
-        let mut req = session.req_header().clone();
+        // The browser's request stays with the tunnel (credential re-checks, the access log).
+        let browser_req = session.req_header().clone();
+        let mut req = browser_req.clone();
         let fwd = self.forwarding(session, ctx);
         crate::headers::rewrite_upstream_request(&mut req, ctx, &fwd)
             .map_err(|_| GatewayError::BadPath)?;
@@ -238,35 +238,78 @@ impl Gateway {
             return Ok(());
         }
         self.ws_opened(ctx);
-        // The tunnel keeps its own idle clock over both directions.
-        session.set_read_timeout(None);
-        let mut tracker = FrameTracker::default();
-        if !rest.is_empty() {
-            tracker.feed(&rest);
-            ctx.bytes_out += rest.len() as u64;
-            if session
-                .write_response_body(Some(rest), false)
+        let Some((client, early)) = take_client(session) else {
+            ctx.ws_close_cause = Some("error");
+            return Ok(());
+        };
+        // The tunnel, its request and its state go to a task of their own: Pingora's task for
+        // this connection (and everything it holds for HTTP) ends here.
+        let ctx = std::mem::replace(ctx, RequestCtx::detached_shell());
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            gateway
+                .run_tunnel(browser_req, ctx, client, early, upstream, rest)
                 .await
-                .is_err()
-            {
-                ctx.ws_close_cause = Some("client");
-                return Ok(());
-            }
-        }
-        let cause = self.pump(session, ctx, &mut upstream, &mut tracker).await;
-        ctx.ws_close_cause = Some(cause);
-        let _ = upstream.shutdown().await;
+        });
         Ok(())
+    }
+
+    /// A detached tunnel, from the 101 to the access log line.
+    async fn run_tunnel(
+        self,
+        req: RequestHeader,
+        mut ctx: RequestCtx,
+        mut client: Stream,
+        early: Bytes,
+        mut upstream: Stream,
+        rest: Bytes,
+    ) {
+        let write_timeout = Duration::from_millis(self.upstream.write_timeout_ms);
+        let mut to_client = FrameTracker::default();
+        let mut from_client = FrameTracker::default();
+        let cause = async {
+            // What the upstream sent behind its 101, and what the client sent behind its
+            // request, before anything else.
+            if !rest.is_empty() {
+                to_client.feed(&rest);
+                ctx.bytes_out += rest.len() as u64;
+                if !write_to(&mut client, &rest, write_timeout).await {
+                    return "client";
+                }
+            }
+            if !early.is_empty() {
+                from_client.feed(&early);
+                ctx.bytes_in += early.len() as u64;
+                if !write_to(&mut upstream, &early, write_timeout).await {
+                    return "upstream";
+                }
+            }
+            self.pump(
+                &req,
+                &mut ctx,
+                [&mut client, &mut upstream],
+                [&mut to_client, &mut from_client],
+            )
+            .await
+        }
+        .await;
+        ctx.ws_close_cause = Some(cause);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = client.shutdown().await;
+            let _ = upstream.shutdown().await;
+        })
+        .await;
+        self.log_request(&req, 101, &ctx);
     }
 
     /// Copy both ways until one side ends, the connection idles out, its credential is revoked,
     /// or the process stops.
     async fn pump(
         &self,
-        session: &mut Session,
+        req: &RequestHeader,
         ctx: &mut RequestCtx,
-        upstream: &mut pingora::protocols::Stream,
-        tracker: &mut FrameTracker,
+        [client, upstream]: [&mut Stream; 2],
+        [to_client, from_client]: [&mut FrameTracker; 2],
     ) -> &'static str {
         let idle = self.ws_idle_timeout;
         let write_timeout = Duration::from_millis(self.upstream.write_timeout_ms);
@@ -279,12 +322,19 @@ impl Gateway {
             .map(|k| key_hash(k))
             .chain(ctx.principal.as_ref().and_then(|p| p.session_key_hash))
             .collect();
-        // Small while idle (an idle tunnel holds it), larger once the upstream sends in bulk.
-        let mut buf = BytesMut::with_capacity(READ_SMALL);
+        // One buffer per direction, reused for every read: small while the tunnel idles,
+        // larger while a side sends in bulk.
+        let mut down = BytesMut::with_capacity(READ_SMALL);
+        let mut up = BytesMut::with_capacity(READ_SMALL);
         let mut last = Instant::now();
-        // Frames from the client, to know which side started a closing handshake.
-        let mut from_client = FrameTracker::default();
-        let mut first_close: Option<&'static str> = None;
+        // Which side started a closing handshake.
+        let mut first_close: Option<&'static str> = if from_client.saw_close {
+            Some("client")
+        } else if to_client.saw_close {
+            Some("upstream")
+        } else {
+            None
+        };
         // Set once the tunnel must end: the close frame, the cause, and how long to wait for a
         // frame boundary to send it at.
         let mut closing: Option<(&'static [u8; 4], &'static str, Instant)> = None;
@@ -297,65 +347,48 @@ impl Gateway {
                 ));
             }
             if let Some((frame, cause, deadline)) = closing {
-                if tracker.at_boundary() || Instant::now() >= deadline {
-                    if tracker.at_boundary() {
-                        let _ = session
-                            .write_response_body(Some(Bytes::from_static(frame)), false)
-                            .await;
+                if to_client.at_boundary() || Instant::now() >= deadline {
+                    if to_client.at_boundary() {
+                        write_to(client, frame, write_timeout).await;
                     }
-                    let _ = session.finish_body().await;
                     return cause;
                 }
             }
             let idle_left = idle.saturating_sub(last.elapsed());
             let recheck = tokio::select! {
-                down = session.read_request_body() => match down {
-                    Ok(Some(data)) => {
-                        ctx.bytes_in += data.len() as u64;
-                        from_client.feed(&data);
+                read = client.read_buf(&mut down) => match read {
+                    Ok(0) | Err(_) => return first_close.unwrap_or("client"),
+                    Ok(n) => {
+                        from_client.feed(&down[..n]);
                         if from_client.saw_close {
                             first_close.get_or_insert("client");
                         }
+                        ctx.bytes_in += n as u64;
                         self.touch(ctx);
                         last = Instant::now();
                         // Bounded: an upstream that stops reading must not freeze the tunnel.
-                        let wrote = tokio::time::timeout(write_timeout, async {
-                            upstream.write_all(&data).await?;
-                            upstream.flush().await
-                        })
-                        .await;
-                        if !matches!(wrote, Ok(Ok(()))) {
+                        if !write_to(upstream, &down, write_timeout).await {
                             return "upstream";
                         }
+                        resize_after(&mut down, n);
                         false
                     }
-                    Ok(None) => return first_close.unwrap_or("client"),
-                    Err(e) => return first_close.unwrap_or(io_cause(&e)),
                 },
-                up = upstream.read_buf(&mut buf) => match up {
+                read = upstream.read_buf(&mut up) => match read {
                     Ok(0) | Err(_) => return first_close.unwrap_or("upstream"),
                     Ok(n) => {
-                        tracker.feed(&buf[..n]);
-                        if tracker.saw_close {
+                        to_client.feed(&up[..n]);
+                        if to_client.saw_close {
                             first_close.get_or_insert("upstream");
                         }
                         ctx.bytes_out += n as u64;
                         self.touch(ctx);
                         last = Instant::now();
-                        // Handed on without a copy; the next read gets fresh room, more of
-                        // it when this read filled what it had.
-                        let full = buf.capacity() == n;
-                        let data = buf.split().freeze();
-                        buf.reserve(if full { READ_LARGE } else { READ_SMALL });
                         // Bounded: a client that stops reading must not freeze the tunnel.
-                        let wrote = tokio::time::timeout(
-                            write_timeout,
-                            session.write_response_body(Some(data), false),
-                        )
-                        .await;
-                        if !matches!(wrote, Ok(Ok(()))) {
+                        if !write_to(client, &up, write_timeout).await {
                             return "client";
                         }
+                        resize_after(&mut up, n);
                         false
                     }
                 },
@@ -368,7 +401,7 @@ impl Gateway {
                 _ = tokio::time::sleep(Duration::from_millis(50)), if closing.is_some() => false,
                 _ = tokio::time::sleep(idle_left) => return "idle_timeout",
             };
-            if recheck && self.revoked(session, ctx).await {
+            if recheck && self.revoked(req, ctx).await {
                 closing = Some((
                     &CLOSE_1008,
                     "revoked",
@@ -382,11 +415,10 @@ impl Gateway {
     /// or owned by someone else, or (for a session) the session no longer belongs to the
     /// owner. The token that opened the tunnel is not re-verified: it authorised the upgrade,
     /// and its short life must not end healthy terminals. A store outage revokes nothing.
-    async fn revoked(&self, session: &Session, ctx: &RequestCtx) -> bool {
+    async fn revoked(&self, req: &RequestHeader, ctx: &RequestCtx) -> bool {
         let Some(principal) = &ctx.principal else {
             return false;
         };
-        let req = session.req_header();
         let verdict: Result<(), GatewayError> = async {
             let host = crate::headers::normalize_host(crate::headers::browser_host(req)?)?;
             let RouteMatch::Workspace(m) =
@@ -454,6 +486,54 @@ async fn read_rest(
     body.truncate(want);
     have = Bytes::from(body);
     have
+}
+
+/// Take the client's connection out of Pingora's session (which keeps an empty one that
+/// closes at once), with the bytes its body reader already holds: frames the client sent
+/// right behind its request. `None` (session untouched) for anything but HTTP/1.
+fn take_client(session: &mut Session) -> Option<(Stream, Bytes)> {
+    let shell = ServerSession::new_http1(Box::new(tokio::io::duplex(1).0));
+    match std::mem::replace(&mut *session.downstream_session, shell) {
+        ServerSession::H1(mut h1) => {
+            // Polled once: bytes already read are returned at once; otherwise the read is
+            // dropped before it takes anything from the socket.
+            let early = {
+                let mut read = std::pin::pin!(h1.read_body_bytes());
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match read.as_mut().poll(&mut cx) {
+                    std::task::Poll::Ready(Ok(Some(b))) => b,
+                    _ => Bytes::new(),
+                }
+            };
+            Some((h1.into_inner(), early))
+        }
+        other => {
+            *session.downstream_session = other;
+            None
+        }
+    }
+}
+
+/// Write and flush within `timeout`; `false` if that failed.
+async fn write_to(stream: &mut Stream, data: &[u8], timeout: Duration) -> bool {
+    let wrote = tokio::time::timeout(timeout, async {
+        stream.write_all(data).await?;
+        stream.flush().await
+    })
+    .await;
+    matches!(wrote, Ok(Ok(())))
+}
+
+/// Empty a read buffer for the next read: more room when the last read filled it, back to
+/// small when it did not need the large one.
+fn resize_after(buf: &mut BytesMut, n: usize) {
+    let cap = buf.capacity();
+    buf.clear();
+    if n == cap && cap < READ_LARGE {
+        buf.reserve(READ_LARGE);
+    } else if n <= READ_SMALL && cap > READ_SMALL {
+        *buf = BytesMut::with_capacity(READ_SMALL);
+    }
 }
 
 #[cfg(test)]
