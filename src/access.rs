@@ -132,6 +132,18 @@ pub fn redact_query(query: &str) -> Cow<'_, str> {
     )
 }
 
+/// `ip:port` as `SocketAddr`'s `Display` writes it; IPv4 without `fmt`.
+pub fn addr_text(addr: std::net::SocketAddr) -> String {
+    if addr.is_ipv6() {
+        return addr.to_string();
+    }
+    let mut out = String::with_capacity(21);
+    crate::headers::push_ip(&mut out, addr.ip());
+    out.push(':');
+    crate::headers::push_u16(&mut out, addr.port());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -146,5 +158,13 @@ mod tests {
             super::redact_query("tkn=x&code=y&q=1"),
             "tkn=REDACTED&code=REDACTED&q=1"
         );
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for a in ["127.0.0.1:80", "10.0.0.255:65535", "[::1]:8080"] {
+            let addr: std::net::SocketAddr = a.parse().expect("test address");
+            assert_eq!(super::addr_text(addr), addr.to_string());
+        }
     }
 }

@@ -209,16 +209,16 @@ impl Gateway {
             RouteMatch::Endpoint(endpoint, id) => {
                 ctx.route = Some(endpoint.name().into());
                 ctx.workspace = Some(id);
-                let reply = self
-                    .answer(
-                        req,
-                        endpoint,
-                        id,
-                        ctx.is_upgrade,
-                        ctx.proto,
-                        &mut ctx.principal,
-                    )
-                    .await?;
+                // Boxed: the endpoints' state stays out of every proxied request's future.
+                let reply = Box::pin(self.answer(
+                    req,
+                    endpoint,
+                    id,
+                    ctx.is_upgrade,
+                    ctx.proto,
+                    &mut ctx.principal,
+                ))
+                .await?;
                 return Ok(Some(reply));
             }
             RouteMatch::Default(d) => {
@@ -363,7 +363,9 @@ impl ProxyHttp for Gateway {
         match self.decide(session.req_header(), ctx).await {
             Ok(None) if ctx.is_upgrade => {
                 // WebSockets are tunnelled here, so a stopping process can close them cleanly.
-                if let Err(e) = self.tunnel(session, ctx).await {
+                // Boxed: the tunnel's state would otherwise be part of (and copied with) every
+                // request's `request_filter` future.
+                if let Err(e) = Box::pin(self.tunnel(session, ctx)).await {
                     error::respond(session, &e, &ctx.request_id).await?;
                     ctx.refusal = Some(e);
                 }
@@ -567,7 +569,7 @@ impl Gateway {
                 query: req.uri.query().map(access::redact_query),
                 status,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
-                upstream: ctx.target.as_ref().map(|t| t.addr.to_string()),
+                upstream: ctx.target.as_ref().map(|t| access::addr_text(t.addr)),
                 bytes_in: ctx.bytes_in,
                 bytes_out: ctx.bytes_out,
                 auth_method: ctx.auth_method.map_or("none", |a| a.as_str()),

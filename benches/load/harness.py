@@ -216,6 +216,47 @@ def redis_calls(port):
     return total
 
 
+def edgegate_config(work, eg, adm, rp, access_log):
+    """edgegate's real configuration for the bench: Redis host routing, session auth."""
+    secret = os.path.join(work, "secret")
+    with open(secret, "w") as f:
+        f.write("load-harness-secret-0123456789abcdef-0123")
+    cfg = os.path.join(work, "edgegate.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""base_domain = "bench.test"
+[listen]
+http = ["127.0.0.1:{eg}"]
+[admin]
+listen = "127.0.0.1:{adm}"
+[log]
+level = "warn"
+access_log = "{access_log}"
+[server]
+threads = 1
+pid_file = "{work}/edgegate.pid"
+upgrade_sock = "{work}/edgegate.sock"
+[redis]
+url = "redis://127.0.0.1:{rp}/0"
+key_prefix = ""
+invalidate_channel = "edgegate:invalidate"
+connect_timeout_ms = 500
+command_timeout_ms = 500
+[cache]
+ttl_ms = 60000
+[auth.tokens]
+secret_file = "{secret}"
+[api]
+ide_route = ""
+[[route]]
+name = "workspace"
+host = "ws-{{id}}.{{base_domain}}"
+key = "workspace:{{id}}"
+status_field = "status"
+auth = ["session"]
+""")
+    return cfg
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -268,42 +309,7 @@ def main():
                                           f"127.0.0.1:{pp}", f"127.0.0.1:{up}", "1"], srv_cpu)
         pingora_ws = procs.start("pingora-ws", [os.path.join(ROOT, "target/release/examples/plain_pingora"),
                                                 f"127.0.0.1:{ppw}", f"127.0.0.1:{wu}", "1"], srv_cpu)
-        secret = os.path.join(work, "secret")
-        with open(secret, "w") as f:
-            f.write("load-harness-secret-0123456789abcdef-0123")
-        cfg = os.path.join(work, "edgegate.toml")
-        with open(cfg, "w") as f:
-            f.write(f"""base_domain = "bench.test"
-[listen]
-http = ["127.0.0.1:{eg}"]
-[admin]
-listen = "127.0.0.1:{adm}"
-[log]
-level = "warn"
-access_log = "{args.access_log or work + '/access.log'}"
-[server]
-threads = 1
-pid_file = "{work}/edgegate.pid"
-upgrade_sock = "{work}/edgegate.sock"
-[redis]
-url = "redis://127.0.0.1:{rp}/0"
-key_prefix = ""
-invalidate_channel = "edgegate:invalidate"
-connect_timeout_ms = 500
-command_timeout_ms = 500
-[cache]
-ttl_ms = 60000
-[auth.tokens]
-secret_file = "{secret}"
-[api]
-ide_route = ""
-[[route]]
-name = "workspace"
-host = "ws-{{id}}.{{base_domain}}"
-key = "workspace:{{id}}"
-status_field = "status"
-auth = ["session"]
-""")
+        cfg = edgegate_config(work, eg, adm, rp, args.access_log or work + "/access.log")
         eg_cmd = [os.path.join(ROOT, "target/release/edgegate"), "run", "-c", cfg]
         if args.perf:
             # Sample edgegate's CPU (software clock: works where hardware counters do not).

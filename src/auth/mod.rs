@@ -66,7 +66,11 @@ impl KeyTemplate {
     }
 
     pub fn key(&self, value: &str) -> String {
-        format!("{}{value}{}", self.head, self.tail)
+        let mut k = String::with_capacity(self.head.len() + value.len() + self.tail.len());
+        k.push_str(&self.head);
+        k.push_str(value);
+        k.push_str(&self.tail);
+        k
     }
 }
 

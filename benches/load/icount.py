@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Instructions per request, under callgrind: a count that does not move with the machine's
+noise, for before/after comparisons of edgegate against the plain Pingora proxy.
+
+    python3 benches/load/icount.py [--requests N]
+
+Starts the same upstream, Redis and configuration as harness.py, runs each proxy under
+`valgrind --tool=callgrind`, warms it, zeroes the counters, sends N keep-alive requests and
+reads the instruction count (user space only: the kernel's share is not counted). Needs
+valgrind (Debian) and release binaries (benches/load/run builds them).
+"""
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+ROOT = h.ROOT
+
+
+def send(port, n):
+    """n GETs on one keep-alive connection; every answer must be 200."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(n):
+        c.request("GET", "/", headers={"Host": h.HOST, "Cookie": f"session={h.SESSION}"})
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            raise SystemExit(f"port {port}: status {r.status}")
+    c.close()
+
+
+def instructions(out_dir, pid):
+    total = 0
+    for f in glob.glob(os.path.join(out_dir, f"callgrind.out.{pid}*")):
+        with open(f) as fh:
+            for line in fh:
+                if line.startswith("summary:") or line.startswith("totals:"):
+                    total = max(total, int(line.split()[1]))
+    return total
+
+
+def measure(procs, name, cmd, port, n, work):
+    out = os.path.join(work, name)
+    os.makedirs(out, exist_ok=True)
+    p = procs.start(name, ["valgrind", "--tool=callgrind", "--collect-atstart=yes",
+                           f"--callgrind-out-file={out}/callgrind.out.%p"] + cmd)
+    h.wait_port(port, limit=120.0)
+    send(port, 200)  # warm: caches, connection pools, lazy statics
+    subprocess.run(["callgrind_control", "--zero", str(p.pid)], check=True, capture_output=True)
+    send(port, n)
+    subprocess.run(["callgrind_control", "--dump", str(p.pid)], check=True, capture_output=True)
+    deadline = time.time() + 30
+    ir = 0
+    while time.time() < deadline and not ir:
+        time.sleep(0.5)
+        ir = instructions(out, p.pid)
+    return ir / n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=2000)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="edgegate-icount-")
+    procs = h.Procs()
+    try:
+        up, pp, eg, adm, rp = (h.free_port() for _ in range(5))
+        procs.start("upstream", ["nginx", "-c", h.nginx_conf(work, "upstream", f"""
+  server {{ listen 127.0.0.1:{up}; default_type text/plain;
+           location / {{ return 200 "{h.BODY}"; }} }}""")])
+        procs.start("redis", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no", "--dir", work])
+        h.wait_port(rp)
+        cli = ["redis-cli", "-p", str(rp)]
+        subprocess.run(cli + ["HSET", f"workspace:{h.ID}", "backend", f"127.0.0.1:{up}",
+                              "owner", "bench", "status", "running"], check=True, capture_output=True)
+        subprocess.run(cli + ["HSET", f"session:{h.SESSION}", "user", "bench"],
+                       check=True, capture_output=True)
+        h.wait_port(up)
+        cfg = h.edgegate_config(work, eg, adm, rp, os.path.join(work, "access.log"))
+        results = {
+            "pingora": measure(procs, "pingora", [
+                os.path.join(ROOT, "target/release/examples/plain_pingora"),
+                f"127.0.0.1:{pp}", f"127.0.0.1:{up}", "1"], pp, args.requests, work),
+            "edgegate": measure(procs, "edgegate", [
+                os.path.join(ROOT, "target/release/edgegate"), "run", "-c", cfg],
+                eg, args.requests, work),
+        }
+        print(f"instructions per request (user space, callgrind, {args.requests} keep-alive GETs):")
+        for name, ir in results.items():
+            print(f"  {name:9} {ir:>10,.0f}")
+        print(f"  edgegate/pingora: {results['edgegate'] / results['pingora']:.2f}x")
+    finally:
+        procs.stop()
+
+
+if __name__ == "__main__":
+    main()
