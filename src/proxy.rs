@@ -21,7 +21,7 @@ use crate::error::{self, GatewayError};
 use crate::headers::{self, Forwarding, IpNet};
 use crate::metrics::{self, Metrics};
 use crate::route::store::{Records, RedisRuntime};
-use crate::route::{record, RouteMatch, RouteTable};
+use crate::route::{record, Endpoint, RouteMatch, RouteTable};
 use crate::upstream::{self, Resolver, Target};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -218,8 +218,31 @@ impl Gateway {
                     ctx.proto,
                     &mut ctx.principal,
                 ))
-                .await?;
-                return Ok(Some(reply));
+                .await;
+                // The access log and the auth metric say how the endpoint's caller was
+                // checked, as for proxied requests (errors before any check say nothing).
+                if let Some(result) = match &reply {
+                    Ok(_) => Some("ok"),
+                    Err(GatewayError::Forbidden) => Some("forbidden"),
+                    Err(GatewayError::Unauthenticated) => Some("unauthenticated"),
+                    Err(_) => None,
+                } {
+                    let method = ctx.principal.as_ref().map_or(
+                        if endpoint == Endpoint::IdeBootstrap {
+                            AuthMethod::DevIdeToken
+                        } else {
+                            AuthMethod::Session
+                        },
+                        |p| p.method,
+                    );
+                    ctx.auth_method = Some(method);
+                    ctx.auth_result = result;
+                    self.metrics
+                        .auth_decisions
+                        .with_label_values(&[method.as_str(), result])
+                        .inc();
+                }
+                return reply.map(Some);
             }
             RouteMatch::Default(d) => {
                 ctx.route = Some(d.name.clone());

@@ -251,9 +251,23 @@ async fn access_log_has_one_json_line_per_request_without_credentials() {
     );
     assert_eq!(w.gw.get(&host, "/page", &[]).await.status, 200);
     assert_eq!(w.gw.request("GET", &host, "/", &[]).await.status, 401);
+    // Endpoints edgegate answers itself log how their caller was checked too.
+    w.redis.dev(ID_A, &w.b.addr.to_string());
+    let mint_path = format!("/api/dev/{ID_A}/ide-token");
+    let owner = format!("session={OWNER_SESSION}");
+    let app = w.gw.app_host();
+    let minted =
+        w.gw.request("POST", &app, &mint_path, &[("Cookie", &owner)])
+            .await;
+    assert_eq!(minted.status, 200);
+    let dev_token = minted.json()["token"].as_str().expect("token").to_string();
+    assert_eq!(
+        w.gw.request("POST", &app, &mint_path, &[]).await.status,
+        401
+    );
     let lines = eventually(Duration::from_secs(2), || async {
         std::fs::read_to_string(&path)
-            .map(|t| t.lines().count() >= 3)
+            .map(|t| t.lines().count() >= 5)
             .unwrap_or(false)
     })
     .await;
@@ -261,11 +275,12 @@ async fn access_log_has_one_json_line_per_request_without_credentials() {
     let text = std::fs::read_to_string(&path).expect("access log");
     assert!(!text.contains(&token), "token in the access log");
     assert!(!text.contains(OWNER_SESSION), "cookie in the access log");
+    assert!(!text.contains(&dev_token), "minted token in the access log");
     let entries: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
-    assert_eq!(entries.len(), 3);
+    assert_eq!(entries.len(), 5);
     let first = &entries[0];
     assert_eq!(first["route"], "workspace");
     assert_eq!(first["query"], "x=1&token=REDACTED");
@@ -288,6 +303,12 @@ async fn access_log_has_one_json_line_per_request_without_credentials() {
     assert_eq!(entries[2]["status"], 401);
     assert_eq!(entries[2]["error"], "unauthenticated");
     assert_eq!(entries[2]["auth_result"], "unauthenticated");
+    assert_eq!(entries[3]["status"], 200);
+    assert_eq!(entries[3]["auth_method"], "session");
+    assert_eq!(entries[3]["auth_result"], "ok");
+    assert_eq!(entries[4]["status"], 401);
+    assert_eq!(entries[4]["auth_method"], "session");
+    assert_eq!(entries[4]["auth_result"], "unauthenticated");
 }
 
 fn last_activity(redis: &Redis, key: &str) -> Option<u64> {
