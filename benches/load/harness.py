@@ -272,6 +272,8 @@ def main():
                     help="load generator on CPU 0; proxies, upstream and Redis on CPU 1")
     args = ap.parse_args()
 
+    # A SIGTERM (or Ctrl-C) still stops everything the harness started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     gen_cpu, srv_cpu = (0, 1) if args.pinned else (None, None)
     work = tempfile.mkdtemp(prefix="edgegate-load-")
     procs = Procs()

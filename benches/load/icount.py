@@ -12,6 +12,7 @@ valgrind (Debian) and release binaries (benches/load/run builds them).
 import argparse
 import glob
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="edgegate-icount-")
     procs = h.Procs()
     try:
