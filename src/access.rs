@@ -58,12 +58,10 @@ impl AccessLog {
     /// Append one line; a failing destination is not the request's problem.
     pub fn write(&self, entry: &Entry<'_>) {
         let Some(out) = &self.out else { return };
-        let Ok(mut line) = serde_json::to_vec(entry) else {
-            return;
-        };
-        line.push(b'\n');
+        // Serialised straight into the buffer: no line to allocate and grow first.
         if let Ok(mut o) = out.lock() {
-            let _ = o.write_all(&line);
+            let _ = serde_json::to_writer(&mut *o, entry);
+            let _ = o.write_all(b"\n");
         }
     }
 }

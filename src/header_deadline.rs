@@ -98,8 +98,12 @@ pub struct Guarded {
     inner: Stream,
     phase: AtomicU8,
     limit: Duration,
-    /// Fires at the deadline while `phase` is `WAITING`; re-armed for each request.
+    /// When the current request's headers are due.
+    deadline: Instant,
+    /// Fires at `deadline` while `phase` is `WAITING`. Armed only once a read of an
+    /// incomplete request has to wait: a request that arrives whole never touches the timer.
     timer: Pin<Box<Sleep>>,
+    armed: bool,
     /// Bytes of the current request seen while waiting (0: a silent client, closed without
     /// a response).
     started: bool,
@@ -113,7 +117,9 @@ impl Guarded {
             inner,
             phase: AtomicU8::new(WAITING),
             limit,
+            deadline: Instant::now() + limit,
             timer: Box::pin(tokio::time::sleep(limit)),
+            armed: true,
             started: false,
             reply: None,
         }
@@ -163,8 +169,8 @@ impl AsyncRead for Guarded {
                     // The next request begins: its headers have `limit` from now.
                     this.phase.store(WAITING, Ordering::Relaxed);
                     this.started = true;
-                    let at = Instant::now() + this.limit;
-                    this.timer.as_mut().reset(at);
+                    this.deadline = Instant::now() + this.limit;
+                    this.armed = false;
                 }
                 res
             }
@@ -172,6 +178,11 @@ impl AsyncRead for Guarded {
                 this.started |= got;
                 if res.is_ready() {
                     return res;
+                }
+                if !this.armed {
+                    this.armed = true;
+                    let at = this.deadline;
+                    this.timer.as_mut().reset(at);
                 }
                 match this.timer.as_mut().poll(cx) {
                     Poll::Pending => Poll::Pending,

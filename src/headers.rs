@@ -214,9 +214,10 @@ pub fn rewrite_upstream_request(
     ctx: &RequestCtx,
     fwd: &Forwarding<'_>,
 ) -> pingora::Result<()> {
-    let browser_host = browser_host(req)
-        .map(str::to_owned)
-        .map_err(|_| pingora::Error::explain(pingora::ErrorType::HTTPStatus(400), "bad host"))?;
+    let forwarded_host = browser_host(req)
+        .ok()
+        .and_then(|h| http::HeaderValue::from_str(h).ok())
+        .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::HTTPStatus(400), "bad host"))?;
 
     let trusted = fwd
         .client_ip
@@ -244,8 +245,11 @@ pub fn rewrite_upstream_request(
     if !xff.is_empty() {
         req.insert_header("x-forwarded-for", xff)?;
     }
-    req.insert_header("x-forwarded-proto", fwd.proto)?;
-    req.insert_header("x-forwarded-host", browser_host.as_str())?;
+    req.insert_header(
+        "x-forwarded-proto",
+        http::HeaderValue::from_static(fwd.proto),
+    )?;
+    req.insert_header("x-forwarded-host", forwarded_host)?;
     req.insert_header("x-request-id", ctx.request_id.as_str())?;
     if let Some(id) = &ctx.workspace {
         req.insert_header("x-edgegate-workspace", id.as_str())?;

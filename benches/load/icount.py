@@ -68,6 +68,8 @@ def measure(procs, name, cmd, port, n, work):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--edgegate", default=os.path.join(ROOT, "target/release/edgegate"),
+                    help="the edgegate binary to count (to compare two builds)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="edgegate-icount-")
@@ -92,7 +94,7 @@ def main():
                 os.path.join(ROOT, "target/release/examples/plain_pingora"),
                 f"127.0.0.1:{pp}", f"127.0.0.1:{up}", "1"], pp, args.requests, work),
             "edgegate": measure(procs, "edgegate", [
-                os.path.join(ROOT, "target/release/edgegate"), "run", "-c", cfg],
+                args.edgegate, "run", "-c", cfg],
                 eg, args.requests, work),
         }
         print(f"instructions per request (user space, callgrind, {args.requests} keep-alive GETs):")

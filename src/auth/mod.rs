@@ -208,10 +208,11 @@ impl Auth {
             }
         }
         if methods.contains(&AuthMethod::Session) {
-            if !session::cookie_values(req, &self.session_cookie).is_empty() {
+            let sids = session::cookie_values(req, &self.session_cookie);
+            if !sids.is_empty() {
                 *attempt = Some(AuthMethod::Session);
             }
-            match self.session_owner(records, req, owner).await? {
+            match self.session_owner_of(records, &sids, owner).await? {
                 Ok((user, hash)) => {
                     self.check_origin(req, is_upgrade, proto)?;
                     return Ok(Some(Principal {
@@ -235,8 +236,19 @@ impl Auth {
         req: &RequestHeader,
         owner: &str,
     ) -> Result<Result<(String, u64), GatewayError>, GatewayError> {
+        let sids = session::cookie_values(req, &self.session_cookie);
+        self.session_owner_of(records, &sids, owner).await
+    }
+
+    /// `session_owner` for cookie values already read from the request.
+    async fn session_owner_of(
+        &self,
+        records: &Records,
+        sids: &[&str],
+        owner: &str,
+    ) -> Result<Result<(String, u64), GatewayError>, GatewayError> {
         let mut refusal = GatewayError::Unauthenticated;
-        for sid in session::cookie_values(req, &self.session_cookie) {
+        for &sid in sids {
             match session::session_user(records, &self.session_key, sid).await? {
                 Some((user, hash)) if user == owner => return Ok(Ok((user, hash))),
                 Some(_) => refusal = GatewayError::Forbidden,

@@ -6,6 +6,18 @@ use std::fmt;
 /// Crockford base32 as ULIDs use it: no I, L, O or U.
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 pub const ULID_LEN: usize = 26;
+/// For each byte: its upper-case form when that is in `ALPHABET`, else 0.
+const CANONICAL: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        let c = ALPHABET[i];
+        t[c as usize] = c;
+        t[c.to_ascii_lowercase() as usize] = c;
+        i += 1;
+    }
+    t
+};
 
 /// An upper-case ULID: 26 Crockford base32 characters whose first is 0–7 (128 bits).
 ///
@@ -22,9 +34,9 @@ impl WorkspaceId {
             return None;
         }
         let mut out = [0u8; ULID_LEN];
-        for (o, b) in out.iter_mut().zip(bytes) {
-            let up = b.to_ascii_uppercase();
-            if !ALPHABET.contains(&up) {
+        for (o, &b) in out.iter_mut().zip(bytes) {
+            let up = CANONICAL[b as usize];
+            if up == 0 {
                 return None;
             }
             *o = up;
@@ -88,6 +100,16 @@ mod tests {
         for (raw, want) in cases {
             let got = WorkspaceId::parse(raw).map(|id| id.to_string());
             assert_eq!(got.as_deref(), *want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn every_ascii_byte_is_accepted_exactly_when_its_upper_case_is_in_the_alphabet() {
+        for b in 0u8..128 {
+            let mut raw = "0".repeat(ULID_LEN - 1);
+            raw.push(b as char);
+            let want = ALPHABET.contains(&b.to_ascii_uppercase());
+            assert_eq!(WorkspaceId::parse(&raw).is_some(), want, "byte {b}");
         }
     }
 }
