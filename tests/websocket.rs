@@ -347,3 +347,45 @@ async fn an_expired_token_does_not_end_its_healthy_websocket_on_an_invalidation(
         "still open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_right_behind_the_upgrade_request_reaches_the_upstream() {
+    // Some clients write their first frame without waiting for the 101: it arrives in the same
+    // read as the request, and must be handed on when the tunnel takes the connection over.
+    let w = World::start("").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let mut s = tokio::net::TcpStream::connect(w.gw.addr)
+        .await
+        .expect("connect");
+    let mut bytes = format!(
+        "GET /agent/ws HTTP/1.1\r\nHost: {h}\r\nOrigin: http://{h}\r\nCookie: session={OWNER_SESSION}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        h = w.gw.ws_host(ID_A)
+    )
+    .into_bytes();
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    bytes.extend_from_slice(&[0x81, 0x80 | 5]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(b"early".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&bytes).await.expect("write");
+
+    let want = b"upstream-a:early";
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = s.read(&mut buf).await.expect("read");
+            if n == 0 {
+                return false;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(want.len()).any(|x| x == want) {
+                return true;
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(found, "the upstream's echo of the early frame: {text:?}");
+}
