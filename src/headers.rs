@@ -169,9 +169,6 @@ pub struct Forwarding<'a> {
     pub credential_cookies: [&'a str; 2],
 }
 
-/// Rewrite the upstream copy of the request: edgegate's own headers replace any the client
-/// sent, Host stays the browser's unless the route says otherwise, Origin is never touched,
-/// and a stripped tunnel path replaces the browser's.
 /// Append `ip` in its usual text form; IPv4 without `fmt`, which costs more than the rest of
 /// the forwarding headers together.
 pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
@@ -204,11 +201,13 @@ pub fn push_u16(out: &mut String, n: u16) {
             break;
         }
     }
-    for &d in &digits[i..] {
-        out.push(d as char);
-    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
 }
 
+/// Rewrite the upstream copy of the request: edgegate's own headers replace any the client
+/// sent, Host stays the browser's unless the route says otherwise, Origin is never touched,
+/// and a stripped tunnel path replaces the browser's.
 pub fn rewrite_upstream_request(
     req: &mut RequestHeader,
     ctx: &RequestCtx,
@@ -233,8 +232,11 @@ pub fn rewrite_upstream_request(
             }
         }
     }
-    for name in &OWNED {
-        req.remove_header(name);
+    // Clients rarely send any of these: look before paying nine hash-map removals.
+    if req.headers.keys().any(|k| OWNED.contains(k)) {
+        for name in &OWNED {
+            req.remove_header(name);
+        }
     }
     if let Some(ip) = fwd.client_ip {
         if !xff.is_empty() {

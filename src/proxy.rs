@@ -221,7 +221,10 @@ impl Gateway {
                 .await;
                 // The access log and the auth metric say how the endpoint's caller was
                 // checked, as for proxied requests (errors before any check say nothing).
+                // A caller that passed its check stays "ok" even when the endpoint fails later
+                // (store outage, unknown agent state).
                 if let Some(result) = match &reply {
+                    _ if ctx.principal.is_some() => Some("ok"),
                     Ok(_) => Some("ok"),
                     Err(GatewayError::Forbidden) => Some("forbidden"),
                     Err(GatewayError::Unauthenticated) => Some("unauthenticated"),
@@ -580,18 +583,18 @@ impl Gateway {
             cause
         });
         if self.access_log.enabled() {
-            let time = std::time::SystemTime::now()
+            let time_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0);
+                .map_or(0, |d| d.as_millis() as u64);
             self.access_log.write(&access::Entry {
-                time,
+                time_ms,
                 request_id: &ctx.request_id,
                 route,
                 method,
                 path: req.uri.path(),
                 query: req.uri.query().map(access::redact_query),
                 status,
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                duration_us: elapsed.as_micros() as u64,
                 upstream: ctx.target.as_ref().map(|t| access::addr_text(t.addr)),
                 bytes_in: ctx.bytes_in,
                 bytes_out: ctx.bytes_out,

@@ -495,8 +495,10 @@ fn take_client(session: &mut Session) -> Option<(Stream, Bytes)> {
     let shell = ServerSession::new_http1(Box::new(tokio::io::duplex(1).0));
     match std::mem::replace(&mut *session.downstream_session, shell) {
         ServerSession::H1(mut h1) => {
-            // Polled once: bytes already read are returned at once; otherwise the read is
-            // dropped before it takes anything from the socket.
+            // Polled once: bytes the body reader already holds are returned at once. When it
+            // holds none, this one poll reads the socket (into a transient 64 KiB buffer of
+            // Pingora's): whatever is waiting is returned here, and a pending read is dropped
+            // with nothing taken. Either way no byte is lost or read twice.
             let early = {
                 let mut read = std::pin::pin!(h1.read_body_bytes());
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -20,6 +20,9 @@ async fn host_route_reaches_backend_with_browser_host_origin_and_forwarded_heade
                 ("X-Forwarded-Host", "evil.test"),
                 ("X-Edgegate-User", "admin"),
                 ("X-Request-Id", "spoofed"),
+                ("Forwarded", "for=6.6.6.6;host=evil.test"),
+                ("X-Real-IP", "6.6.6.6"),
+                ("X-Forwarded-Port", "1"),
             ],
         )
         .await;
@@ -49,6 +52,9 @@ async fn host_route_reaches_backend_with_browser_host_origin_and_forwarded_heade
         "the verified user replaces the client's copy"
     );
     assert_eq!(s.header("x-edgegate-workspace"), Some(ID_A));
+    for name in ["forwarded", "x-real-ip", "x-forwarded-port"] {
+        assert_eq!(s.header(name), None, "client's {name} removed");
+    }
     let rid = r
         .header("x-request-id")
         .expect("response carries x-request-id");
