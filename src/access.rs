@@ -157,18 +157,8 @@ fn push_str_field(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
     out.push(b'"');
 }
 
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(crate::headers::decimal(n, &mut [0; 20]).as_bytes());
 }
 
 /// `n / 1000` with three decimals.

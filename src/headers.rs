@@ -190,19 +190,22 @@ pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
 
 /// Append a decimal number.
 pub fn push_u16(out: &mut String, n: u16) {
-    let mut digits = [0u8; 5];
-    let mut i = digits.len();
-    let mut n = n;
+    out.push_str(decimal(n.into(), &mut [0; 20]));
+}
+
+/// `n` in decimal, written into the end of `buf`, without `fmt`.
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
     loop {
         i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
+        buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
     // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+    std::str::from_utf8(&buf[i..]).unwrap_or_default()
 }
 
 /// Rewrite the upstream copy of the request: edgegate's own headers replace any the client
