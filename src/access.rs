@@ -131,6 +131,13 @@ fn push_str_field(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\":\"");
     let bytes = value.as_bytes();
+    let plain = |b: &u8| *b >= 0x20 && *b != b'"' && *b != b'\\' && *b != 0x7F;
+    if bytes.iter().all(plain) {
+        // The usual case: nothing to escape, one copy.
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escaped: &[u8] = match b {

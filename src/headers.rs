@@ -224,7 +224,7 @@ pub fn rewrite_upstream_request(
     let trusted = fwd
         .client_ip
         .is_some_and(|ip| fwd.trusted_proxies.iter().any(|n| n.contains(ip)));
-    let mut xff = String::new();
+    let mut xff = String::with_capacity(48);
     if trusted {
         for v in req.headers.get_all("x-forwarded-for") {
             if let Ok(v) = v.to_str() {
