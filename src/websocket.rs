@@ -117,10 +117,6 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<(), GatewayError> {
-        // The tunnel takes over the client's connection, which only HTTP/1 upgrades.
-        if !matches!(*session.downstream_session, ServerSession::H1(_)) {
-            return Err(GatewayError::BadUpgrade);
-        }
         let mut upstream = loop {
             let Some(target) = ctx.target.clone() else {
                 return Err(GatewayError::Internal);

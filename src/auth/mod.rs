@@ -59,10 +59,15 @@ impl KeyTemplate {
                 "{field}: {placeholder:?} may appear only once"
             )));
         }
-        Ok(Self {
+        Ok(Self::from_parts(prefix, head, tail))
+    }
+
+    /// A template already split around its placeholder.
+    pub(crate) fn from_parts(prefix: &str, head: &str, tail: &str) -> Self {
+        Self {
             head: format!("{prefix}{head}"),
             tail: tail.to_string(),
-        })
+        }
     }
 
     pub fn key(&self, value: &str) -> String {

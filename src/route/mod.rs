@@ -20,9 +20,8 @@ use std::sync::Arc;
 pub struct Route {
     pub name: Arc<str>,
     kind: RouteKind,
-    /// `{key_prefix}` + template text before `{id}`, and the text after it.
-    key_head: String,
-    key_tail: String,
+    /// The record's key: `{key_prefix}` + the template around `{id}`.
+    key: crate::auth::KeyTemplate,
     pub upstream_field: String,
     pub owner_field: String,
     pub status_field: Option<String>,
@@ -144,11 +143,7 @@ impl Route {
 
     /// The Redis key of this route's record for `id`, prefix included.
     pub fn key(&self, id: &WorkspaceId) -> String {
-        let mut k = String::with_capacity(self.key_head.len() + 26 + self.key_tail.len());
-        k.push_str(&self.key_head);
-        k.push_str(id.as_str());
-        k.push_str(&self.key_tail);
-        k
+        self.key.key(id.as_str())
     }
 }
 
@@ -622,8 +617,7 @@ fn compile(
     Ok(Route {
         name: Arc::from(rc.name.as_str()),
         kind,
-        key_head: format!("{key_prefix}{head}"),
-        key_tail: tail.to_string(),
+        key: crate::auth::KeyTemplate::from_parts(key_prefix, head, tail),
         upstream_field: rc.upstream_field.clone(),
         owner_field: rc.owner_field.clone(),
         status_field: rc.status_field.clone(),
