@@ -6,23 +6,33 @@
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use http::HeaderName;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::authority::raw_target_authority;
 use std::net::IpAddr;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_EDGEGATE_USER: HeaderName = HeaderName::from_static("x-edgegate-user");
+const X_EDGEGATE_WORKSPACE: HeaderName = HeaderName::from_static("x-edgegate-workspace");
 
 /// Headers that only edgegate may set; client-sent copies are removed before any upstream.
 /// (Names built once: removing by `&str` parses the name on every call.)
 static OWNED: [HeaderName; 9] = [
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
     HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-request-id"),
-    HeaderName::from_static("x-edgegate-user"),
-    HeaderName::from_static("x-edgegate-workspace"),
+    X_REQUEST_ID,
+    X_EDGEGATE_USER,
+    X_EDGEGATE_WORKSPACE,
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-real-ip"),
 ];
+
+/// The most headers `rewrite_upstream_request` adds: room is made for them at once.
+const ADDED: usize = 6;
 
 /// The browser's Host: the single `Host` header, or the authority of an absolute-form or
 /// HTTP/2 request. Missing, duplicated or disagreeing → 400.
@@ -210,23 +220,37 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
 
 /// Rewrite the upstream copy of the request: edgegate's own headers replace any the client
 /// sent, Host stays the browser's unless the route says otherwise, Origin is never touched,
-/// and a stripped tunnel path replaces the browser's.
+/// a stripped tunnel path replaces the browser's, and the target is in origin-form (RFC 9112
+/// §3.2.1: what a client sends an origin server).
+///
+/// The headers are edited as a plain `http::HeaderMap`, with room made for edgegate's own in
+/// one step, and the result goes upstream without Pingora's record of the client's header-name
+/// case: standard names are written in their usual capitalisation, others in lower case (as
+/// Envoy and HAProxy send them; names are case-insensitive, RFC 9110 §5.1). Going through
+/// Pingora's `insert_header` instead keeps a second map of names in step with the first, and
+/// both grew and rehashed while the six headers went in: a profile put that at a tenth of
+/// edgegate's cost per request (docs/BENCHMARKS.md).
 pub fn rewrite_upstream_request(
     req: &mut RequestHeader,
     ctx: &RequestCtx,
     fwd: &Forwarding<'_>,
 ) -> pingora::Result<()> {
-    let forwarded_host = browser_host(req)
-        .ok()
-        .and_then(|h| http::HeaderValue::from_str(h).ok())
-        .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::HTTPStatus(400), "bad host"))?;
+    let bad =
+        |what: &'static str| pingora::Error::explain(pingora::ErrorType::HTTPStatus(400), what);
+    // X-Forwarded-Host is the browser's Host as sent (port included): the header's own value
+    // when there is one, else the authority of the request target.
+    let host = browser_host(req).map_err(|_| bad("bad host"))?;
+    let forwarded_host = match req.headers.get(http::header::HOST) {
+        Some(v) => v.clone(),
+        None => http::HeaderValue::from_str(host).map_err(|_| bad("bad host"))?,
+    };
 
     let trusted = fwd
         .client_ip
         .is_some_and(|ip| fwd.trusted_proxies.iter().any(|n| n.contains(ip)));
     let mut xff = String::with_capacity(48);
     if trusted {
-        for v in req.headers.get_all("x-forwarded-for") {
+        for v in req.headers.get_all(&X_FORWARDED_FOR) {
             if let Ok(v) = v.to_str() {
                 if !xff.is_empty() {
                     xff.push_str(", ");
@@ -235,58 +259,111 @@ pub fn rewrite_upstream_request(
             }
         }
     }
-    // Clients rarely send any of these: look before paying nine hash-map removals.
-    if req.headers.keys().any(|k| OWNED.contains(k)) {
-        for name in &OWNED {
-            req.remove_header(name);
-        }
-    }
     if let Some(ip) = fwd.client_ip {
         if !xff.is_empty() {
             xff.push_str(", ");
         }
         push_ip(&mut xff, ip);
     }
-    if !xff.is_empty() {
-        req.insert_header("x-forwarded-for", xff)?;
+    // The target goes upstream in origin-form, from the URI (an absolute-form target's URI
+    // holds its path and query; the authority was checked against Host). Bytes that are not
+    // UTF-8 are only in Pingora's raw copy, which is set again below.
+    let raw_target = (!req.raw_path_is_utf8()).then(|| req.raw_path().to_vec());
+    let end_stream = req.send_end_stream();
+
+    let mut parts: http::request::Parts = std::mem::replace(
+        req,
+        RequestHeader::from(http::Request::new(()).into_parts().0),
+    )
+    .into();
+    let headers = &mut parts.headers;
+    headers
+        .try_reserve(ADDED)
+        .map_err(|_| bad("too many headers"))?;
+    // Clients rarely send any of these: look before paying nine hash-map removals.
+    if headers.keys().any(|k| OWNED.contains(k)) {
+        for name in &OWNED {
+            headers.remove(name);
+        }
     }
-    req.insert_header(
-        "x-forwarded-proto",
+    let value = |s: &str| http::HeaderValue::from_str(s).map_err(|_| bad("bad header value"));
+    let add = |headers: &mut http::HeaderMap, name: HeaderName, v: http::HeaderValue| {
+        headers
+            .try_insert(name, v)
+            .map(|_| ())
+            .map_err(|_| bad("too many headers"))
+    };
+    if !xff.is_empty() {
+        add(headers, X_FORWARDED_FOR, value(&xff)?)?;
+    }
+    add(
+        headers,
+        X_FORWARDED_PROTO,
         http::HeaderValue::from_static(fwd.proto),
     )?;
-    req.insert_header("x-forwarded-host", forwarded_host)?;
-    req.insert_header("x-request-id", ctx.request_id.as_str())?;
+    add(headers, X_FORWARDED_HOST, forwarded_host)?;
+    add(headers, X_REQUEST_ID, value(&ctx.request_id)?)?;
     if let Some(id) = &ctx.workspace {
-        req.insert_header("x-edgegate-workspace", id.as_str())?;
+        add(headers, X_EDGEGATE_WORKSPACE, value(id.as_str())?)?;
     }
     if let Some(p) = &ctx.principal {
-        req.insert_header("x-edgegate-user", p.user.as_str())?;
+        add(headers, X_EDGEGATE_USER, value(&p.user)?)?;
     }
     if ctx.strip_credentials {
-        match crate::auth::session::without_cookies(req, &fwd.credential_cookies) {
-            Some(rest) => {
-                req.remove_header(&http::header::COOKIE);
-                req.insert_header(http::header::COOKIE, rest)?;
-            }
+        match crate::auth::session::without_cookies(headers, &fwd.credential_cookies) {
+            Some(rest) => add(headers, http::header::COOKIE, value(&rest)?)?,
             None => {
-                req.remove_header(&http::header::COOKIE);
+                headers.remove(http::header::COOKIE);
             }
         }
     }
     if ctx.strip_authorization {
-        req.remove_header(&http::header::AUTHORIZATION);
+        headers.remove(http::header::AUTHORIZATION);
     }
-    if let Some(target) = &ctx.target {
-        if let Some(h) = &target.host_header {
-            req.insert_header(http::header::HOST, h.as_str())?;
-        }
-        if let Some(p) = &target.upstream_path {
-            let uri = http::Uri::try_from(p.as_str()).map_err(|_| {
-                pingora::Error::explain(pingora::ErrorType::HTTPStatus(400), "bad upstream path")
-            })?;
-            req.set_uri(uri);
-        }
+    if let Some(h) = ctx.target.as_ref().and_then(|t| t.host_header.as_deref()) {
+        add(headers, http::header::HOST, value(h)?)?;
     }
+
+    let mut out = RequestHeader::from(parts);
+    if let Some(raw) = raw_target {
+        out.set_raw_path(&raw)?;
+    }
+    if let Some(end) = end_stream {
+        out.set_send_end_stream(end);
+    }
+    if let Some(p) = ctx.target.as_ref().and_then(|t| t.upstream_path.as_deref()) {
+        let uri = http::Uri::try_from(p).map_err(|_| bad("bad upstream path"))?;
+        out.set_uri(uri);
+    }
+    *req = out;
+    Ok(())
+}
+
+/// `X-Request-Id` on the upstream's response, so a client report can be matched with both
+/// sides' logs. Edited as a plain `http::HeaderMap`, for the reason `rewrite_upstream_request`
+/// gives: the response then goes to the client without the upstream's header-name case.
+pub fn set_response_request_id(resp: &mut ResponseHeader, id: &str) -> pingora::Result<()> {
+    let bad = |what: &'static str| pingora::Error::explain(pingora::ErrorType::InternalError, what);
+    let value = http::HeaderValue::from_str(id).map_err(|_| bad("bad request id"))?;
+    // A reason phrase other than the status's usual one is kept.
+    let reason = resp
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != resp.status.canonical_reason())
+        .map(str::to_owned);
+    let mut parts: http::response::Parts = std::mem::replace(
+        resp,
+        ResponseHeader::from(http::Response::new(()).into_parts().0),
+    )
+    .into();
+    parts
+        .headers
+        .try_insert(X_REQUEST_ID, value)
+        .map_err(|_| bad("too many headers"))?;
+    let mut out = ResponseHeader::from(parts);
+    if reason.is_some() {
+        out.set_reason_phrase(reason.as_deref())?;
+    }
+    *resp = out;
     Ok(())
 }
 
@@ -314,6 +391,87 @@ mod tests {
             push_u16(&mut s, n);
             assert_eq!(s, n.to_string());
         }
+    }
+
+    fn rewritten(target: &[u8], headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", target, None).expect("req");
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).expect("header");
+        }
+        let ctx = RequestCtx::new();
+        let fwd = Forwarding {
+            client_ip: "10.1.2.3".parse().ok(),
+            trusted_proxies: &[],
+            proto: "http",
+            credential_cookies: ["session", "edgegate_ide"],
+        };
+        rewrite_upstream_request(&mut req, &ctx, &fwd).expect("rewrite");
+        req
+    }
+
+    #[test]
+    fn upstream_targets_are_origin_form_and_non_utf8_bytes_survive() {
+        let req = rewritten(b"http://a.test:8080/x?y=1", &[("Host", "a.test:8080")]);
+        assert_eq!(req.raw_path(), b"/x?y=1");
+        assert_eq!(req.headers["x-forwarded-host"], "a.test:8080");
+        let req = rewritten(b"/caf\xe9/d?q=\xff", &[("Host", "a.test")]);
+        assert_eq!(req.raw_path(), b"/caf\xe9/d?q=\xff");
+    }
+
+    #[test]
+    fn upstream_headers_keep_their_values_and_order() {
+        let req = rewritten(
+            b"/p",
+            &[
+                ("Host", "a.test"),
+                ("X-Custom-Thing", "One"),
+                ("x-custom-thing", "Two"),
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("Accept", "text/html"),
+            ],
+        );
+        let mut wire = Vec::new();
+        req.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).expect("ascii");
+        // Names compared in lower case: which standard names Pingora capitalises is its own.
+        let lines: Vec<String> = wire
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(|l| match l.split_once(':') {
+                Some((n, v)) => format!("{}:{v}", n.to_ascii_lowercase()),
+                None => l.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "host: a.test",
+                "x-custom-thing: One",
+                "x-custom-thing: Two",
+                "accept: text/html",
+                "x-forwarded-for: 10.1.2.3",
+                "x-forwarded-proto: http",
+                "x-forwarded-host: a.test",
+                &format!(
+                    "x-request-id: {}",
+                    req.headers["x-request-id"].to_str().expect("id")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn response_request_id_keeps_a_custom_reason_phrase() {
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        resp.append_header("X-Up", "1").expect("h");
+        resp.set_reason_phrase(Some("Fine")).expect("reason");
+        set_response_request_id(&mut resp, "01ABC").expect("set");
+        assert_eq!(resp.get_reason_phrase(), Some("Fine"));
+        assert_eq!(resp.headers["x-request-id"], "01ABC");
+        assert_eq!(resp.headers["x-up"], "1");
+        let mut plain = ResponseHeader::build(404, None).expect("resp");
+        set_response_request_id(&mut plain, "01ABC").expect("set");
+        assert_eq!(plain.get_reason_phrase(), Some("Not Found"));
     }
 
     #[test]

@@ -457,7 +457,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // The id the upstream saw, so a client report can be matched with both sides' logs.
-        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())
+        headers::set_response_request_id(upstream_response, &ctx.request_id)
     }
 
     async fn request_body_filter(

@@ -219,6 +219,23 @@ async fn duplicate_or_missing_host_is_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_target_goes_upstream_in_origin_form() {
+    let w = World::start("").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    let req = format!(
+        "GET http://{host}/x/y?z=1 HTTP/1.1\r\nHost: {host}\r\nCookie: session={OWNER_SESSION}\r\nConnection: close\r\n\r\n"
+    );
+    let r = raw(w.gw.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = w.a.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/x/y?z=1");
+    assert_eq!(seen[0].header("host"), Some(host.as_str()));
+    assert_eq!(seen[0].header("x-forwarded-host"), Some(host.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ide_tunnel_strips_prefix_and_redirects_the_bare_prefix() {
     let w = World::start("").await;
     w.redis.dev(ID_A, &w.b.addr.to_string());

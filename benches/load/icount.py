@@ -2,7 +2,7 @@
 """Instructions per request, under callgrind: a count that does not move with the machine's
 noise, for before/after comparisons of edgegate against the plain Pingora proxy.
 
-    python3 benches/load/icount.py [--requests N]
+    python3 benches/load/icount.py [--requests N] [--edgegate BIN] [--keep]
 
 Starts the same upstream, Redis and configuration as harness.py, runs each proxy under
 `valgrind --tool=callgrind`, warms it, zeroes the counters, sends N keep-alive requests and
@@ -12,6 +12,7 @@ valgrind (Debian) and release binaries (benches/load/run builds them).
 import argparse
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,8 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--edgegate", default=os.path.join(ROOT, "target/release/edgegate"),
                     help="the edgegate binary to count (to compare two builds)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the callgrind profiles (for callgrind_annotate) and print where")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="edgegate-icount-")
@@ -103,6 +106,10 @@ def main():
         print(f"  edgegate/pingora: {results['edgegate'] / results['pingora']:.2f}x")
     finally:
         procs.stop()
+        if args.keep:
+            print(f"profiles: {work}/{{pingora,edgegate}}/callgrind.out.*")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
