@@ -4,18 +4,18 @@
 //! the body filters); a task on the Redis runtime writes the marks in one pipeline per interval.
 
 use crate::route::store::RouteStore;
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct Activity {
-    marks: Mutex<HashMap<String, u64>>,
+    marks: Mutex<FastMap<String, u64>>,
 }
 
 impl Activity {
     pub fn new() -> Self {
         Self {
-            marks: Mutex::new(HashMap::new()),
+            marks: Mutex::new(FastMap::default()),
         }
     }
 
@@ -30,7 +30,7 @@ impl Activity {
         }
     }
 
-    fn take(&self) -> HashMap<String, u64> {
+    fn take(&self) -> FastMap<String, u64> {
         std::mem::take(&mut *self.marks.lock().unwrap_or_else(|p| p.into_inner()))
     }
 

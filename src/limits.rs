@@ -2,20 +2,20 @@
 //! max_connections_per_workspace`): `request_filter` takes a `Slot` for the matched record key,
 //! kept in the request's CTX and given back when the CTX is dropped, however the request ends.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
 pub struct InFlight {
     max: usize,
-    counts: Arc<Mutex<HashMap<String, usize>>>,
+    counts: Arc<Mutex<FastMap<String, usize>>>,
 }
 
 /// One request's place in its workspace's count.
 #[derive(Debug)]
 pub struct Slot {
     key: String,
-    counts: Arc<Mutex<HashMap<String, usize>>>,
+    counts: Arc<Mutex<FastMap<String, usize>>>,
 }
 
 impl InFlight {

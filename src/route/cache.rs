@@ -3,7 +3,7 @@
 //! fetch runs and they all share its answer. Called from `request_filter`; entries are dropped by
 //! TTL or by the invalidation subscriber (`store::spawn_invalidation_listener`).
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -29,19 +29,19 @@ pub enum Outcome {
 }
 
 pub struct Cache<V> {
-    map: Mutex<HashMap<String, Arc<Slot<V>>>>,
+    map: Mutex<FastMap<String, Arc<Slot<V>>>>,
     max_entries: usize,
 }
 
 impl<V: Clone + Send + Sync> Cache<V> {
     pub fn new(max_entries: usize) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(FastMap::default()),
             max_entries: max_entries.max(1),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot<V>>>> {
+    fn lock(&self) -> MutexGuard<'_, FastMap<String, Arc<Slot<V>>>> {
         // A panic while holding this lock cannot leave the map inconsistent (every critical
         // section is a single insert/remove), so a poisoned lock is still usable.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
@@ -107,7 +107,7 @@ impl<V: Clone + Send + Sync> Cache<V> {
 }
 
 /// Make room: drop expired entries, then, if still full, any finished half of the rest.
-fn sweep<V>(map: &mut HashMap<String, Arc<Slot<V>>>, now: Instant, max: usize) {
+fn sweep<V>(map: &mut FastMap<String, Arc<Slot<V>>>, now: Instant, max: usize) {
     map.retain(|_, s| s.is_fresh(now));
     if map.len() >= max {
         let mut budget = map.len() / 2 + 1;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One Redis hash, as the app wrote it.
-pub type Record = HashMap<String, String>;
+pub type Record = crate::FastMap<String, String>;
 
 /// Why a record could not be read (the detail is logged, never sent to the client).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub struct Records {
     /// How long after its last successful read a route record may be served while the store
     /// is unreachable (never a session).
     stale_window: Duration,
-    last_good: std::sync::Mutex<HashMap<String, (Arc<Record>, Instant)>>,
+    last_good: std::sync::Mutex<crate::FastMap<String, (Arc<Record>, Instant)>>,
     max_entries: usize,
 }
 
@@ -76,7 +76,7 @@ impl Records {
             negative_ttl: Duration::from_millis(config.cache.negative_ttl_ms),
             metrics,
             stale_window: Duration::from_millis(config.cache.stale_ms),
-            last_good: std::sync::Mutex::new(HashMap::new()),
+            last_good: std::sync::Mutex::new(crate::FastMap::default()),
             max_entries: config.cache.max_entries,
         }
     }
