@@ -71,15 +71,16 @@ impl AccessLog {
 pub struct Entry<'a> {
     /// Unix time in milliseconds (written as seconds with three decimals, `time`).
     pub time_ms: u64,
+    /// Edgegate's own id (letters and digits: written as is).
     pub request_id: &'a str,
     pub route: &'a str,
-    pub method: &'a str,
+    pub method: &'static str,
     pub path: &'a str,
     pub query: Option<Cow<'a, str>>,
     pub status: u16,
     /// Microseconds (written as milliseconds with three decimals, `duration_ms`).
     pub duration_us: u64,
-    pub upstream: Option<String>,
+    pub upstream: Option<std::net::SocketAddr>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub auth_method: &'static str,
@@ -94,34 +95,44 @@ impl Entry<'_> {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"time\":");
         push_fixed3(out, self.time_ms);
-        for (key, value) in [
-            ("request_id", Some(self.request_id)),
-            ("route", Some(self.route)),
-            ("method", Some(self.method)),
-            ("path", Some(self.path)),
-            ("query", self.query.as_deref()),
-        ] {
-            push_str_field(out, key, value);
-        }
+        push_static_field(out, "request_id", Some(self.request_id));
+        push_str_field(out, "route", Some(self.route));
+        push_static_field(out, "method", Some(self.method));
+        push_str_field(out, "path", Some(self.path));
+        push_str_field(out, "query", self.query.as_deref());
         out.extend_from_slice(b",\"status\":");
         push_u64(out, self.status.into());
         out.extend_from_slice(b",\"duration_ms\":");
         push_fixed3(out, self.duration_us);
-        push_str_field(out, "upstream", self.upstream.as_deref());
+        if let Some(addr) = self.upstream {
+            out.extend_from_slice(b",\"upstream\":\"");
+            push_addr(out, addr);
+            out.push(b'"');
+        }
         out.extend_from_slice(b",\"bytes_in\":");
         push_u64(out, self.bytes_in);
         out.extend_from_slice(b",\"bytes_out\":");
         push_u64(out, self.bytes_out);
-        for (key, value) in [
-            ("auth_method", Some(self.auth_method)),
-            ("auth_result", Some(self.auth_result)),
-            ("error", self.error),
-            ("ws_close", self.ws_close),
-        ] {
-            push_str_field(out, key, value);
-        }
+        push_static_field(out, "auth_method", Some(self.auth_method));
+        push_static_field(out, "auth_result", Some(self.auth_result));
+        push_static_field(out, "error", self.error);
+        push_static_field(out, "ws_close", self.ws_close);
         out.push(b'}');
     }
+}
+
+/// `,"key":"value"` for values edgegate itself names (labels, codes, its request ids), which
+/// need no escaping; nothing for `None`.
+fn push_static_field(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
+    let Some(value) = value else { return };
+    debug_assert!(value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":\"");
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'"');
 }
 
 /// `,"key":"value"` with the value escaped as JSON requires; nothing for `None`.
@@ -165,7 +176,7 @@ fn push_str_field(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
 }
 
 fn push_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(crate::headers::decimal(n, &mut [0; 20]).as_bytes());
+    out.extend_from_slice(crate::headers::decimal(n, &mut [0; 20]));
 }
 
 /// `n / 1000` with three decimals.
@@ -220,15 +231,20 @@ pub fn redact_query(query: &str) -> Cow<'_, str> {
 }
 
 /// `ip:port` as `SocketAddr`'s `Display` writes it; IPv4 without `fmt`.
-pub fn addr_text(addr: std::net::SocketAddr) -> String {
-    if addr.is_ipv6() {
-        return addr.to_string();
+pub fn push_addr(out: &mut Vec<u8>, addr: std::net::SocketAddr) {
+    match addr {
+        std::net::SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(crate::headers::decimal(octet.into(), &mut [0; 20]));
+            }
+            out.push(b':');
+            out.extend_from_slice(crate::headers::decimal(addr.port().into(), &mut [0; 20]));
+        }
+        std::net::SocketAddr::V6(_) => out.extend_from_slice(addr.to_string().as_bytes()),
     }
-    let mut out = String::with_capacity(21);
-    crate::headers::push_ip(&mut out, addr.ip());
-    out.push(':');
-    crate::headers::push_u16(&mut out, addr.port());
-    out
 }
 
 #[cfg(test)]
@@ -253,12 +269,14 @@ mod tests {
     fn addresses_are_written_as_display_writes_them() {
         for a in ["127.0.0.1:80", "10.0.0.255:65535", "[::1]:8080"] {
             let addr: std::net::SocketAddr = a.parse().expect("test address");
-            assert_eq!(super::addr_text(addr), addr.to_string());
+            let mut out = b"x ".to_vec();
+            super::push_addr(&mut out, addr);
+            assert_eq!(out, format!("x {addr}").into_bytes());
         }
     }
 
     #[test]
-    fn lines_are_json_with_every_string_escaped() {
+    fn lines_are_json_with_every_outside_string_escaped() {
         let nasty = "a\"b\\c\nd\re\tf\u{1}g\u{7f}h é 日本 </script>";
         let entry = Entry {
             time_ms: 1_763_900_000_007,
@@ -269,7 +287,7 @@ mod tests {
             query: Some(Cow::Borrowed("x=1&token=REDACTED")),
             status: 200,
             duration_us: 1_234_567,
-            upstream: Some("127.0.0.1:8080".into()),
+            upstream: "127.0.0.1:8080".parse().ok(),
             bytes_in: 0,
             bytes_out: u64::MAX,
             auth_method: "session",

@@ -200,11 +200,13 @@ pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
 
 /// Append a decimal number.
 pub fn push_u16(out: &mut String, n: u16) {
-    out.push_str(decimal(n.into(), &mut [0; 20]));
+    for &digit in decimal(n.into(), &mut [0; 20]) {
+        out.push(char::from(digit));
+    }
 }
 
-/// `n` in decimal, written into the end of `buf`, without `fmt`.
-pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+/// `n` in decimal ASCII digits, written into the end of `buf`, without `fmt`.
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -214,8 +216,7 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
             break;
         }
     }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&buf[i..]).unwrap_or_default()
+    &buf[i..]
 }
 
 /// Rewrite the upstream copy of the request: edgegate's own headers replace any the client

@@ -370,6 +370,12 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // No modules. Pingora's default adds a response-compression module, disabled, whose
+        // per-request state and filters every request would still pay for: edgegate passes
+        // bodies through as the upstream encoded them.
+    }
+
     async fn early_request_filter(&self, session: &mut Session, _: &mut RequestCtx) -> Result<()> {
         // The headers are in: lift the header deadline for the rest of this request.
         crate::header_deadline::headers_received(session.as_downstream().stream());
@@ -595,7 +601,7 @@ impl Gateway {
                 query: req.uri.query().map(access::redact_query),
                 status,
                 duration_us: elapsed.as_micros() as u64,
-                upstream: ctx.target.as_ref().map(|t| access::addr_text(t.addr)),
+                upstream: ctx.target.as_ref().map(|t| t.addr),
                 bytes_in: ctx.bytes_in,
                 bytes_out: ctx.bytes_out,
                 auth_method: ctx.auth_method.map_or("none", |a| a.as_str()),
