@@ -364,10 +364,12 @@ impl Gateway {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+    /// Boxed: Pingora keeps the CTX inside each request's future, which is moved (copied
+    /// whole) as it is boxed; 8 bytes copy for less than the 400 of the state itself.
+    type CTX = Box<RequestCtx>;
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::new(RequestCtx::new())
     }
 
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
@@ -376,13 +378,13 @@ impl ProxyHttp for Gateway {
         // bodies through as the upstream encoded them.
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, _: &mut Self::CTX) -> Result<()> {
         // The headers are in: lift the header deadline for the rest of this request.
         crate::header_deadline::headers_received(session.as_downstream().stream());
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.is_upgrade = session.is_upgrade_req();
         if session.digest().is_some_and(|d| d.ssl_digest.is_some()) || self.tls_before_us(session) {
             ctx.proto = "https";
@@ -429,7 +431,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         if ctx.refresh == Refresh::Pending {
             // The cached backend refused: decide again from a fresh record (auth included).
@@ -450,7 +452,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let fwd = self.forwarding(session, ctx);
         headers::rewrite_upstream_request(upstream_request, ctx, &fwd)
@@ -460,7 +462,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         // The id the upstream saw, so a client report can be matched with both sides' logs.
         headers::set_response_request_id(upstream_response, &ctx.request_id)
@@ -471,7 +473,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.bytes_in += b.len() as u64;
@@ -484,7 +486,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         if let Some(b) = body {
             ctx.bytes_out += b.len() as u64;
@@ -496,7 +498,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         // A workspace whose cached backend refuses may have moved: drop the cached record and
@@ -510,7 +512,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy {
         let code = match GatewayError::from_proxy_error(e) {
             Some(err) => {
@@ -534,7 +536,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+    fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
         // Pingora's default prints the full URI; a `?token=` must never reach a log line.
         format!(
             "{} {} route={} request_id={}",
@@ -545,7 +547,7 @@ impl ProxyHttp for Gateway {
         )
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         if ctx.detached {
             // A WebSocket tunnel took this request over; it logs the request when it ends.
             return;
