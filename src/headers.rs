@@ -8,6 +8,7 @@ use crate::error::GatewayError;
 use http::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::authority::raw_target_authority;
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -81,8 +82,9 @@ pub fn check_limits(
     Ok(())
 }
 
-/// Lower-case, without port or trailing dot, checked to be a DNS name or IP literal.
-pub fn normalize_host(raw: &str) -> Result<String, GatewayError> {
+/// Lower-case, without port or trailing dot, checked to be a DNS name or IP literal. Borrowed
+/// when the browser sent it in lower case already (they do).
+pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
     let host = if let Some(rest) = raw.strip_prefix('[') {
         // IPv6 literal: `[::1]` or `[::1]:8080`.
         let end = rest.find(']').ok_or(GatewayError::BadHost)?;
@@ -93,7 +95,7 @@ pub fn normalize_host(raw: &str) -> Result<String, GatewayError> {
         rest[..end]
             .parse::<std::net::Ipv6Addr>()
             .map_err(|_| GatewayError::BadHost)?;
-        return Ok(raw[..end + 2].to_ascii_lowercase());
+        return Ok(lower(&raw[..end + 2]));
     } else {
         match raw.rsplit_once(':') {
             Some((h, port)) if valid_port(port) => h,
@@ -110,7 +112,15 @@ pub fn normalize_host(raw: &str) -> Result<String, GatewayError> {
     {
         return Err(GatewayError::BadHost);
     }
-    Ok(host.to_ascii_lowercase())
+    Ok(lower(host))
+}
+
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 /// The port part of a Host value, if it has one.
@@ -256,7 +266,7 @@ pub fn rewrite_upstream_request(
                 if !xff.is_empty() {
                     xff.push_str(", ");
                 }
-                xff.push_str(v.trim());
+                xff.push_str(v.trim_ascii());
             }
         }
     }

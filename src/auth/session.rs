@@ -8,22 +8,49 @@ use crate::error::GatewayError;
 use crate::route::store::Records;
 use pingora::http::RequestHeader;
 
-/// Every value of cookie `name` in the request's `Cookie` headers, in order (a sibling
-/// subdomain can toss a second cookie of the same name; each is tried, none trusted blindly).
-pub fn cookie_values<'r>(req: &'r RequestHeader, name: &str) -> Vec<&'r str> {
-    let mut out = Vec::new();
+/// How many values of one cookie are tried.
+const MAX_VALUES: usize = 4;
+
+/// The values of one cookie, in order, without an allocation (a slice through `Deref`).
+#[derive(Debug, Default)]
+pub struct CookieValues<'r> {
+    values: [&'r str; MAX_VALUES],
+    len: usize,
+}
+
+impl<'r> std::ops::Deref for CookieValues<'r> {
+    type Target = [&'r str];
+    fn deref(&self) -> &[&'r str] {
+        &self.values[..self.len]
+    }
+}
+
+impl<'r> IntoIterator for CookieValues<'r> {
+    type Item = &'r str;
+    type IntoIter = std::iter::Take<std::array::IntoIter<&'r str, MAX_VALUES>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.values.into_iter().take(self.len)
+    }
+}
+
+/// The first four values of cookie `name` in the request's `Cookie` headers, in order (a
+/// sibling subdomain can toss a second cookie of the same name; each is tried, none trusted
+/// blindly). Header values are visible ASCII (`to_str`), so ASCII trimming is all there is.
+pub fn cookie_values<'r>(req: &'r RequestHeader, name: &str) -> CookieValues<'r> {
+    let mut out = CookieValues::default();
     for h in req.headers.get_all(http::header::COOKIE) {
         let Ok(h) = h.to_str() else { continue };
         for pair in h.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=') {
-                if k.trim() == name {
-                    let v = v.trim();
+            if let Some((k, v)) = pair.trim_ascii().split_once('=') {
+                if k.trim_ascii() == name {
+                    let v = v.trim_ascii();
                     let v = v
                         .strip_prefix('"')
                         .and_then(|x| x.strip_suffix('"'))
                         .unwrap_or(v);
-                    if !v.is_empty() && out.len() < 4 {
-                        out.push(v);
+                    if !v.is_empty() && out.len < MAX_VALUES {
+                        out.values[out.len] = v;
+                        out.len += 1;
                     }
                 }
             }
@@ -38,11 +65,11 @@ pub fn without_cookies(headers: &http::HeaderMap, names: &[&str]) -> Option<Stri
     for h in headers.get_all(http::header::COOKIE) {
         let Ok(h) = h.to_str() else { continue };
         for pair in h.split(';') {
-            let pair = pair.trim();
+            let pair = pair.trim_ascii();
             if pair.is_empty() {
                 continue;
             }
-            let name = pair.split_once('=').map_or(pair, |(k, _)| k).trim();
+            let name = pair.split_once('=').map_or(pair, |(k, _)| k).trim_ascii();
             if names.contains(&name) {
                 continue;
             }
@@ -109,8 +136,14 @@ mod tests {
     #[test]
     fn cookie_parsing_table() {
         let r = req(&["a=1; session=abc; b=\"2\"", "session=def"]);
-        assert_eq!(cookie_values(&r, "session"), vec!["abc", "def"]);
-        assert_eq!(cookie_values(&r, "b"), vec!["2"]);
+        assert_eq!(*cookie_values(&r, "session"), ["abc", "def"]);
+        assert_eq!(*cookie_values(&r, "b"), ["2"]);
+        let many = req(&["s=1; s=2; s=3", "s=4; s=5"]);
+        assert_eq!(
+            *cookie_values(&many, "s"),
+            ["1", "2", "3", "4"],
+            "four at most"
+        );
         assert!(cookie_values(&r, "sess").is_empty());
         assert!(cookie_values(&req(&["session="]), "session").is_empty());
         assert!(cookie_values(&req(&["garbage"]), "session").is_empty());
