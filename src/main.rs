@@ -5,11 +5,16 @@ use edgegate::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// jemalloc: Pingora's many short-lived per-request allocations cost measurably less with it
-/// than with glibc malloc across worker threads (benches/load, docs/BENCHMARKS.md).
-#[cfg(feature = "jemalloc")]
+/// mimalloc (default) or jemalloc: Pingora's many short-lived per-request allocations cost
+/// measurably less with either than with glibc malloc (Cargo.toml's features, and
+/// docs/BENCHMARKS.md).
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// sysexits' EX_USAGE: the configuration is wrong.
 const EX_USAGE: u8 = 64;
