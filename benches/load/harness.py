@@ -9,8 +9,8 @@ A fast upstream (nginx, 100-byte body) sits behind three proxies:
   pingora   examples/plain_pingora.rs: fixed peer, Pingora's defaults
   edgegate  its real configuration: Redis-backed host routing (cache hit), session auth,
             metrics and the JSON access log on
-They are driven interleaved (A B C, A B C, ...) with wrk at saturation, and with oha at a fixed
-rate when oha is installed. Per proxy: median req/s, p50/p99, CPU microseconds per request (from
+They are driven interleaved (A B C, A B C, ...) with wrk at saturation, then, in the same
+round, with oha at a fixed rate when oha is installed. Per proxy, medians over the rounds: req/s, p50/p99, CPU microseconds per request (from
 /proc/PID/stat over the run), RSS, and the ratios edgegate/pingora and edgegate/nginx. Redis
 commands per edgegate request come from INFO commandstats.
 """
@@ -268,6 +268,8 @@ def main():
                     help="edgegate's access log destination (default: a file; 'off' to compare)")
     ap.add_argument("--perf", metavar="FILE",
                     help="record a perf profile of edgegate into FILE")
+    ap.add_argument("--edgegate", default=os.path.join(ROOT, "target/release/edgegate"),
+                    help="the edgegate binary to run (to compare two builds)")
     ap.add_argument("--pinned", action="store_true",
                     help="load generator on CPU 0; proxies, upstream and Redis on CPU 1")
     args = ap.parse_args()
@@ -312,7 +314,7 @@ def main():
         pingora_ws = procs.start("pingora-ws", [os.path.join(ROOT, "target/release/examples/plain_pingora"),
                                                 f"127.0.0.1:{ppw}", f"127.0.0.1:{wu}", "1"], srv_cpu)
         cfg = edgegate_config(work, eg, adm, rp, args.access_log or work + "/access.log")
-        eg_cmd = [os.path.join(ROOT, "target/release/edgegate"), "run", "-c", cfg]
+        eg_cmd = [args.edgegate, "run", "-c", cfg]
         if args.perf:
             # Sample edgegate's CPU (software clock: works where hardware counters do not).
             eg_cmd = ["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", args.perf] + eg_cmd
@@ -328,6 +330,7 @@ def main():
         proxies = [("nginx", nginx, ng), ("pingora", pingora, pp), ("edgegate", edgegate, eg)]
         results = {name: [] for name, _, _ in proxies}
         redis_per_req = []
+        fixed_runs = {name: [] for name, _, _ in proxies}
         for r in range(args.rounds):
             for name, proc, port in proxies:
                 pids = tree_pids(proc.pid)
@@ -344,9 +347,15 @@ def main():
                 print(f"round {r + 1} {name:9} {w['rps']:>9.0f} req/s  "
                       f"{w['cpu_us']:6.1f} us/req  p99 {w['p99']:.2f} ms  bad {w['bad']}",
                       file=sys.stderr)
-        fixed = {}
-        for name, _, port in proxies:
-            fixed[name] = oha(port, args.rate, args.seconds, gen_cpu)
+            # The fixed rate, interleaved the same way (A B C in every round).
+            for name, _, port in proxies:
+                f = oha(port, args.rate, args.seconds, gen_cpu)
+                if f:
+                    fixed_runs[name].append(f)
+                    print(f"round {r + 1} {name:9} at {args.rate} req/s: "
+                          f"p50 {f['p50']:.2f} ms  p99 {f['p99']:.2f} ms", file=sys.stderr)
+        fixed = {name: {k: statistics.median(x[k] for x in runs) for k in ("p50", "p99")}
+                 if runs else None for name, runs in fixed_runs.items()}
         ws_kib = {}
         if args.websockets:
             for name, proc, port in (("nginx", nginx, ngw), ("pingora", pingora_ws, ppw),
