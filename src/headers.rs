@@ -104,15 +104,23 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
         }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty()
-        || host.len() > 253
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-    {
+    if host.is_empty() || host.len() > 253 {
         return Err(GatewayError::BadHost);
     }
-    Ok(lower(host))
+    // One pass: the characters of a DNS name or IPv4 literal, noting any upper case.
+    let mut upper = false;
+    for b in host.bytes() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {}
+            b'A'..=b'Z' => upper = true,
+            _ => return Err(GatewayError::BadHost),
+        }
+    }
+    Ok(if upper {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 fn lower(s: &str) -> Cow<'_, str> {
