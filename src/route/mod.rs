@@ -33,6 +33,7 @@ pub struct Route {
     pub upstream_tls: bool,
     pub upstream_sni: Option<String>,
     pub upstream_verify: bool,
+    record_shape: u64,
 }
 
 #[derive(Debug)]
@@ -117,6 +118,12 @@ pub struct WorkspaceMatch<'a> {
 }
 
 impl Route {
+    /// What a parse of a record depends on (its status and upstream fields, the default
+    /// port): routes with the same shape may share a cached parse (`record::read`).
+    pub fn record_shape(&self) -> u64 {
+        self.record_shape
+    }
+
     /// For a host route without `{port}`: the host for `id` (lower case), e.g. for token URLs.
     pub fn host_for(&self, id: &WorkspaceId) -> Option<String> {
         let RouteKind::Host { pattern, .. } = &self.kind else {
@@ -629,6 +636,7 @@ fn compile(
         upstream_tls: rc.upstream_tls,
         upstream_sni: rc.upstream_sni.clone(),
         upstream_verify: rc.upstream_verify,
+        record_shape: crate::stable_hash(&(&rc.status_field, &rc.upstream_field, rc.port)),
     })
 }
 
@@ -683,6 +691,66 @@ mod tests {
             RouteMatch::Endpoint(e, id) => format!("endpoint:{e:?}:{id}"),
             RouteMatch::Redirect(l) => format!("redirect:{l}"),
         }
+    }
+
+    #[test]
+    fn a_cached_record_is_parsed_once_per_route_shape() {
+        use crate::route::store::Cached;
+        let t = table();
+        let route = |n: &str| t.routes.iter().find(|r| &*r.name == n).expect("route");
+        let (ws, ws_port, ide) = (route("workspace"), route("workspace_port"), route("ide"));
+        assert_eq!(
+            ws.record_shape(),
+            ws_port.record_shape(),
+            "same fields, same port"
+        );
+        assert_ne!(
+            ws.record_shape(),
+            ide.record_shape(),
+            "another upstream field"
+        );
+        let rec = |pairs: &[(&str, &str)]| {
+            Cached::new(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+
+        let both = rec(&[
+            ("backend", "10.0.0.5:3000"),
+            ("target", "10.0.0.6"),
+            ("owner", "u1"),
+        ]);
+        let r = record::read(ws, "k", &both, None).expect("read");
+        assert_eq!(
+            (r.upstream.to_string().as_str(), r.owner),
+            ("10.0.0.5:3000", "u1")
+        );
+        assert!(matches!(both.upstream.get(), Some((s, Ok(_))) if *s == ws.record_shape()));
+        // The cached parse, with a port route's port applied on top.
+        let r = record::read(ws_port, "k", &both, Some(4000)).expect("read");
+        assert_eq!(r.upstream.to_string(), "10.0.0.5:4000");
+        // Another shape reads its own field, and does not take over the cache.
+        let r = record::read(ide, "k", &both, None).expect("read");
+        assert_eq!(r.upstream.to_string(), "10.0.0.6:8080");
+        assert!(matches!(both.upstream.get(), Some((s, _)) if *s == ws.record_shape()));
+
+        // A failure is remembered with the record, and still a failure the second time.
+        let bad = rec(&[("backend", "10.0.0.5:99999"), ("owner", "u1")]);
+        for _ in 0..2 {
+            assert_eq!(
+                record::read(ws, "k", &bad, None).err(),
+                Some(GatewayError::BadRecord)
+            );
+        }
+        let no_owner = rec(&[("backend", "10.0.0.5")]);
+        assert_eq!(
+            record::read(ws, "k", &no_owner, None).err(),
+            Some(GatewayError::BadRecord),
+            "the owner is checked on every read"
+        );
     }
 
     #[test]

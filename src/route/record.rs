@@ -2,7 +2,7 @@
 //! each checked, so a malformed record is a clear 502 (logged with key and field, never the
 //! values) and a stopped workspace a 503, never a panic or a guess. Called by `request_filter`.
 
-use super::store::Record;
+use super::store::Cached;
 use super::Route;
 use crate::error::GatewayError;
 use crate::upstream::UpstreamAddr;
@@ -17,40 +17,57 @@ pub struct RouteRecord<'r> {
 /// The state a workspace must be in for its traffic to be proxied.
 pub const RUNNING: &str = "running";
 
+/// The record's upstream and owner as `route` reads them. The status check and the upstream
+/// parse are done once per cached record (`Cached::upstream`); a bad record is logged then.
 pub fn read<'r>(
     route: &Route,
     key: &str,
-    record: &'r Record,
+    record: &'r Cached,
     port: Option<u16>,
 ) -> Result<RouteRecord<'r>, GatewayError> {
-    let field = |name: &str| -> Result<&'r str, GatewayError> {
-        match record.get(name).map(|v| v.trim()) {
-            Some(v) if !v.is_empty() => Ok(v),
-            _ => {
-                log::warn!("bad route record {key}: field {name:?} is missing or empty");
-                Err(GatewayError::BadRecord)
-            }
+    let upstream = match record.upstream.get() {
+        Some((shape, parsed)) if *shape == route.record_shape() => parsed.clone()?,
+        _ => {
+            let parsed = parse_upstream(route, key, record);
+            // Another route shape may have filled it first: then this one parses each time.
+            let _ = record.upstream.set((route.record_shape(), parsed.clone()));
+            parsed?
         }
     };
-    if let Some(status_field) = &route.status_field {
-        let status = field(status_field)?;
-        if status != RUNNING {
-            return Err(GatewayError::NotRunning);
-        }
-    }
-    let raw = field(&route.upstream_field)?;
-    let upstream = UpstreamAddr::parse(raw, route.port).map_err(|why| {
-        log::warn!(
-            "bad route record {key}: field {:?} {why}",
-            route.upstream_field
-        );
-        GatewayError::BadRecord
-    })?;
-    let owner = field(&route.owner_field)?;
+    let owner = field(record, key, &route.owner_field)?;
     // A `{port}` route addresses that port on the record's host, whatever port the record names.
     let upstream = match port {
         Some(p) => upstream.with_port(p),
         None => upstream,
     };
     Ok(RouteRecord { upstream, owner })
+}
+
+/// A field's value, trimmed; missing or empty is a bad record (logged with the key and the
+/// field's name, never the value).
+fn field<'r>(record: &'r Cached, key: &str, name: &str) -> Result<&'r str, GatewayError> {
+    match record.get(name).map(|v| v.trim()) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => {
+            log::warn!("bad route record {key}: field {name:?} is missing or empty");
+            Err(GatewayError::BadRecord)
+        }
+    }
+}
+
+/// The status check and the upstream field, parsed.
+fn parse_upstream(route: &Route, key: &str, record: &Cached) -> Result<UpstreamAddr, GatewayError> {
+    if let Some(status_field) = &route.status_field {
+        if field(record, key, status_field)? != RUNNING {
+            return Err(GatewayError::NotRunning);
+        }
+    }
+    let raw = field(record, key, &route.upstream_field)?;
+    UpstreamAddr::parse(raw, route.port).map_err(|why| {
+        log::warn!(
+            "bad route record {key}: field {:?} {why}",
+            route.upstream_field
+        );
+        GatewayError::BadRecord
+    })
 }

@@ -17,6 +17,34 @@ use std::time::{Duration, Instant};
 /// One Redis hash, as the app wrote it.
 pub type Record = crate::FastMap<String, String>;
 
+/// A record as the cache holds it: the hash (reached through `Deref`), and the upstream that
+/// routing parsed from it, so a cache hit does not parse the same fields again. The hash never
+/// changes once cached (a new read makes a new `Cached`), so neither does the parse.
+#[derive(Debug)]
+pub struct Cached {
+    record: Record,
+    /// The parse (upstream address, or why it failed) and the shape of the route that made it
+    /// (`Route::record_shape`): a route that reads other fields parses for itself.
+    pub(crate) upstream:
+        std::sync::OnceLock<(u64, Result<crate::upstream::UpstreamAddr, GatewayError>)>,
+}
+
+impl Cached {
+    pub fn new(record: Record) -> Cached {
+        Cached {
+            record,
+            upstream: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for Cached {
+    type Target = Record;
+    fn deref(&self) -> &Record {
+        &self.record
+    }
+}
+
 /// Why a record could not be read (the detail is logged, never sent to the client).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreFailure {
@@ -43,7 +71,7 @@ pub trait RouteStore: Send + Sync {
 }
 
 /// The answer cached per key.
-type Lookup = Result<Option<Arc<Record>>, StoreFailure>;
+type Lookup = Result<Option<Arc<Cached>>, StoreFailure>;
 
 /// The cached view of a store, shared by all requests.
 pub struct Records {
@@ -57,7 +85,7 @@ pub struct Records {
     /// How long after its last successful read a route record may be served while the store
     /// is unreachable (never a session).
     stale_window: Duration,
-    last_good: std::sync::Mutex<crate::FastMap<String, (Arc<Record>, Instant)>>,
+    last_good: std::sync::Mutex<crate::FastMap<String, (Arc<Cached>, Instant)>>,
     max_entries: usize,
 }
 
@@ -87,7 +115,7 @@ impl Records {
 
     /// The record at `key`; `Ok(None)` when there is none. Store failures become the
     /// client-facing error here and are logged with the key.
-    pub async fn get(&self, key: &str) -> (Result<Option<Arc<Record>>, GatewayError>, Outcome) {
+    pub async fn get(&self, key: &str) -> (Result<Option<Arc<Cached>>, GatewayError>, Outcome) {
         self.lookup(key, key, true).await
     }
 
@@ -96,7 +124,7 @@ impl Records {
     pub async fn get_secret(
         &self,
         key: &str,
-    ) -> (Result<Option<Arc<Record>>, GatewayError>, Outcome) {
+    ) -> (Result<Option<Arc<Cached>>, GatewayError>, Outcome) {
         self.lookup(key, "<redacted>", false).await
     }
 
@@ -116,12 +144,16 @@ impl Records {
         key: &str,
         log_key: &str,
         stale_ok: bool,
-    ) -> (Result<Option<Arc<Record>>, GatewayError>, Outcome) {
+    ) -> (Result<Option<Arc<Cached>>, GatewayError>, Outcome) {
         // Route records (stale allowed) and secrets (sessions) live in separate caches.
         let cache = if stale_ok { &self.cache } else { &self.secrets };
         let (lookup, outcome) = cache
             .get_or_fetch(key, || async {
-                let mut res = self.store.fetch(key).await.map(|r| r.map(Arc::new));
+                let mut res = self
+                    .store
+                    .fetch(key)
+                    .await
+                    .map(|r| r.map(|r| Arc::new(Cached::new(r))));
                 match &res {
                     Ok(Some(rec)) if stale_ok && !self.stale_window.is_zero() => {
                         self.remember(key, rec.clone());
@@ -174,7 +206,7 @@ impl Records {
     }
 
     /// Keep the last good copy of a route record for outages.
-    fn remember(&self, key: &str, rec: Arc<Record>) {
+    fn remember(&self, key: &str, rec: Arc<Cached>) {
         let mut last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
         if last.len() >= self.max_entries && !last.contains_key(key) {
             let now = Instant::now();
@@ -188,7 +220,7 @@ impl Records {
     }
 
     /// The last good copy of `key`, if it was read within the stale window.
-    fn stale_copy(&self, key: &str) -> Option<Arc<Record>> {
+    fn stale_copy(&self, key: &str) -> Option<Arc<Cached>> {
         let last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
         last.get(key)
             .filter(|(_, at)| at.elapsed() < self.stale_window)
