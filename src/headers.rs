@@ -287,7 +287,7 @@ pub fn rewrite_upstream_request(
     // The target goes upstream in origin-form, from the URI (an absolute-form target's URI
     // holds its path and query; the authority was checked against Host). Bytes that are not
     // UTF-8 are only in Pingora's raw copy, which is set again below.
-    let raw_target = (!req.raw_path_is_utf8()).then(|| req.raw_path().to_vec());
+    let raw_target = (!req.raw_path_is_utf8()).then(|| origin_form(req.raw_path()));
     let end_stream = req.send_end_stream();
 
     let mut parts: http::request::Parts = std::mem::replace(
@@ -305,7 +305,14 @@ pub fn rewrite_upstream_request(
             headers.remove(name);
         }
     }
+    // A value from the client that is not a header value is the client's error (400); one
+    // from a record or from edgegate itself is not (500).
     let value = |s: &str| http::HeaderValue::from_str(s).map_err(|_| bad("bad header value"));
+    let own_value = |s: &str| {
+        http::HeaderValue::from_str(s).map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InternalError, "bad header value")
+        })
+    };
     let add = |headers: &mut http::HeaderMap, name: HeaderName, v: http::HeaderValue| {
         headers
             .try_insert(name, v)
@@ -320,13 +327,13 @@ pub fn rewrite_upstream_request(
         X_FORWARDED_PROTO,
         http::HeaderValue::from_static(fwd.proto),
     )?;
-    add(headers, X_FORWARDED_HOST, forwarded_host)?;
-    add(headers, X_REQUEST_ID, value(&ctx.request_id)?)?;
+    add(headers, X_FORWARDED_HOST, forwarded_host.clone())?;
+    add(headers, X_REQUEST_ID, own_value(&ctx.request_id)?)?;
     if let Some(id) = &ctx.workspace {
-        add(headers, X_EDGEGATE_WORKSPACE, value(id.as_str())?)?;
+        add(headers, X_EDGEGATE_WORKSPACE, own_value(id.as_str())?)?;
     }
     if let Some(p) = &ctx.principal {
-        add(headers, X_EDGEGATE_USER, value(&p.user)?)?;
+        add(headers, X_EDGEGATE_USER, own_value(&p.user)?)?;
     }
     if ctx.strip_credentials {
         match crate::auth::session::without_cookies(headers, &fwd.credential_cookies) {
@@ -340,7 +347,11 @@ pub fn rewrite_upstream_request(
         headers.remove(http::header::AUTHORIZATION);
     }
     if let Some(h) = ctx.target.as_ref().and_then(|t| t.host_header.as_deref()) {
-        add(headers, http::header::HOST, value(h)?)?;
+        add(headers, http::header::HOST, own_value(h)?)?;
+    } else if !headers.contains_key(http::header::HOST) {
+        // An absolute-form request may come without Host; its target's authority was the
+        // browser's host, and the origin-form target going upstream no longer carries it.
+        add(headers, http::header::HOST, forwarded_host)?;
     }
 
     let mut out = RequestHeader::from(parts);
@@ -356,6 +367,28 @@ pub fn rewrite_upstream_request(
     }
     *req = out;
     Ok(())
+}
+
+/// A raw (non-UTF-8) target in origin-form: as it is when it starts with `/`; an
+/// absolute-form target without its scheme and authority; anything else `/`.
+fn origin_form(raw: &[u8]) -> Vec<u8> {
+    if raw.starts_with(b"/") {
+        return raw.to_vec();
+    }
+    let after_authority = raw
+        .windows(3)
+        .position(|w| w == b"://")
+        .map(|i| &raw[i + 3..])
+        .and_then(|r| {
+            r.iter()
+                .position(|&b| b == b'/' || b == b'?')
+                .map(|i| &r[i..])
+        });
+    match after_authority {
+        Some(rest) if rest.starts_with(b"/") => rest.to_vec(),
+        Some(query) => [b"/".as_slice(), query].concat(),
+        None => b"/".to_vec(),
+    }
 }
 
 /// `X-Request-Id` on the upstream's response, so a client report can be matched with both
@@ -435,6 +468,17 @@ mod tests {
         assert_eq!(req.headers["x-forwarded-host"], "a.test:8080");
         let req = rewritten(b"/caf\xe9/d?q=\xff", &[("Host", "a.test")]);
         assert_eq!(req.raw_path(), b"/caf\xe9/d?q=\xff");
+        let req = rewritten(b"http://a.test/caf\xe9?q=1", &[("Host", "a.test")]);
+        assert_eq!(
+            req.raw_path(),
+            b"/caf\xe9?q=1",
+            "absolute-form, not UTF-8: origin-form"
+        );
+        // No Host header: the target's authority becomes the upstream's Host.
+        let req = rewritten(b"http://b.test:81/x", &[]);
+        assert_eq!(req.raw_path(), b"/x");
+        assert_eq!(req.headers["host"], "b.test:81");
+        assert_eq!(req.headers["x-forwarded-host"], "b.test:81");
     }
 
     #[test]

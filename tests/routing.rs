@@ -233,6 +233,19 @@ async fn absolute_form_target_goes_upstream_in_origin_form() {
     assert_eq!(seen[0].target, "/x/y?z=1");
     assert_eq!(seen[0].header("host"), Some(host.as_str()));
     assert_eq!(seen[0].header("x-forwarded-host"), Some(host.as_str()));
+
+    // Without a Host header the target's authority is the host, and the upstream gets it as
+    // Host (an HTTP/1.1 request without one is invalid).
+    let req = format!(
+        "GET http://{host}/no-host HTTP/1.1\r\nCookie: session={OWNER_SESSION}\r\nConnection: close\r\n\r\n"
+    );
+    let r = raw(w.gw.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = w.a.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].target, "/no-host");
+    assert_eq!(seen[1].header("host"), Some(host.as_str()));
+    assert_eq!(seen[1].header_count("host"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
