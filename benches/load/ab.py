@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -35,19 +34,7 @@ def main():
     work = tempfile.mkdtemp(prefix="edgegate-ab-")
     procs = h.Procs()
     try:
-        up, rp = h.free_port(), h.free_port()
-        procs.start("upstream", ["nginx", "-c", h.nginx_conf(work, "upstream", f"""
-  server {{ listen 127.0.0.1:{up}; default_type text/plain;
-           location / {{ return 200 "{h.BODY}"; }} }}""")], srv)
-        procs.start("redis", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no", "--dir", work], srv)
-        h.wait_port(rp)
-        cli = ["redis-cli", "-p", str(rp)]
-        subprocess.run(cli + ["HSET", f"workspace:{h.ID}", "backend", f"127.0.0.1:{up}",
-                              "owner", "bench", "status", "running"], check=True, capture_output=True)
-        subprocess.run(cli + ["HSET", f"session:{h.SESSION}", "user", "bench"],
-                       check=True, capture_output=True)
-        h.wait_port(up)
+        up, rp = h.start_backend(procs, work, srv)
         runs = {}
         for label, binary in (("A", args.a), ("B", args.b)):
             eg, adm = h.free_port(), h.free_port()

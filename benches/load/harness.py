@@ -216,6 +216,26 @@ def redis_calls(port):
     return total
 
 
+def start_backend(procs, work, cpu):
+    """The fast upstream and a Redis holding the bench workspace and session, on free ports
+    (main() adds a WebSocket upstream to the same; icount.py and ab.py use it too). Returns
+    (upstream port, redis port)."""
+    up, rp = free_port(), free_port()
+    procs.start("upstream", ["nginx", "-c", nginx_conf(work, "upstream", f"""
+  server {{ listen 127.0.0.1:{up}; default_type text/plain;
+           location / {{ return 200 "{BODY}"; }} }}""")], cpu)
+    procs.start("redis", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1",
+                          "--save", "", "--appendonly", "no", "--dir", work], cpu)
+    wait_port(rp)
+    cli = ["redis-cli", "-p", str(rp)]
+    subprocess.run(cli + ["HSET", f"workspace:{ID}", "backend", f"127.0.0.1:{up}",
+                          "owner", "bench", "status", "running"], check=True, capture_output=True)
+    subprocess.run(cli + ["HSET", f"session:{SESSION}", "user", "bench"],
+                   check=True, capture_output=True)
+    wait_port(up)
+    return up, rp
+
+
 def edgegate_config(work, eg, adm, rp, access_log):
     """edgegate's real configuration for the bench: Redis host routing, session auth."""
     secret = os.path.join(work, "secret")
@@ -280,13 +300,11 @@ def main():
     work = tempfile.mkdtemp(prefix="edgegate-load-")
     procs = Procs()
     try:
-        up, ng, pp, eg, adm, rp, wu, ngw, ppw = (free_port() for _ in range(9))
+        ng, pp, eg, adm, wu, ngw, ppw = (free_port() for _ in range(7))
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-        upstream = procs.start("upstream", ["nginx", "-c", nginx_conf(work, "upstream", f"""
-  server {{ listen 127.0.0.1:{up}; default_type text/plain;
-           location / {{ return 200 "{BODY}"; }} }}""")], srv_cpu)
+        up, rp = start_backend(procs, work, srv_cpu)
         ws_upstream = procs.start("ws-upstream", [os.path.join(ROOT, "target/release/examples/echo_upstream"),
                                                   f"127.0.0.1:{wu}"], srv_cpu)
         nginx = procs.start("nginx", ["nginx", "-c", nginx_conf(work, "proxy", f"""
@@ -299,14 +317,7 @@ def main():
                         proxy_read_timeout 3600s;
                         proxy_set_header Upgrade $http_upgrade;
                         proxy_set_header Connection "upgrade"; proxy_set_header Host $host; }} }}""")], srv_cpu)
-        redis = procs.start("redis", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", work], srv_cpu)
-        wait_port(rp)
         cli = ["redis-cli", "-p", str(rp)]
-        subprocess.run(cli + ["HSET", f"workspace:{ID}", "backend", f"127.0.0.1:{up}",
-                              "owner", "bench", "status", "running"], check=True, capture_output=True)
-        subprocess.run(cli + ["HSET", f"session:{SESSION}", "user", "bench"],
-                       check=True, capture_output=True)
         subprocess.run(cli + ["HSET", f"workspace:{WS_ID}", "backend", f"127.0.0.1:{wu}",
                               "owner", "bench", "status", "running"], check=True, capture_output=True)
         pingora = procs.start("pingora", [os.path.join(ROOT, "target/release/examples/plain_pingora"),

@@ -78,19 +78,8 @@ def main():
     work = tempfile.mkdtemp(prefix="edgegate-icount-")
     procs = h.Procs()
     try:
-        up, pp, eg, adm, rp = (h.free_port() for _ in range(5))
-        procs.start("upstream", ["nginx", "-c", h.nginx_conf(work, "upstream", f"""
-  server {{ listen 127.0.0.1:{up}; default_type text/plain;
-           location / {{ return 200 "{h.BODY}"; }} }}""")])
-        procs.start("redis", ["redis-server", "--port", str(rp), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no", "--dir", work])
-        h.wait_port(rp)
-        cli = ["redis-cli", "-p", str(rp)]
-        subprocess.run(cli + ["HSET", f"workspace:{h.ID}", "backend", f"127.0.0.1:{up}",
-                              "owner", "bench", "status", "running"], check=True, capture_output=True)
-        subprocess.run(cli + ["HSET", f"session:{h.SESSION}", "user", "bench"],
-                       check=True, capture_output=True)
-        h.wait_port(up)
+        pp, eg, adm = (h.free_port() for _ in range(3))
+        up, rp = h.start_backend(procs, work, None)
         cfg = h.edgegate_config(work, eg, adm, rp, os.path.join(work, "access.log"))
         results = {
             "pingora": measure(procs, "pingora", [
