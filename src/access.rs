@@ -234,12 +234,7 @@ pub fn redact_query(query: &str) -> Cow<'_, str> {
 pub fn push_addr(out: &mut Vec<u8>, addr: std::net::SocketAddr) {
     match addr {
         std::net::SocketAddr::V4(v4) => {
-            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(crate::headers::decimal(octet.into(), &mut [0; 20]));
-            }
+            crate::headers::push_ip(out, std::net::IpAddr::V4(*v4.ip()));
             out.push(b':');
             out.extend_from_slice(crate::headers::decimal(addr.port().into(), &mut [0; 20]));
         }

@@ -307,12 +307,13 @@ impl Gateway {
                 // Credentials stop here: edgegate's cookies always, a Bearer when it was
                 // ours, and `?token=` unless the route's upstream validates it too.
                 ctx.strip_credentials = true;
+                let bearer = auth::bearer(req);
                 let used_bearer = matches!(
                     ctx.principal.as_ref().map(|p| p.method),
                     Some(AuthMethod::TerminalToken | AuthMethod::DevIdeToken)
-                ) && auth::bearer(req).is_some();
+                ) && bearer.is_some();
                 ctx.strip_authorization =
-                    used_bearer || auth::bearer(req).is_some_and(|b| self.auth.tokens.is_ours(b));
+                    used_bearer || bearer.is_some_and(|b| self.auth.tokens.is_ours(b));
                 let keep_token = m.route.forward_token
                     && (!m.route.auth.contains(&AuthMethod::TerminalToken)
                         || req.uri.path() == self.auth.agent_ws_path);
