@@ -18,19 +18,76 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_EDGEGATE_USER: HeaderName = HeaderName::from_static("x-edgegate-user");
 const X_EDGEGATE_WORKSPACE: HeaderName = HeaderName::from_static("x-edgegate-workspace");
 
-/// Headers that only edgegate may set; client-sent copies are removed before any upstream.
-/// (Names built once: removing by `&str` parses the name on every call.)
-static OWNED: [HeaderName; 9] = [
-    X_FORWARDED_FOR,
-    X_FORWARDED_PROTO,
-    X_FORWARDED_HOST,
-    HeaderName::from_static("x-forwarded-port"),
-    X_REQUEST_ID,
-    X_EDGEGATE_USER,
-    X_EDGEGATE_WORKSPACE,
-    HeaderName::from_static("forwarded"),
-    HeaderName::from_static("x-real-ip"),
-];
+/// Whether a client-sent header never goes upstream as it came: the headers only edgegate sets
+/// (client copies are dropped, SPEC §5) and the hop-by-hop ones, which describe the client's
+/// connection (RFC 9110 §7.6.1, with the de-facto Keep-Alive and Proxy-Connection, and HTTP/2's
+/// upgrade settings). One `match` per header name, no hashing: most requests have none.
+fn not_forwarded(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-request-id"
+            | "x-edgegate-user"
+            | "x-edgegate-workspace"
+            | "forwarded"
+            | "x-real-ip"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "http2-settings"
+    )
+}
+
+/// Fewer `Connection` options than this are accepted (as Pingora's standard policy).
+const MAX_CONNECTION_OPTIONS: usize = 10;
+
+/// The headers a request's `Connection` options name, which are hop-by-hop too (RFC 9110
+/// §7.6.1), less those `not_forwarded` drops anyway and `close`. Refused as Pingora's standard
+/// upstream policy refuses them (edgegate applies that policy itself, see `upstream::peer`):
+/// ten or more options, an option that is not a token, or one that names `Host` or a
+/// forwarding header.
+fn connection_options(headers: &http::HeaderMap) -> Result<Vec<HeaderName>, &'static str> {
+    let mut named = Vec::new();
+    let options = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty());
+    for (i, option) in options.enumerate() {
+        if i + 1 >= MAX_CONNECTION_OPTIONS {
+            return Err("too many Connection options");
+        }
+        if !option.iter().all(|&b| is_tchar(b)) {
+            return Err("a Connection option is not a token");
+        }
+        let name = HeaderName::from_bytes(option).map_err(|_| "bad Connection option")?;
+        if matches!(
+            name.as_str(),
+            "host" | "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto"
+        ) {
+            return Err("Connection names a protected header");
+        }
+        if name.as_str() != "close" && !not_forwarded(&name) {
+            named.push(name);
+        }
+    }
+    Ok(named)
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
 
 /// The most headers `rewrite_upstream_request` adds: room is made for them at once.
 const ADDED: usize = 6;
@@ -221,7 +278,9 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// Rewrite the upstream copy of the request: edgegate's own headers replace any the client
-/// sent, Host stays the browser's unless the route says otherwise, Origin is never touched,
+/// sent, hop-by-hop headers and those the client's `Connection` names are dropped (Pingora's
+/// standard upstream policy, applied here), Host stays the browser's unless the route says
+/// otherwise, Origin is never touched,
 /// a stripped tunnel path replaces the browser's, and the target is in origin-form (RFC 9112
 /// §3.2.1: what a client sends an origin server).
 ///
@@ -282,9 +341,17 @@ pub fn rewrite_upstream_request(
     headers
         .try_reserve(ADDED)
         .map_err(|_| bad("too many headers"))?;
-    // Clients rarely send any of these: look before paying nine hash-map removals.
-    if headers.keys().any(|k| OWNED.contains(k)) {
-        for name in &OWNED {
+    // Hop-by-hop and edgegate's own headers go; most requests carry none, so look before
+    // paying a hash-map removal per name.
+    if headers.keys().any(not_forwarded) {
+        let named = connection_options(headers).map_err(bad)?;
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| not_forwarded(k))
+            .cloned()
+            .chain(named)
+            .collect();
+        for name in &doomed {
             headers.remove(name);
         }
     }
@@ -427,7 +494,7 @@ mod tests {
         }
     }
 
-    fn rewritten(target: &[u8], headers: &[(&str, &str)]) -> RequestHeader {
+    fn try_rewritten(target: &[u8], headers: &[(&str, &str)]) -> pingora::Result<RequestHeader> {
         let mut req = RequestHeader::build("GET", target, None).expect("req");
         for (k, v) in headers {
             req.append_header(k.to_string(), *v).expect("header");
@@ -439,8 +506,91 @@ mod tests {
             proto: "http",
             credential_cookies: ["session", "edgegate_ide"],
         };
-        rewrite_upstream_request(&mut req, &ctx, &fwd).expect("rewrite");
-        req
+        rewrite_upstream_request(&mut req, &ctx, &fwd).map(|_| req)
+    }
+
+    fn rewritten(target: &[u8], headers: &[(&str, &str)]) -> RequestHeader {
+        try_rewritten(target, headers).expect("rewrite")
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_stay_on_the_clients_hop() {
+        let req = rewritten(
+            b"/p",
+            &[
+                ("Host", "a.test"),
+                ("Connection", "keep-alive, X-Hop-A"),
+                ("connection", " x-hop-b ,close,, Cookie"),
+                ("X-Hop-A", "1"),
+                ("X-Hop-B", "2"),
+                ("Cookie", "theme=dark"),
+                ("Keep-Alive", "timeout=5"),
+                ("Proxy-Connection", "keep-alive"),
+                ("Proxy-Authorization", "Basic c2VjcmV0"),
+                ("Proxy-Authenticate", "Basic"),
+                ("TE", "trailers"),
+                ("Trailer", "X-Sum"),
+                ("Transfer-Encoding", "chunked"),
+                ("Upgrade", "websocket"),
+                ("HTTP2-Settings", "AAMAAABkAAQAAP__"),
+                ("X-Kept", "yes"),
+                ("Accept", "*/*"),
+            ],
+        );
+        for gone in [
+            "connection",
+            "x-hop-a",
+            "x-hop-b",
+            "cookie",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "http2-settings",
+        ] {
+            assert!(req.headers.get(gone).is_none(), "{gone} went upstream");
+        }
+        assert_eq!(req.headers["x-kept"], "yes");
+        assert_eq!(req.headers["accept"], "*/*");
+        assert_eq!(req.headers["host"], "a.test");
+
+        // `close` alone names nothing; the rest of the request is untouched.
+        let req = rewritten(
+            b"/p",
+            &[("Host", "a.test"), ("Connection", "close"), ("X-Kept", "1")],
+        );
+        assert!(req.headers.get("connection").is_none());
+        assert_eq!(req.headers["x-kept"], "1");
+    }
+
+    #[test]
+    fn connection_options_that_pingoras_policy_refuses_are_400() {
+        let ten = (0..10)
+            .map(|i| format!("x-o{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for bad in [
+            "X-Forwarded-For",
+            "keep-alive, x-forwarded-host",
+            "X-Forwarded-Proto",
+            "Host",
+            "\"x-a\"",
+            ":authority",
+            "x-a;b",
+            ten.as_str(),
+        ] {
+            let e = try_rewritten(b"/", &[("Host", "a.test"), ("Connection", bad)]).expect_err(bad);
+            assert_eq!(e.etype(), &pingora::ErrorType::HTTPStatus(400), "{bad}");
+        }
+        let nine = (0..9)
+            .map(|i| format!("x-o{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(try_rewritten(b"/", &[("Host", "a.test"), ("Connection", &nine)]).is_ok());
     }
 
     #[test]

@@ -34,18 +34,6 @@ use tokio::sync::{broadcast, watch};
 const CLOSE_1012: [u8; 4] = [0x88, 0x02, 0x03, 0xF4];
 /// The close frame sent when the tunnel's credential is revoked: 1008 (policy violation).
 const CLOSE_1008: [u8; 4] = [0x88, 0x02, 0x03, 0xF0];
-/// Headers that describe one hop, never forwarded as the client sent them.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 /// Longest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
 /// Room for one read from the upstream: small while a tunnel idles, larger during a burst.
@@ -147,10 +135,7 @@ impl Gateway {
         let fwd = self.forwarding(session, ctx);
         crate::headers::rewrite_upstream_request(&mut req, ctx, &fwd)
             .map_err(|_| GatewayError::BadPath)?;
-        // Hop-by-hop headers belong to the client's hop: only the upgrade itself goes on.
-        for name in HOP_BY_HOP {
-            req.remove_header(*name);
-        }
+        // The rewrite dropped the client's hop-by-hop headers: only the upgrade itself goes on.
         req.insert_header("connection", "Upgrade")
             .and_then(|_| req.insert_header("upgrade", "websocket"))
             .map_err(|_| GatewayError::Internal)?;

@@ -219,6 +219,36 @@ async fn duplicate_or_missing_host_is_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stay_on_the_clients_hop() {
+    let w = World::start("").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    let req = format!(
+        "GET /hop HTTP/1.1\r\nHost: {host}\r\nCookie: session={OWNER_SESSION}\r\n\
+         Connection: close, X-Hop-Secret\r\nX-Hop-Secret: s3cret\r\nKeep-Alive: timeout=5\r\n\
+         TE: trailers\r\nProxy-Authorization: Basic c2VjcmV0\r\nX-Kept: yes\r\n\r\n"
+    );
+    let r = raw(w.gw.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = w.a.seen();
+    assert_eq!(seen.len(), 1);
+    for gone in ["x-hop-secret", "keep-alive", "te", "proxy-authorization"] {
+        assert_eq!(seen[0].header(gone), None, "{gone} reached the upstream");
+    }
+    assert_eq!(seen[0].header("x-kept"), Some("yes"));
+
+    // A Connection option naming a forwarding header is refused before any upstream.
+    let req = format!(
+        "GET /hop HTTP/1.1\r\nHost: {host}\r\nCookie: session={OWNER_SESSION}\r\n\
+         Connection: close, X-Forwarded-For\r\n\r\n"
+    );
+    let r = raw(w.gw.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(!r.error_code().is_empty());
+    assert_eq!(w.a.count(), 1, "the refused request reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_target_goes_upstream_in_origin_form() {
     let w = World::start("").await;
     w.redis.workspace(ID_A, &w.a.addr.to_string());
