@@ -2,10 +2,13 @@
 //! Redis store and the auth decision; served by `admin`. Labels are route names, methods,
 //! status classes, results and causes: never a workspace, user, host or raw path.
 
+use crate::FastMap;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+use std::sync::{OnceLock, RwLock};
+use std::time::Duration;
 
 /// Request durations: sub-millisecond proxying up to slow upstreams.
 const REQUEST_BUCKETS: &[f64] = &[
@@ -27,10 +30,79 @@ pub struct CacheCounters {
     pub stale: IntCounter,
 }
 
+/// The `method` label: the standard methods, everything else `other` (a client must not be
+/// able to mint series).
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "other",
+];
+/// The `status` label: `2xx`, `4xx`, …; `none` when no response was sent.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// How a request ended: the `result` label of the request series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response (or an error) came from the upstream.
+    Proxied,
+    /// edgegate refused it with one of its JSON errors.
+    Refused,
+    /// edgegate answered it itself (API endpoints, redirects).
+    Answered,
+    /// No response was sent.
+    Dropped,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::Proxied,
+        Outcome::Refused,
+        Outcome::Answered,
+        Outcome::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Proxied => "proxied",
+            Outcome::Refused => "refused",
+            Outcome::Answered => "answered",
+            Outcome::Dropped => "dropped",
+        }
+    }
+}
+
+/// The `method` labels of `edgegate_auth_decisions_total` (`AuthMethod::as_str`, `none`
+/// without a credential) and its `result` labels.
+const AUTH_METHODS: [&str; 5] = [
+    "session",
+    "terminal_token",
+    "ide_cookie",
+    "dev_ide_token",
+    "none",
+];
+const AUTH_RESULTS: [&str; 5] = ["ok", "open", "forbidden", "unauthenticated", "error"];
+
+/// One route's request counter and duration histogram, resolved once per combination of
+/// labels. `with_label_values` hashes its labels with SipHash and looks the series up under
+/// the vector's lock: three times per request, ~1.1k instructions, where a resolved series
+/// costs an index (docs/BENCHMARKS.md). Slots are filled on first use, so /metrics still
+/// lists only the series that have counted something.
+struct RequestSeries {
+    count: IntCounter,
+    duration: Histogram,
+}
+
+type RouteSeries = Box<[OnceLock<RequestSeries>]>;
+
+const SERIES_PER_ROUTE: usize = METHODS.len() * STATUS_CLASSES.len() * Outcome::ALL.len();
+
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
+    /// Resolved request series by route name (routes come from the config and the API's
+    /// endpoints, so the map stays small).
+    request_series: RwLock<FastMap<Box<str>, RouteSeries>>,
+    /// Resolved `auth_decisions` series, `AUTH_METHODS` x `AUTH_RESULTS`.
+    auth_series: [OnceLock<IntCounter>; AUTH_METHODS.len() * AUTH_RESULTS.len()],
     pub upstream_failures: IntCounterVec,
     pub auth_decisions: IntCounterVec,
     pub cache_lookups: IntCounterVec,
@@ -96,6 +168,8 @@ impl Metrics {
             stale: cache_lookups.with_label_values(&["stale"]),
         };
         Ok(Metrics {
+            request_series: RwLock::new(FastMap::default()),
+            auth_series: std::array::from_fn(|_| OnceLock::new()),
             cache_lookups,
             cache,
             requests: counter(
@@ -165,33 +239,106 @@ impl Metrics {
     }
 }
 
-/// The method as a label: the standard ones, everything else `other` (a client must not be
-/// able to mint series).
-pub fn method_label(m: &http::Method) -> &'static str {
-    match *m {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::PATCH => "PATCH",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => "other",
+impl Metrics {
+    /// Count a finished request and observe its duration.
+    pub fn record_request(
+        &self,
+        route: &str,
+        method: &http::Method,
+        status: u16,
+        outcome: Outcome,
+        elapsed: Duration,
+    ) {
+        let (mi, si) = (method_index(method), status_index(status));
+        let slot = (mi * STATUS_CLASSES.len() + si) * Outcome::ALL.len() + outcome as usize;
+        let resolve = || RequestSeries {
+            count: self.requests.with_label_values(&[
+                route,
+                METHODS[mi],
+                STATUS_CLASSES[si],
+                outcome.as_str(),
+            ]),
+            duration: self.request_duration.with_label_values(&[
+                route,
+                METHODS[mi],
+                outcome.as_str(),
+            ]),
+        };
+        let record = |s: &RequestSeries| {
+            s.count.inc();
+            s.duration.observe(elapsed.as_secs_f64());
+        };
+        if let Ok(routes) = self.request_series.read() {
+            if let Some(series) = routes.get(route) {
+                record(series[slot].get_or_init(resolve));
+                return;
+            }
+        }
+        // The route's first request: its table goes in once. (A poisoned lock only means a
+        // panic elsewhere; the count still goes in, through the vectors.)
+        match self.request_series.write() {
+            Ok(mut routes) => {
+                let series = routes
+                    .entry(route.into())
+                    .or_insert_with(|| (0..SERIES_PER_ROUTE).map(|_| OnceLock::new()).collect());
+                record(series[slot].get_or_init(resolve));
+            }
+            Err(_) => record(&resolve()),
+        }
+    }
+
+    /// Count an auth decision: `method` is `AuthMethod::as_str` or `none`, `result` one of
+    /// `ok`, `open`, `forbidden`, `unauthenticated`, `error`.
+    pub fn record_auth(&self, method: &'static str, result: &'static str) {
+        let mi = AUTH_METHODS.iter().position(|m| *m == method);
+        let ri = AUTH_RESULTS.iter().position(|r| *r == result);
+        match (mi, ri) {
+            (Some(mi), Some(ri)) => self.auth_series[mi * AUTH_RESULTS.len() + ri]
+                .get_or_init(|| self.auth_decisions.with_label_values(&[method, result]))
+                .inc(),
+            _ => self
+                .auth_decisions
+                .with_label_values(&[method, result])
+                .inc(),
+        }
     }
 }
 
-/// `2xx`, `4xx`, …; `0` when no response was sent.
-pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+fn method_index(m: &http::Method) -> usize {
+    match *m {
+        http::Method::GET => 0,
+        http::Method::POST => 1,
+        http::Method::PUT => 2,
+        http::Method::DELETE => 3,
+        http::Method::HEAD => 4,
+        http::Method::OPTIONS => 5,
+        http::Method::PATCH => 6,
+        http::Method::CONNECT => 7,
+        http::Method::TRACE => 8,
+        _ => 9,
     }
+}
+
+fn status_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
+/// The method as a label: the standard ones, everything else `other` (a client must not be
+/// able to mint series).
+pub fn method_label(m: &http::Method) -> &'static str {
+    METHODS[method_index(m)]
+}
+
+/// `2xx`, `4xx`, …; `none` when no response was sent.
+pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_index(status)]
 }
 
 #[cfg(test)]
@@ -209,5 +356,43 @@ mod tests {
             "edgegate_requests_total{method=\"GET\",result=\"proxied\",route=\"workspace\",status=\"2xx\"} 1"
         ), "{text}");
         assert_eq!(status_class(503), "5xx");
+    }
+
+    #[test]
+    fn resolved_series_count_where_the_vectors_would() {
+        let m = Metrics::new().expect("metrics");
+        let ms = Duration::from_millis(3);
+        for _ in 0..3 {
+            m.record_request("workspace", &http::Method::GET, 200, Outcome::Proxied, ms);
+        }
+        m.record_request("workspace", &http::Method::POST, 0, Outcome::Dropped, ms);
+        m.record_request("api", &http::Method::GET, 404, Outcome::Refused, ms);
+        let odd = http::Method::from_bytes(b"PURGE").expect("method");
+        m.record_request("workspace", &odd, 204, Outcome::Answered, ms);
+        m.record_auth("session", "ok");
+        m.record_auth("session", "ok");
+        m.record_auth("none", "open");
+        m.record_auth("made_up", "ok");
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        for line in [
+            r#"edgegate_requests_total{method="GET",result="proxied",route="workspace",status="2xx"} 3"#,
+            r#"edgegate_requests_total{method="POST",result="dropped",route="workspace",status="none"} 1"#,
+            r#"edgegate_requests_total{method="GET",result="refused",route="api",status="4xx"} 1"#,
+            r#"edgegate_requests_total{method="other",result="answered",route="workspace",status="2xx"} 1"#,
+            r#"edgegate_request_duration_seconds_count{method="GET",result="proxied",route="workspace"} 3"#,
+            r#"edgegate_request_duration_seconds_bucket{method="GET",result="proxied",route="workspace",le="0.0025"} 0"#,
+            r#"edgegate_request_duration_seconds_bucket{method="GET",result="proxied",route="workspace",le="0.005"} 3"#,
+            r#"edgegate_auth_decisions_total{method="session",result="ok"} 2"#,
+            r#"edgegate_auth_decisions_total{method="none",result="open"} 1"#,
+            r#"edgegate_auth_decisions_total{method="made_up",result="ok"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        // Only what counted is listed.
+        assert_eq!(
+            text.matches("edgegate_requests_total{").count(),
+            4,
+            "{text}"
+        );
     }
 }

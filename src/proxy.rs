@@ -292,9 +292,7 @@ impl Gateway {
                 };
                 ctx.auth_result = result;
                 self.metrics
-                    .auth_decisions
-                    .with_label_values(&[ctx.auth_method.map_or("none", |m| m.as_str()), result])
-                    .inc();
+                    .record_auth(ctx.auth_method.map_or("none", |m| m.as_str()), result);
                 ctx.principal = decision?;
                 // Only authorised requests count against the workspace's cap.
                 if ctx.slot.is_none() {
@@ -565,23 +563,18 @@ impl Gateway {
     pub(crate) fn log_request(&self, req: &RequestHeader, status: u16, ctx: &RequestCtx) {
         let route = ctx.route_name();
         let method = metrics::method_label(&req.method);
-        let result = if ctx.refusal.is_some() {
-            "refused"
+        let outcome = if ctx.refusal.is_some() {
+            metrics::Outcome::Refused
         } else if ctx.target.is_some() {
-            "proxied"
+            metrics::Outcome::Proxied
         } else if status > 0 {
-            "answered"
+            metrics::Outcome::Answered
         } else {
-            "dropped"
+            metrics::Outcome::Dropped
         };
         let elapsed = ctx.started.elapsed();
         let m = &self.metrics;
-        m.requests
-            .with_label_values(&[route, method, metrics::status_class(status), result])
-            .inc();
-        m.request_duration
-            .with_label_values(&[route, method, result])
-            .observe(elapsed.as_secs_f64());
+        m.record_request(route, &req.method, status, outcome, elapsed);
         let ws_close = ctx.ws_opened.map(|opened| {
             let cause = ctx.ws_close_cause.unwrap_or("error");
             m.websockets_open.with_label_values(&[route]).dec();
