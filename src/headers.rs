@@ -51,7 +51,7 @@ fn not_forwarded(name: &HeaderName) -> bool {
 const MAX_CONNECTION_OPTIONS: usize = 10;
 
 /// The headers a request's `Connection` options name, which are hop-by-hop too (RFC 9110
-/// §7.6.1), less those `not_forwarded` drops anyway and `close`. Refused as Pingora's standard
+/// §7.6.1), less those `not_forwarded` drops anyway. Refused as Pingora's standard
 /// upstream policy refuses them (edgegate applies that policy itself, see `upstream::peer`):
 /// ten or more options, an option that is not a token, or one that names `Host` or a
 /// forwarding header.
@@ -70,6 +70,14 @@ fn connection_options(headers: &http::HeaderMap) -> Result<Vec<HeaderName>, &'st
         if !option.iter().all(|&b| is_tchar(b)) {
             return Err("a Connection option is not a token");
         }
+        // What browsers send (`keep-alive`, `Upgrade`) and `close` name nothing left to
+        // remove: no `HeaderName` (an allocation for a non-standard name) for those.
+        if [&b"keep-alive"[..], b"upgrade", b"close"]
+            .iter()
+            .any(|o| option.eq_ignore_ascii_case(o))
+        {
+            continue;
+        }
         let name = HeaderName::from_bytes(option).map_err(|_| "bad Connection option")?;
         if matches!(
             name.as_str(),
@@ -77,7 +85,7 @@ fn connection_options(headers: &http::HeaderMap) -> Result<Vec<HeaderName>, &'st
         ) {
             return Err("Connection names a protected header");
         }
-        if name.as_str() != "close" && !not_forwarded(&name) {
+        if !not_forwarded(&name) {
             named.push(name);
         }
     }
@@ -280,9 +288,8 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// Rewrite the upstream copy of the request: edgegate's own headers replace any the client
 /// sent, hop-by-hop headers and those the client's `Connection` names are dropped (Pingora's
 /// standard upstream policy, applied here), Host stays the browser's unless the route says
-/// otherwise, Origin is never touched,
-/// a stripped tunnel path replaces the browser's, and the target is in origin-form (RFC 9112
-/// §3.2.1: what a client sends an origin server).
+/// otherwise, Origin is never touched, a stripped tunnel path replaces the browser's, and the
+/// target is in origin-form (RFC 9112 §3.2.1: what a client sends an origin server).
 ///
 /// The headers are edited as a plain `http::HeaderMap`, with room made for edgegate's own in
 /// one step, and the result goes upstream without Pingora's record of the client's header-name
@@ -345,13 +352,11 @@ pub fn rewrite_upstream_request(
     // paying a hash-map removal per name.
     if headers.keys().any(not_forwarded) {
         let named = connection_options(headers).map_err(bad)?;
-        let doomed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| not_forwarded(k))
-            .cloned()
-            .chain(named)
-            .collect();
-        for name in &doomed {
+        // One scan per name removed (usually one or two), and no list of them to allocate.
+        while let Some(name) = headers.keys().find(|k| not_forwarded(k)).cloned() {
+            headers.remove(&name);
+        }
+        for name in &named {
             headers.remove(name);
         }
     }
