@@ -70,9 +70,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A> {
         self.inner.process_new(stream, shutdown).await
     }
 
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
-    }
+    /// Not passed on. Pingora's proxy cleanup, run once the listeners have closed, drops every
+    /// connection still waiting for a request: idle kept-alive ones, but also ones accepted a
+    /// moment before whose first request is on its way, and that client gets a reset. Without
+    /// it a request that arrives during the grace period is answered with `Connection: close`,
+    /// and connections still idle at its end close with the runtimes (docs/DECISIONS.md).
+    async fn cleanup(&self) {}
 }
 
 /// Called by the proxy once a request's headers are parsed.
