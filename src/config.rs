@@ -208,7 +208,7 @@ pub struct ServerConfig {
     #[serde(default = "default_threads")]
     pub threads: usize,
     /// Tokio work stealing between the worker threads.
-    #[serde(default = "yes")]
+    #[serde(default)]
     pub work_stealing: bool,
     /// Seconds a graceful stop waits before runtimes are shut down.
     #[serde(default = "default_grace")]
@@ -227,7 +227,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             threads: default_threads(),
-            work_stealing: true,
+            work_stealing: false,
             grace_period_seconds: default_grace(),
             graceful_shutdown_timeout_seconds: default_graceful_shutdown(),
             pid_file: default_pid_file(),

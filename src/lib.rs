@@ -1,8 +1,8 @@
 //! edgegate: a programmable edge gateway for cloud-development workspaces, on Pingora.
 //!
-//! `build_server` turns a validated `Config` into a Pingora `Server` with the proxy service
-//! (`proxy::Gateway`); `main` runs it, and the tests start it on an ephemeral port with
-//! `BackgroundGateway`. The request path is described at the top of `proxy.rs`.
+//! `build_server` turns a validated `Config` into an `EdgeServer` (Pingora's `Server` with the
+//! proxy service, `proxy::Gateway`); `main` runs it, and the tests start it on an ephemeral
+//! port with `BackgroundGateway`. The request path is described at the top of `proxy.rs`.
 
 pub mod access;
 pub mod activity;
@@ -14,6 +14,7 @@ pub mod ctx;
 pub mod demo;
 pub mod error;
 pub mod explain;
+mod fast_stop;
 pub mod header_deadline;
 pub mod headers;
 pub mod limits;
@@ -119,9 +120,29 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
     })
 }
 
+/// A built server, ready to run.
+pub struct EdgeServer {
+    server: Server,
+    accept_loops: fast_stop::AcceptLoops,
+}
+
+impl EdgeServer {
+    /// Run until `signal` says to stop (its fast stop ends the accept loops first).
+    pub fn run(self, signal: Box<dyn ShutdownSignalWatch + Send + Sync>) {
+        let shutdown_signal = Box::new(self.accept_loops.signal(signal));
+        self.server.run(RunArgs { shutdown_signal });
+    }
+
+    /// Run on Unix signals (SIGTERM graceful, SIGINT fast, SIGQUIT upgrade), then exit.
+    pub fn run_forever(self) -> ! {
+        self.run(Box::new(pingora::server::UnixShutdownSignalWatch));
+        std::process::exit(0)
+    }
+}
+
 /// Build the server and its proxy service from a validated config. `opt` carries Pingora's
 /// command-line switches (`upgrade` for a graceful handover).
-pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String> {
+pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, String> {
     let conf = ServerConf {
         threads: config.server.threads,
         work_stealing: config.server.work_stealing,
@@ -134,6 +155,7 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String>
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    let accept_loops = fast_stop::AcceptLoops::new();
 
     let Parts {
         gateway,
@@ -152,7 +174,7 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String>
             admin::Admin::new(metrics, store),
         );
         admin.add_tcp(&config.admin.listen);
-        server.add_service(admin);
+        server.add_service(accept_loops.wrap(admin));
     }
 
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
@@ -177,8 +199,11 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<Server, String>
                 .l4_buffer(buffers),
         );
     }
-    server.add_service(service);
-    Ok(server)
+    server.add_service(accept_loops.wrap(service));
+    Ok(EdgeServer {
+        server,
+        accept_loops,
+    })
 }
 
 /// Tells the gateway's WebSocket tunnels when Pingora starts to stop (they send 1012).
@@ -211,17 +236,30 @@ impl ShutdownSignalWatch for ChannelShutdown {
     }
 }
 
+/// Set when this process has started a gateway on Pingora's no-steal runtime.
+static NO_STEAL_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl BackgroundGateway {
+    /// Start a gateway on a thread of its own.
+    ///
+    /// With `server.work_stealing = false`, only once per process: Pingora's no-steal runtime
+    /// keeps each worker's runtime handles in a thread-local keyed by thread id, and the
+    /// `thread_local` crate hands a dead thread's id, value included, to the next new thread.
+    /// A second server's workers would find the first's dead handles, and its listeners would
+    /// never accept. The tests' helper starts every gateway after a process's first with
+    /// `work_stealing = true`.
     pub fn start(config: &Config) -> Result<Self, String> {
+        use std::sync::atomic::Ordering;
+        if !config.server.work_stealing && NO_STEAL_STARTED.swap(true, Ordering::SeqCst) {
+            let why = "server.work_stealing = false: Pingora's no-steal runtime runs once per \
+                       process; set work_stealing = true for further gateways";
+            return Err(why.to_string());
+        }
         let server = build_server(config, None)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("edgegate-server".into())
-            .spawn(move || {
-                server.run(RunArgs {
-                    shutdown_signal: Box::new(ChannelShutdown(tokio::sync::Mutex::new(Some(rx)))),
-                })
-            })
+            .spawn(move || server.run(Box::new(ChannelShutdown(tokio::sync::Mutex::new(Some(rx))))))
             .map_err(|e| format!("cannot start the server thread: {e}"))?;
         Ok(Self {
             stop: Some(tx),
