@@ -102,9 +102,13 @@ impl<S: Service + 'static> Service for StopFirst<S> {
             let _ = tx.send(true);
         });
         self.loops.0.running.send_modify(|n| *n += 1);
+        // Counted down and the relay stopped even if the service panics (Pingora expects its
+        // listeners to bind), so a later fast stop does not wait for it.
+        let _running = Running {
+            loops: &self.loops,
+            relay,
+        };
         self.inner.start_service(fds, rx, listeners_per_fd).await;
-        self.loops.0.running.send_modify(|n| *n -= 1);
-        relay.abort();
     }
 
     fn name(&self) -> &str {
@@ -125,6 +129,19 @@ impl<S: Service + 'static> Service for StopFirst<S> {
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
         self.inner.listen_addresses()
+    }
+}
+
+/// One running service: counted while it runs, its relay stopped when it ends.
+struct Running<'a> {
+    loops: &'a AcceptLoops,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.loops.0.running.send_modify(|n| *n -= 1);
+        self.relay.abort();
     }
 }
 

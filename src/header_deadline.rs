@@ -39,13 +39,17 @@ const RECEIVED: u8 = 2;
 pub struct HeaderDeadlineApp<A> {
     inner: Arc<A>,
     limit: Duration,
+    /// On a graceful stop, how long after the listeners close connections still waiting for a
+    /// request are closed (half the grace period).
+    idle_close: Duration,
 }
 
 impl<A> HeaderDeadlineApp<A> {
-    pub fn new(inner: A, limit: Duration) -> Self {
+    pub fn new(inner: A, limit: Duration, grace_period: Duration) -> Self {
         Self {
             inner: Arc::new(inner),
             limit,
+            idle_close: grace_period / 2,
         }
     }
 }
@@ -70,12 +74,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A> {
         self.inner.process_new(stream, shutdown).await
     }
 
-    /// Not passed on. Pingora's proxy cleanup, run once the listeners have closed, drops every
-    /// connection still waiting for a request: idle kept-alive ones, but also ones accepted a
-    /// moment before whose first request is on its way, and that client gets a reset. Without
-    /// it a request that arrives during the grace period is answered with `Connection: close`,
-    /// and connections still idle at its end close with the runtimes (docs/DECISIONS.md).
-    async fn cleanup(&self) {}
+    /// Passed on halfway through the grace period, not at once. Pingora's proxy cleanup drops
+    /// every connection still waiting for a request: idle kept-alive ones, but also ones
+    /// accepted a moment before the listeners closed whose first request is on its way, and
+    /// that client got a reset. Until the cleanup runs such a request is answered, with
+    /// `Connection: close`; after it, the rest of the grace period lets requests in flight
+    /// finish before the runtimes stop (docs/DECISIONS.md). A fast stop drops the task.
+    async fn cleanup(&self) {
+        let (inner, after) = (self.inner.clone(), self.idle_close);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            inner.cleanup().await;
+        });
+    }
 }
 
 /// Called by the proxy once a request's headers are parsed.

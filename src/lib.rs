@@ -179,7 +179,8 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
 
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let limit = std::time::Duration::from_millis(config.limits.header_timeout_ms);
-    let app = header_deadline::HeaderDeadlineApp::new(proxy, limit);
+    let grace = std::time::Duration::from_secs(config.server.grace_period_seconds);
+    let app = header_deadline::HeaderDeadlineApp::new(proxy, limit, grace);
     let mut service = pingora::services::listening::Service::new("edgegate".to_string(), app);
     // Pingora reads each client connection through a 64 KiB buffer by default; smaller ones
     // keep idle connections (WebSockets above all) cheap.
@@ -236,25 +237,20 @@ impl ShutdownSignalWatch for ChannelShutdown {
     }
 }
 
-/// Set when this process has started a gateway on Pingora's no-steal runtime.
-static NO_STEAL_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 impl BackgroundGateway {
-    /// Start a gateway on a thread of its own.
+    /// Start a gateway on a thread of its own, always on Pingora's work-stealing runtime.
     ///
-    /// With `server.work_stealing = false`, only once per process: Pingora's no-steal runtime
-    /// keeps each worker's runtime handles in a thread-local keyed by thread id, and the
-    /// `thread_local` crate hands a dead thread's id, value included, to the next new thread.
-    /// A second server's workers would find the first's dead handles, and its listeners would
-    /// never accept. The tests' helper starts every gateway after a process's first with
-    /// `work_stealing = true`.
+    /// Pingora's no-steal runtime keeps each worker's runtime handles in a thread-local keyed by
+    /// thread id, and the `thread_local` crate hands a dead thread's id, value included, to the
+    /// next thread that asks for one (Pingora's timers ask on every worker). Once a no-steal
+    /// server has stopped, a later server in the same process can find the dead handles and
+    /// spawn its accepted connections onto a runtime that is gone. `edgegate run` has one
+    /// server per process; the tests start many, so they run the real binary for the no-steal
+    /// runtime (tests/graceful.rs, scripts/e2e).
     pub fn start(config: &Config) -> Result<Self, String> {
-        use std::sync::atomic::Ordering;
-        if !config.server.work_stealing && NO_STEAL_STARTED.swap(true, Ordering::SeqCst) {
-            let why = "server.work_stealing = false: Pingora's no-steal runtime runs once per \
-                       process; set work_stealing = true for further gateways";
-            return Err(why.to_string());
-        }
+        let mut config = config.clone();
+        config.server.work_stealing = true;
+        let config = &config;
         let server = build_server(config, None)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()

@@ -306,15 +306,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Start a gateway in this process. The first runs on the default runtime (Pingora's
-    /// no-steal one); later ones use work stealing, because the no-steal runtime runs once per
-    /// process (`BackgroundGateway::start` says why).
     pub fn start(text: &str) -> Gateway {
-        static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let mut config = Config::parse(text).expect("test config is valid");
-        if STARTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            config.server.work_stealing = true;
-        }
+        let config = Config::parse(text).expect("test config is valid");
         let addr: SocketAddr = config.listen.http[0].parse().expect("listen addr");
         let admin: SocketAddr = config.admin.listen.parse().expect("admin addr");
         let bg = BackgroundGateway::start(&config).expect("gateway starts");
