@@ -11,6 +11,9 @@
 //! (`logging`) calls `request_done`, after which the next byte starts the next deadline. A client that
 //! sent part of a request gets a 408 JSON error, one that sent nothing is closed.
 //! HTTP/2 connections (ALPN) are passed through unwrapped: h2 frames its own requests.
+//!
+//! Being the proxy's app, it also decides when Pingora's cleanup runs on a graceful stop
+//! (halfway through the grace period; see `cleanup`).
 
 use crate::error::{self, GatewayError};
 use async_trait::async_trait;

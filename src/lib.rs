@@ -250,8 +250,7 @@ impl BackgroundGateway {
     pub fn start(config: &Config) -> Result<Self, String> {
         let mut config = config.clone();
         config.server.work_stealing = true;
-        let config = &config;
-        let server = build_server(config, None)?;
+        let server = build_server(&config, None)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("edgegate-server".into())
