@@ -119,7 +119,7 @@ fn auth(c: &mut Criterion) {
 
     let mut ctx = RequestCtx::new();
     ctx.workspace = Some(id);
-    ctx.strip_credentials = true;
+    ctx.strip_cookies = edgegate::auth::session::CookieStrip::Rebuild;
     let fwd = Forwarding {
         client_ip: Some("203.0.113.7".parse().expect("ip")),
         trusted_proxies: &[],

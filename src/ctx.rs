@@ -2,6 +2,7 @@
 //! lives here and nowhere else, so no later request, on this connection or another, can
 //! inherit a target. Created by `new_ctx`, filled by `request_filter`, read by the later hooks.
 
+use crate::auth::session::CookieStrip;
 use crate::auth::Principal;
 use crate::config::AuthMethod;
 use crate::error::GatewayError;
@@ -27,8 +28,8 @@ pub struct RequestCtx {
     pub refusal: Option<GatewayError>,
     /// Who the request was verified to be (`None`: not yet, or an open route).
     pub principal: Option<Principal>,
-    /// Remove edgegate's own cookies before the upstream (workspace routes).
-    pub strip_credentials: bool,
+    /// How edgegate's own cookies leave the request before the upstream (workspace routes).
+    pub strip_cookies: CookieStrip,
     /// Remove `Authorization` before the upstream (it carried an edgegate token).
     pub strip_authorization: bool,
     /// The credential that was tried (or used), and the decision.
@@ -83,7 +84,7 @@ impl RequestCtx {
             target: None,
             refusal: None,
             principal: None,
-            strip_credentials: false,
+            strip_cookies: CookieStrip::Keep,
             strip_authorization: false,
             auth_method: None,
             auth_result: "none",

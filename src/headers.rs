@@ -3,6 +3,7 @@
 //! included) and Origin go upstream untouched by default: code-server compares a WebSocket's
 //! Origin with Host, or with `X-Forwarded-Host`, and refuses a mismatch.
 
+use crate::auth::session::CookieStrip;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use http::HeaderName;
@@ -423,11 +424,17 @@ pub fn rewrite_upstream_request(
     if let Some(p) = &ctx.principal {
         add(headers, X_EDGEGATE_USER, own_value(&p.user)?)?;
     }
-    if ctx.strip_credentials {
-        match crate::auth::session::without_cookies(headers, &fwd.credential_cookies) {
-            Some(rest) => add(headers, http::header::COOKIE, value(&rest)?)?,
-            None => {
-                headers.remove(http::header::COOKIE);
+    match ctx.strip_cookies {
+        CookieStrip::Keep => {}
+        CookieStrip::Remove => {
+            headers.remove(http::header::COOKIE);
+        }
+        CookieStrip::Rebuild => {
+            match crate::auth::session::without_cookies(headers, &fwd.credential_cookies) {
+                Some(rest) => add(headers, http::header::COOKIE, value(&rest)?)?,
+                None => {
+                    headers.remove(http::header::COOKIE);
+                }
             }
         }
     }

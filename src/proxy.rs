@@ -267,13 +267,20 @@ impl Gateway {
                 let rec = found?.ok_or(GatewayError::UnknownWorkspace)?;
                 let rr = record::read(m.route, &key, &rec, m.port)?;
                 // Auth decides before anything is resolved or connected: a refusal returns
-                // here, with no target bound.
+                // here, with no target bound. The cookies are read once, for auth and for
+                // what the rewrite strips.
+                let cookies = auth::session::Cookies::read(
+                    req,
+                    &self.auth.session_cookie,
+                    &self.auth.ide_cookie,
+                );
                 let decision = self
                     .auth
                     .authorize(
                         &self.records,
                         &auth::Asking {
                             req,
+                            cookies: &cookies,
                             is_upgrade: ctx.is_upgrade,
                             proto: ctx.proto,
                         },
@@ -304,7 +311,7 @@ impl Gateway {
                 let addr = self.resolver.resolve(&rr.upstream).await?;
                 // Credentials stop here: edgegate's cookies always, a Bearer when it was
                 // ours, and `?token=` unless the route's upstream validates it too.
-                ctx.strip_credentials = true;
+                ctx.strip_cookies = cookies.strip;
                 let bearer = auth::bearer(req);
                 let used_bearer = matches!(
                     ctx.principal.as_ref().map(|p| p.method),

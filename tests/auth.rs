@@ -595,6 +595,11 @@ async fn credentials_never_reach_the_workspace_and_identity_headers_are_edgegate
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(w.a.seen()[1].header("authorization"), Some("Basic dTpw"));
+    assert_eq!(
+        w.a.seen()[1].header("cookie"),
+        None,
+        "a Cookie header of nothing but credentials goes"
+    );
 
     // The tunnel: token used from the query, stripped; the ide cookie dropped.
     let r =
@@ -609,6 +614,21 @@ async fn credentials_never_reach_the_workspace_and_identity_headers_are_edgegate
     let s = &w.b.seen()[0];
     assert_eq!(s.target, "/x?q=1");
     assert_eq!(s.header("cookie"), Some("keep=me"));
+
+    // Without edgegate's cookies, one header goes as it came; split ones are joined.
+    let path = format!("/__ide/{ID_A}/y?token={}", t.dev);
+    for (cookies, want) in [
+        (&["a=1;b=2"][..], "a=1;b=2"),
+        (&["a=1", "b=2"][..], "a=1; b=2"),
+    ] {
+        let headers: Vec<_> = cookies.iter().map(|c| ("Cookie", *c)).collect();
+        let r = w.gw.request("GET", &w.gw.app_host(), &path, &headers).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let seen = w.b.seen();
+        let s = seen.last().expect("seen");
+        assert_eq!(s.header_count("cookie"), 1);
+        assert_eq!(s.header("cookie"), Some(want));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

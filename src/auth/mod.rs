@@ -17,6 +17,8 @@ use token::{TokenError, TokenKeys, TokenType};
 #[derive(Clone, Copy)]
 pub struct Asking<'a> {
     pub req: &'a RequestHeader,
+    /// The request's cookies, read once (`session::Cookies::read`).
+    pub cookies: &'a session::Cookies<'a>,
     pub is_upgrade: bool,
     /// The scheme the client used (`http`/`https`), for the request's own origin.
     pub proto: &'a str,
@@ -160,6 +162,7 @@ impl Auth {
     ) -> Result<Option<Principal>, GatewayError> {
         let Asking {
             req,
+            cookies,
             is_upgrade,
             proto,
         } = *request;
@@ -195,7 +198,7 @@ impl Auth {
         }
         let mut refusal = GatewayError::Unauthenticated;
         if methods.contains(&AuthMethod::IdeCookie) {
-            for value in session::cookie_values(req, &self.ide_cookie) {
+            for &value in cookies.ide.iter() {
                 *attempt = Some(AuthMethod::IdeCookie);
                 match self.tokens.verify(value, TokenType::IdeSession, id) {
                     Ok(v) if v.sub == owner => {
@@ -213,11 +216,11 @@ impl Auth {
             }
         }
         if methods.contains(&AuthMethod::Session) {
-            let sids = session::cookie_values(req, &self.session_cookie);
+            let sids = &cookies.session;
             if !sids.is_empty() {
                 *attempt = Some(AuthMethod::Session);
             }
-            match self.session_owner_of(records, &sids, owner).await? {
+            match self.session_owner_of(records, sids, owner).await? {
                 Ok((user, hash)) => {
                     self.check_origin(req, is_upgrade, proto)?;
                     return Ok(Some(Principal {

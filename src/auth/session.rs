@@ -33,30 +33,85 @@ impl<'r> IntoIterator for CookieValues<'r> {
     }
 }
 
-/// The first four values of cookie `name` in the request's `Cookie` headers, in order (a
-/// sibling subdomain can toss a second cookie of the same name; each is tried, none trusted
-/// blindly). Header values are visible ASCII (`to_str`), so ASCII trimming is all there is.
-pub fn cookie_values<'r>(req: &'r RequestHeader, name: &str) -> CookieValues<'r> {
-    let mut out = CookieValues::default();
-    for h in req.headers.get_all(http::header::COOKIE) {
-        let Ok(h) = h.to_str() else { continue };
-        for pair in h.split(';') {
-            if let Some((k, v)) = pair.trim_ascii().split_once('=') {
-                if k.trim_ascii() == name {
-                    let v = v.trim_ascii();
-                    let v = v
-                        .strip_prefix('"')
-                        .and_then(|x| x.strip_suffix('"'))
-                        .unwrap_or(v);
-                    if !v.is_empty() && out.len < MAX_VALUES {
-                        out.values[out.len] = v;
-                        out.len += 1;
-                    }
+/// What forwarding the request's `Cookie` headers takes, once edgegate's own cookies must not
+/// reach the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CookieStrip {
+    /// No credential cookie in them: they go as they came.
+    #[default]
+    Keep,
+    /// Nothing but credential cookies: the headers go.
+    Remove,
+    /// Both kinds, or a header that could not be read: rebuilt by `without_cookies`.
+    Rebuild,
+}
+
+/// One pass over the request's `Cookie` headers: the values of the session cookie and of the
+/// IDE cookie, and what stripping both of them before the upstream takes.
+#[derive(Debug, Default)]
+pub struct Cookies<'r> {
+    pub session: CookieValues<'r>,
+    pub ide: CookieValues<'r>,
+    pub strip: CookieStrip,
+}
+
+impl<'r> Cookies<'r> {
+    /// The first four values of each cookie, in order (a sibling subdomain can toss a second
+    /// cookie of the same name; each is tried, none trusted blindly). Header values are
+    /// visible ASCII (`to_str`), so ASCII trimming is all there is; a header that is not
+    /// cannot be searched for credentials, so it is only ever rebuilt away.
+    pub fn read(req: &'r RequestHeader, session: &str, ide: &str) -> Self {
+        let mut out = Cookies::default();
+        let (mut credentials, mut others, mut headers) = (false, false, 0);
+        for h in req.headers.get_all(http::header::COOKIE) {
+            headers += 1;
+            let Ok(h) = h.to_str() else {
+                credentials = true;
+                others = true;
+                continue;
+            };
+            for pair in h.split(';') {
+                let pair = pair.trim_ascii();
+                if pair.is_empty() {
+                    continue;
+                }
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let name = name.trim_ascii();
+                let values = if name == session {
+                    &mut out.session
+                } else if name == ide {
+                    &mut out.ide
+                } else {
+                    others = true;
+                    continue;
+                };
+                credentials = true;
+                let v = value.trim_ascii();
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|x| x.strip_suffix('"'))
+                    .unwrap_or(v);
+                if !v.is_empty() && values.len < MAX_VALUES {
+                    values.values[values.len] = v;
+                    values.len += 1;
                 }
             }
         }
+        // Several headers (HTTP/2 clients split cookies) are joined for an HTTP/1.1 upstream
+        // (RFC 9113 8.2.3), which the rebuild does.
+        out.strip = match (credentials, others) {
+            (false, false) => CookieStrip::Keep,
+            (false, true) if headers == 1 => CookieStrip::Keep,
+            (true, false) => CookieStrip::Remove,
+            _ => CookieStrip::Rebuild,
+        };
+        out
     }
-    out
+}
+
+/// The values of one cookie (`Cookies::read` for a single name).
+pub fn cookie_values<'r>(req: &'r RequestHeader, name: &str) -> CookieValues<'r> {
+    Cookies::read(req, name, name).session
 }
 
 /// The `Cookie` header without the named cookies; `None` when nothing is left.
@@ -147,6 +202,52 @@ mod tests {
         assert!(cookie_values(&r, "sess").is_empty());
         assert!(cookie_values(&req(&["session="]), "session").is_empty());
         assert!(cookie_values(&req(&["garbage"]), "session").is_empty());
+    }
+
+    #[test]
+    fn one_pass_finds_both_cookies_and_what_stripping_them_takes() {
+        let c = |h: &[&str]| {
+            let r = req(h);
+            let c = Cookies::read(&r, "session", "edgegate_ide");
+            (
+                c.session.to_vec().join(","),
+                c.ide.to_vec().join(","),
+                c.strip,
+            )
+        };
+        let s = |a: &str, b: &str, strip| (a.to_string(), b.to_string(), strip);
+        assert_eq!(c(&[]), s("", "", CookieStrip::Keep));
+        assert_eq!(c(&["a=1; b=2"]), s("", "", CookieStrip::Keep));
+        assert_eq!(
+            c(&["a=1", "b=2"]),
+            s("", "", CookieStrip::Rebuild),
+            "split headers are joined"
+        );
+        assert_eq!(c(&["session=abc"]), s("abc", "", CookieStrip::Remove));
+        assert_eq!(
+            c(&["session=abc", "edgegate_ide=x.y", " session=\"def\" "]),
+            s("abc,def", "x.y", CookieStrip::Remove)
+        );
+        assert_eq!(
+            c(&["session"]),
+            s("", "", CookieStrip::Remove),
+            "a credential name without a value still goes"
+        );
+        assert_eq!(
+            c(&["a=1; session=abc; edgegate_ide=x.y; b"]),
+            s("abc", "x.y", CookieStrip::Rebuild)
+        );
+        // A header that is not visible ASCII cannot be searched, so it is rebuilt away.
+        let mut r = req(&[]);
+        r.append_header(
+            "cookie",
+            http::HeaderValue::from_bytes(b"session=abc; x=\xff").expect("obs-text"),
+        )
+        .expect("cookie");
+        let got = Cookies::read(&r, "session", "edgegate_ide");
+        assert!(got.session.is_empty());
+        assert_eq!(got.strip, CookieStrip::Rebuild);
+        assert_eq!(without_cookies(&r.headers, &["session"]), None);
     }
 
     #[test]
