@@ -486,9 +486,51 @@ fn origin_form(raw: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Whether a header of the upstream's response describes only the upstream's connection and
+/// Pingora would pass it on: it writes `Connection` and `Date` itself and frames the body by
+/// `Transfer-Encoding`/`Content-Length`, but copies `Keep-Alive` (Node and code-server send
+/// `timeout=5`, which is not edgegate's idle timeout), `Proxy-Connection` and the rest.
+/// `Upgrade` belongs to a 101 and goes only with one.
+fn hop_by_hop_response(name: &HeaderName, status: http::StatusCode) -> bool {
+    matches!(name.as_str(), "keep-alive" | "proxy-connection" | "te")
+        || (name == http::header::UPGRADE && status != http::StatusCode::SWITCHING_PROTOCOLS)
+}
+
+/// The headers the response's `Connection` options name (RFC 9110 §7.6.1), less those the
+/// body's framing, Pingora's own or a 101's upgrade need. An option that is not a header name
+/// is the upstream's mistake and names nothing.
+fn response_connection_options(
+    headers: &http::HeaderMap,
+    status: http::StatusCode,
+) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|o| {
+            ![&b"keep-alive"[..], b"close", b""]
+                .iter()
+                .any(|x| o.eq_ignore_ascii_case(x))
+        })
+        .filter_map(|o| HeaderName::from_bytes(o).ok())
+        .filter(|n| {
+            let needed = match n.as_str() {
+                "content-length" | "transfer-encoding" | "connection" | "date" | "x-request-id" => {
+                    true
+                }
+                "upgrade" => status == http::StatusCode::SWITCHING_PROTOCOLS,
+                _ => false,
+            };
+            !needed
+        })
+        .collect()
+}
+
 /// `X-Request-Id` on the upstream's response, so a client report can be matched with both
-/// sides' logs. Edited as a plain `http::HeaderMap`, for the reason `rewrite_upstream_request`
-/// gives: the response then goes to the client without the upstream's header-name case.
+/// sides' logs, and the upstream's hop-by-hop headers taken off. Edited as a plain
+/// `http::HeaderMap`, for the reason `rewrite_upstream_request` gives: the response then goes
+/// to the client without the upstream's header-name case.
 pub fn set_response_request_id(resp: &mut ResponseHeader, id: &str) -> pingora::Result<()> {
     let bad = |what: &'static str| pingora::Error::explain(pingora::ErrorType::InternalError, what);
     let value = http::HeaderValue::from_str(id).map_err(|_| bad("bad request id"))?;
@@ -502,6 +544,39 @@ pub fn set_response_request_id(resp: &mut ResponseHeader, id: &str) -> pingora::
         ResponseHeader::from(http::Response::new(()).into_parts().0),
     )
     .into();
+    let status = parts.status;
+    let mut connection_named = false;
+    let mut hop_by_hop = false;
+    for name in parts.headers.keys() {
+        if name == http::header::CONNECTION {
+            connection_named = true;
+        } else if hop_by_hop_response(name, status) {
+            hop_by_hop = true;
+        }
+    }
+    // Most upstreams send `Connection: keep-alive` and nothing else hop-by-hop: one look at
+    // the value before anything is parsed or removed.
+    if connection_named
+        && parts
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
+    {
+        for name in response_connection_options(&parts.headers, status) {
+            parts.headers.remove(&name);
+        }
+    }
+    if hop_by_hop {
+        while let Some(name) = parts
+            .headers
+            .keys()
+            .find(|k| hop_by_hop_response(k, status))
+            .cloned()
+        {
+            parts.headers.remove(&name);
+        }
+    }
     parts
         .headers
         .try_insert(X_REQUEST_ID, value)
@@ -724,6 +799,47 @@ mod tests {
         let mut plain = ResponseHeader::build(404, None).expect("resp");
         set_response_request_id(&mut plain, "01ABC").expect("set");
         assert_eq!(plain.get_reason_phrase(), Some("Not Found"));
+    }
+
+    #[test]
+    fn the_upstreams_hop_by_hop_response_headers_stop_here() {
+        let response = |status: u16, headers: &[(&str, &str)]| {
+            let mut resp = ResponseHeader::build(status, None).expect("resp");
+            for (k, v) in headers {
+                resp.append_header(k.to_string(), *v).expect("h");
+            }
+            set_response_request_id(&mut resp, "01ABC").expect("set");
+            let mut names: Vec<_> = resp.headers.keys().map(|k| k.as_str().to_owned()).collect();
+            names.sort();
+            names
+        };
+        let hop = [
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("TE", "trailers"),
+            ("Upgrade", "h2c"),
+            (
+                "Connection",
+                "Upgrade, X-Hop, Content-Length, x-request-id, \"bad\"",
+            ),
+            ("X-Hop", "1"),
+            ("Content-Length", "2"),
+            ("X-Kept", "1"),
+        ];
+        assert_eq!(
+            response(200, &hop),
+            ["connection", "content-length", "x-kept", "x-request-id"],
+            "Pingora rewrites Connection; the framing stays"
+        );
+        assert_eq!(
+            response(101, &[("Upgrade", "websocket"), ("Connection", "Upgrade")]),
+            ["connection", "upgrade", "x-request-id"],
+            "a 101 keeps its Upgrade"
+        );
+        assert_eq!(
+            response(200, &[("Connection", "keep-alive"), ("X-Kept", "1")]),
+            ["connection", "x-kept", "x-request-id"]
+        );
     }
 
     #[test]

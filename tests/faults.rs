@@ -80,6 +80,37 @@ async fn an_upstream_that_dies_mid_body_leaves_a_truncated_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstreams_hop_by_hop_headers_do_not_reach_the_client() {
+    let w = World::start("").await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        if let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\
+                      Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\n\
+                      Connection: Upgrade, X-Hop\r\nX-Hop: 1\r\nX-Kept: 1\r\n\r\nok",
+                )
+                .await;
+        }
+    });
+    w.redis.workspace(ID_A, &addr.to_string());
+    let r = w.gw.get(&w.gw.ws_host(ID_A), "/", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "ok");
+    assert_eq!(r.header("x-kept"), Some("1"), "end-to-end headers pass");
+    assert!(r.header("x-request-id").is_some());
+    for gone in ["keep-alive", "proxy-connection", "upgrade", "x-hop"] {
+        assert_eq!(r.header(gone), None, "{gone}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upstream_that_dies_closes_the_client_socket() {
     use futures_util::StreamExt;
     let w = World::start("").await;
