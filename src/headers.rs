@@ -492,8 +492,10 @@ fn origin_form(raw: &[u8]) -> Vec<u8> {
 /// `timeout=5`, which is not edgegate's idle timeout), `Proxy-Connection` and the rest.
 /// `Upgrade` belongs to a 101 and goes only with one.
 fn hop_by_hop_response(name: &HeaderName, status: http::StatusCode) -> bool {
-    matches!(name.as_str(), "keep-alive" | "proxy-connection" | "te")
-        || (name == http::header::UPGRADE && status != http::StatusCode::SWITCHING_PROTOCOLS)
+    if name == http::header::UPGRADE {
+        return status != http::StatusCode::SWITCHING_PROTOCOLS;
+    }
+    name == http::header::TE || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 /// The headers the response's `Connection` options name (RFC 9110 §7.6.1), less those the
@@ -545,24 +547,18 @@ pub fn set_response_request_id(resp: &mut ResponseHeader, id: &str) -> pingora::
     )
     .into();
     let status = parts.status;
-    let mut connection_named = false;
+    // Most upstreams send `Connection: keep-alive` and nothing else hop-by-hop: one pass over
+    // the headers before anything is parsed or removed.
+    let mut connection_options = false;
     let mut hop_by_hop = false;
-    for name in parts.headers.keys() {
+    for (name, value) in &parts.headers {
         if name == http::header::CONNECTION {
-            connection_named = true;
+            connection_options |= !value.as_bytes().eq_ignore_ascii_case(b"keep-alive");
         } else if hop_by_hop_response(name, status) {
             hop_by_hop = true;
         }
     }
-    // Most upstreams send `Connection: keep-alive` and nothing else hop-by-hop: one look at
-    // the value before anything is parsed or removed.
-    if connection_named
-        && parts
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
-    {
+    if connection_options {
         for name in response_connection_options(&parts.headers, status) {
             parts.headers.remove(&name);
         }
