@@ -190,7 +190,10 @@ pub fn peer(target: &Target, cfg: &UpstreamConfig, is_upgrade: bool) -> Box<Http
     }
     o.connection_timeout = Some(Duration::from_millis(cfg.connect_timeout_ms));
     o.write_timeout = Some(Duration::from_millis(cfg.write_timeout_ms));
-    o.idle_timeout = Some(Duration::from_millis(cfg.pool_idle_timeout_ms));
+    // 0: no timer; an idle connection stays until the upstream closes it or the pool's LRU
+    // evicts it.
+    o.idle_timeout =
+        (cfg.pool_idle_timeout_ms > 0).then(|| Duration::from_millis(cfg.pool_idle_timeout_ms));
     o.read_timeout = Some(if is_upgrade {
         Duration::from_secs(cfg.ws_idle_timeout_secs)
     } else {
@@ -245,6 +248,24 @@ mod tests {
             group_key("workspace:A", &addr),
             group_key("workspace:A", &addr)
         );
+    }
+
+    #[test]
+    fn a_pool_idle_timeout_of_zero_arms_no_timer() {
+        let target = Target {
+            addr: "10.0.0.1:8080".parse().expect("addr"),
+            group_key: 1,
+            host_header: None,
+            upstream_path: None,
+            tls: None,
+        };
+        let mut cfg = UpstreamConfig::default();
+        assert_eq!(
+            peer(&target, &cfg, false).options.idle_timeout,
+            Some(Duration::from_secs(60))
+        );
+        cfg.pool_idle_timeout_ms = 0;
+        assert_eq!(peer(&target, &cfg, false).options.idle_timeout, None);
     }
 
     #[tokio::test]
