@@ -339,11 +339,14 @@ pub fn rewrite_upstream_request(
     let bad =
         |what: &'static str| pingora::Error::explain(pingora::ErrorType::HTTPStatus(400), what);
     // X-Forwarded-Host is the browser's Host as sent (port included): the header's own value
-    // when there is one, else the authority of the request target.
-    let host = browser_host(req).map_err(|_| bad("bad host"))?;
+    // when there is one, else the authority of the request target. Routing checked it with
+    // `browser_host` (one Host, agreeing with the target) before any rewrite.
     let forwarded_host = match req.headers.get(http::header::HOST) {
         Some(v) => v.clone(),
-        None => http::HeaderValue::from_str(host).map_err(|_| bad("bad host"))?,
+        None => {
+            let host = browser_host(req).map_err(|_| bad("bad host"))?;
+            http::HeaderValue::from_str(host).map_err(|_| bad("bad host"))?
+        }
     };
 
     let trusted = fwd

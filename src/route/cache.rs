@@ -57,7 +57,14 @@ impl<V: Clone + Send + Sync> Cache<V> {
         let now = Instant::now();
         let slot = {
             let mut map = self.lock();
-            match map.get(key) {
+            let found = map.get(key);
+            // A hit is answered under the lock, without taking a share of its slot.
+            if let Some((v, exp)) = found.and_then(|slot| slot.cell.get()) {
+                if now < *exp {
+                    return (v.clone(), Outcome::Hit);
+                }
+            }
+            match found {
                 Some(slot) if slot.is_fresh(now) => slot.clone(),
                 _ => {
                     if map.len() >= self.max_entries {

@@ -410,7 +410,11 @@ fn match_host<'h>(pattern: &[Token], host: &'h str) -> Option<(&'h str, Option<&
         match tok {
             Token::Lit(l) => rest = rest.strip_prefix(l.as_str())?,
             Token::Id => {
-                let end = rest.find(['.', '-']).unwrap_or(rest.len());
+                // By byte: a `char` pattern decodes UTF-8 on the way (hosts are ASCII here).
+                let end = rest
+                    .bytes()
+                    .position(|b| b == b'.' || b == b'-')
+                    .unwrap_or(rest.len());
                 id = Some(&rest[..end]);
                 rest = &rest[end..];
             }
