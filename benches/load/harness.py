@@ -6,7 +6,8 @@ Started by benches/load/run (which installs and builds what is needed). Everythi
 
 A fast upstream (nginx, 100-byte body) sits behind three proxies:
   nginx     proxy_pass with upstream keepalive
-  pingora   examples/plain_pingora.rs: fixed peer, Pingora's defaults
+  pingora   examples/plain_pingora.rs: fixed peer, Pingora's defaults, built as its users
+            build it (Cargo's release defaults: the `baseline` profile in Cargo.toml)
   edgegate  its real configuration: Redis-backed host routing (cache hit), session auth,
             metrics and the JSON access log on
 They are driven interleaved (A B C, A B C, ...) with wrk at saturation, then, in the same
@@ -29,6 +30,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Plain Pingora under Cargo's release defaults (the baseline) and under edgegate's own release
+# profile (the same build settings as edgegate); benches/load/run builds both.
+PLAIN = os.path.join(ROOT, "target/baseline/examples/plain_pingora")
+PLAIN_SAME_PROFILE = os.path.join(ROOT, "target/release/examples/plain_pingora")
 ID = "01HZX3M9Q4T8V6W2Y5B7C9D1EF"
 HOST = f"ws-{ID.lower()}.bench.test"
 SESSION = "bench-session"
@@ -292,6 +297,9 @@ def main():
                     help="the edgegate binary to run (to compare two builds)")
     ap.add_argument("--pinned", action="store_true",
                     help="load generator on CPU 0; proxies, upstream and Redis on CPU 1")
+    ap.add_argument("--pingora", default=PLAIN,
+                    help="the plain Pingora binary (default: built with Cargo's release defaults;"
+                         f" {os.path.relpath(PLAIN_SAME_PROFILE, ROOT)} is built with edgegate's)")
     args = ap.parse_args()
 
     # A SIGTERM (or Ctrl-C) still stops everything the harness started.
@@ -320,9 +328,9 @@ def main():
         cli = ["redis-cli", "-p", str(rp)]
         subprocess.run(cli + ["HSET", f"workspace:{WS_ID}", "backend", f"127.0.0.1:{wu}",
                               "owner", "bench", "status", "running"], check=True, capture_output=True)
-        pingora = procs.start("pingora", [os.path.join(ROOT, "target/release/examples/plain_pingora"),
+        pingora = procs.start("pingora", [args.pingora,
                                           f"127.0.0.1:{pp}", f"127.0.0.1:{up}", "1"], srv_cpu)
-        pingora_ws = procs.start("pingora-ws", [os.path.join(ROOT, "target/release/examples/plain_pingora"),
+        pingora_ws = procs.start("pingora-ws", [args.pingora,
                                                 f"127.0.0.1:{ppw}", f"127.0.0.1:{wu}", "1"], srv_cpu)
         cfg = edgegate_config(work, eg, adm, rp, args.access_log or work + "/access.log")
         eg_cmd = [args.edgegate, "run", "-c", cfg]
@@ -339,6 +347,17 @@ def main():
                 raise SystemExit(f"port {port} does not answer 200 ({w})")
 
         proxies = [("nginx", nginx, ng), ("pingora", pingora, pp), ("edgegate", edgegate, eg)]
+        # The same plain proxy built with edgegate's own release profile, so the table shows
+        # what the build settings alone are worth beside the baseline.
+        if os.path.exists(PLAIN_SAME_PROFILE) and args.pingora != PLAIN_SAME_PROFILE:
+            ps = free_port()
+            same = procs.start("pingora-same-profile", [PLAIN_SAME_PROFILE, f"127.0.0.1:{ps}",
+                                                        f"127.0.0.1:{up}", "1"], srv_cpu)
+            wait_port(ps)
+            w = wrk(ps, 1, gen_cpu)
+            if w["bad"] or w["requests"] == 0:
+                raise SystemExit(f"port {ps} does not answer 200 ({w})")
+            proxies.append(("pingora*", same, ps))
         results = {name: [] for name, _, _ in proxies}
         redis_per_req = []
         fixed_runs = {name: [] for name, _, _ in proxies}
@@ -390,6 +409,11 @@ def main():
         er, pr, nr = (med(x, "rps") for x in ("edgegate", "pingora", "nginx"))
         print(f"\nedgegate/pingora: CPU per request {e / p:.2f}x, req/s {er / pr:.2f}x")
         print(f"edgegate/nginx:   CPU per request {e / n:.2f}x, req/s {er / nr:.2f}x")
+        if "pingora*" in results:
+            s_, sr = med("pingora*", "cpu_us"), med("pingora*", "rps")
+            print(f"edgegate/pingora*: CPU per request {e / s_:.2f}x, req/s {er / sr:.2f}x "
+                  "(pingora*: plain Pingora built with edgegate's release profile; "
+                  "pingora: with Cargo's release defaults)")
         print(f"edgegate Redis commands per request: {statistics.median(redis_per_req):.4f}")
         bad = sum(x["bad"] for v in results.values() for x in v)
         if bad:

@@ -83,16 +83,25 @@ def main():
         cfg = h.edgegate_config(work, eg, adm, rp, os.path.join(work, "access.log"))
         results = {
             "pingora": measure(procs, "pingora", [
-                os.path.join(ROOT, "target/release/examples/plain_pingora"),
-                f"127.0.0.1:{pp}", f"127.0.0.1:{up}", "1"], pp, args.requests, work),
-            "edgegate": measure(procs, "edgegate", [
-                args.edgegate, "run", "-c", cfg],
-                eg, args.requests, work),
+                h.PLAIN, f"127.0.0.1:{pp}", f"127.0.0.1:{up}", "1"], pp, args.requests, work),
         }
+        # The same proxy built with edgegate's release profile: what the build settings alone
+        # are worth, so the baseline's ratio is never read as the code's.
+        if os.path.exists(h.PLAIN_SAME_PROFILE):
+            ps = h.free_port()
+            results["pingora*"] = measure(procs, "pingora-same-profile", [
+                h.PLAIN_SAME_PROFILE, f"127.0.0.1:{ps}", f"127.0.0.1:{up}", "1"],
+                ps, args.requests, work)
+        results["edgegate"] = measure(procs, "edgegate", [args.edgegate, "run", "-c", cfg],
+                                      eg, args.requests, work)
         print(f"instructions per request (user space, callgrind, {args.requests} keep-alive GETs):")
         for name, ir in results.items():
             print(f"  {name:9} {ir:>10,.0f}")
-        print(f"  edgegate/pingora: {results['edgegate'] / results['pingora']:.2f}x")
+        print(f"  edgegate/pingora: {results['edgegate'] / results['pingora']:.2f}x"
+              " (pingora: Cargo's release defaults, as its users build it)")
+        if "pingora*" in results:
+            print(f"  edgegate/pingora*: {results['edgegate'] / results['pingora*']:.2f}x"
+                  " (pingora*: built with edgegate's own release profile)")
     finally:
         procs.stop()
         if args.keep:
