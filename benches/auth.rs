@@ -16,7 +16,8 @@ use std::sync::Arc;
 const ID: &str = "01HZX3M9Q4T8V6W2Y5B7C9D1EF";
 
 fn dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("eg-bench-{}", std::process::id()));
+    // One directory, reused by every run (its files are rewritten each time).
+    let d = std::env::temp_dir().join("edgegate-bench");
     std::fs::create_dir_all(&d).expect("dir");
     d
 }

@@ -825,13 +825,23 @@ pub(crate) fn route_error(i: usize, field: &str, msg: impl std::fmt::Display) ->
     bad(route_field(i, field), msg)
 }
 
-/// A `[auth.tokens]` section with a freshly written test secret (unit tests only).
+/// A unit-test fixture of fixed contents under one fixed name in the temp dir. Written by a
+/// rename, so concurrent test processes share it and nothing piles up from run to run.
+#[cfg(test)]
+pub(crate) fn test_fixture(name: &str, contents: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("edgegate-unit-{name}"));
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(contents) {
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, contents).expect("write fixture");
+        std::fs::rename(&tmp, &path).expect("rename fixture");
+    }
+    path
+}
+
+/// A `[auth.tokens]` section with a test secret (unit tests only).
 #[cfg(test)]
 pub(crate) fn test_tokens_toml() -> String {
-    let dir = std::env::temp_dir().join(format!("eg-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("secret");
-    std::fs::write(&path, "0123456789abcdef0123456789abcdef-config").expect("write");
+    let path = test_fixture("config-secret", "0123456789abcdef0123456789abcdef-config");
     format!(
         "[auth.tokens]\nsecret_file = {:?}\n",
         path.display().to_string()

@@ -789,6 +789,7 @@ fn token_mint_cli_prints_a_token_the_gateway_accepts() {
         .output()
         .expect("run");
     assert_eq!(bad.status.code(), Some(64));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

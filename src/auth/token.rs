@@ -344,10 +344,7 @@ pub(crate) mod tests {
     pub(crate) const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
 
     pub(crate) fn hs_keys() -> TokenKeys {
-        let dir = std::env::temp_dir().join(format!("eg-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("secret");
-        std::fs::write(&path, format!("{SECRET}\n")).expect("write");
+        let path = crate::config::test_fixture("token-secret", &format!("{SECRET}\n"));
         let cfg = TokenConfig {
             secret_file: Some(path),
             ..TokenConfig::default()
@@ -402,10 +399,7 @@ pub(crate) mod tests {
 
     #[test]
     fn short_secret_and_unknown_algorithm_are_config_errors() {
-        let dir = std::env::temp_dir().join(format!("eg-token-short-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("secret");
-        std::fs::write(&path, "too short").expect("write");
+        let path = crate::config::test_fixture("short-secret", "too short");
         let cfg = TokenConfig {
             secret_file: Some(path),
             ..TokenConfig::default()

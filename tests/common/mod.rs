@@ -21,11 +21,14 @@ pub const OWNER_SESSION: &str = "sess-owner";
 pub const OTHER_SESSION: &str = "sess-other";
 pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 
-/// A file holding the HS256 test secret (written once per test process).
+/// A file holding the HS256 test secret: one fixed name, written by a rename, so every test
+/// process shares it and none leaves a copy behind.
 pub fn secret_file() -> String {
-    let path = std::env::temp_dir().join(format!("edgegate-test-secret-{}", std::process::id()));
-    if !path.exists() {
-        std::fs::write(&path, SECRET).expect("write secret");
+    let path = std::env::temp_dir().join("edgegate-test-secret");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(SECRET) {
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, SECRET).expect("write secret");
+        std::fs::rename(&tmp, &path).expect("rename secret");
     }
     path.display().to_string()
 }
