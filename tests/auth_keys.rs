@@ -8,10 +8,9 @@ use edgegate::auth::token::{now, TokenKeys, TokenType};
 use edgegate::config::TokenConfig;
 use std::path::{Path, PathBuf};
 
-/// A private and public PEM key pair for `alg`, in a directory of this test process.
-fn key_pair(alg: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("eg-keys-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+/// A private and public PEM key pair for `alg`, in a directory that goes with the first.
+fn key_pair(alg: &str) -> (Scratch, PathBuf, PathBuf) {
+    let dir = Scratch::new("eg-keys");
     let private = dir.join(format!("{alg}.key"));
     let public = dir.join(format!("{alg}.pub"));
     let p = private.to_str().expect("utf-8 path");
@@ -44,7 +43,7 @@ fn key_pair(alg: &str) -> (PathBuf, PathBuf) {
         "-out",
         public.to_str().expect("utf-8 path"),
     ]);
-    (private, public)
+    (dir, private, public)
 }
 
 fn token_config(alg: &str, private: &Path, public: &Path) -> TokenConfig {
@@ -60,7 +59,7 @@ fn token_config(alg: &str, private: &Path, public: &Path) -> TokenConfig {
 fn every_asymmetric_algorithm_signs_and_verifies_from_pem_files() {
     let id = edgegate::route::WorkspaceId::parse(ID_A).expect("id");
     for alg in ["EdDSA", "ES256", "RS256"] {
-        let (private, public) = key_pair(alg);
+        let (_keys, private, public) = key_pair(alg);
         let keys = TokenKeys::from_config(&token_config(alg, &private, &public), 3600)
             .unwrap_or_else(|e| panic!("{alg}: {e}"));
         let (t, _) = keys.mint(TokenType::Terminal, &id, OWNER).expect("mint");
@@ -71,7 +70,7 @@ fn every_asymmetric_algorithm_signs_and_verifies_from_pem_files() {
             OWNER
         );
         // A public key that does not match the private key is a config error.
-        let (_, other_public) = key_pair(if alg == "EdDSA" { "ES256" } else { "EdDSA" });
+        let (_other, _, other_public) = key_pair(if alg == "EdDSA" { "ES256" } else { "EdDSA" });
         let mismatched = TokenKeys::from_config(&token_config(alg, &private, &other_public), 3600);
         assert!(mismatched.is_err(), "{alg} with a foreign public key");
     }
@@ -79,7 +78,7 @@ fn every_asymmetric_algorithm_signs_and_verifies_from_pem_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hs256_signed_with_the_public_key_of_an_eddsa_config_is_refused() {
-    let (private, public) = key_pair("EdDSA");
+    let (_keys, private, public) = key_pair("EdDSA");
     let redis = Redis::start();
     redis.sessions();
     let a = upstream("a").await;

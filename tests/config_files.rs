@@ -41,6 +41,9 @@ fn check(text: &str) -> (i32, String, String) {
         .arg(&path)
         .output()
         .expect("run edgegate check");
+    // Nothing left behind: the file, then the directory once no other check is using it.
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -34,8 +34,7 @@ async fn explain_reports_each_step_and_exits_by_the_verdict() {
         ],
     );
     redis.workspace(ID_B, &format!("127.0.0.1:{}", free_port()));
-    let dir = std::env::temp_dir().join(format!("eg-explain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = Scratch::new("eg-explain");
     let cfg = dir.join("c.toml");
     std::fs::write(&cfg, config_text(free_port(), redis.port, a.addr, "")).expect("write");
     let url = |id: &str| format!("http://ws-{}.{DOMAIN}/agent/ws", id.to_ascii_lowercase());

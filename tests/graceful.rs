@@ -67,8 +67,7 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     redis.sessions();
     let a = upstream("a").await;
     let app = upstream("app").await;
-    let dir = std::env::temp_dir().join(format!("eg-graceful-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = Scratch::new("eg-graceful");
     let port = free_port();
     let text = config_text(port, redis.port, app.addr, "").replacen(
         "grace_period_seconds = 1\n",

@@ -236,8 +236,8 @@ async fn health_and_readiness_follow_redis_and_stay_off_the_public_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_one_json_line_per_request_without_credentials() {
-    let path = std::env::temp_dir().join(format!("eg-access-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let dir = Scratch::new("eg-access");
+    let path = dir.join("access.log");
     let extra = format!("[log]\naccess_log = {:?}\n", path.display().to_string());
     let w = World::start(&extra).await;
     w.redis.workspace(ID_A, &w.a.addr.to_string());

@@ -21,7 +21,9 @@ fn build_table() -> RouteTable {
         "secret_env = \"EDGEGATE_JWT_SECRET\"",
         &format!("secret_file = {:?}", secret.display().to_string()),
     );
-    RouteTable::new(&Config::parse(&text).expect("config")).expect("table")
+    let table = RouteTable::new(&Config::parse(&text).expect("config")).expect("table");
+    let _ = std::fs::remove_dir_all(&dir);
+    table
 }
 
 /// The id a request would look up, if any.

@@ -26,12 +26,9 @@ const LONG_CACHE: &str =
 /// Every request reads Redis and nothing is served stale: failover errors are visible.
 const NO_CACHE: &str = "[cache]\nttl_ms = 1\nnegative_ttl_ms = 1\nstale_ms = 0\n";
 
-/// A private directory for node files.
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("edgegate-ha-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+/// A private directory for node files, removed after the nodes stopped.
+fn scratch(name: &str) -> Scratch {
+    Scratch::new(&format!("edgegate-ha-{name}"))
 }
 
 fn node_url(r: &Redis) -> String {
@@ -158,6 +155,8 @@ fn assert_errors_only_in_failover_window(log: &[(f64, u16)], most: f64) -> (usiz
 
 struct Cluster {
     nodes: Vec<Redis>,
+    /// Last: the nodes stop before their files go.
+    _dir: Scratch,
 }
 
 impl Cluster {
@@ -193,7 +192,7 @@ impl Cluster {
             "cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let c = Cluster { nodes };
+        let c = Cluster { nodes, _dir: dir };
         wait_until("the cluster to be ok", Duration::from_secs(30), || {
             c.nodes.iter().all(|n| {
                 query::<String>(n, &["CLUSTER", "INFO"])
@@ -451,6 +450,8 @@ struct SentinelGroup {
     master: Redis,
     replica: Redis,
     sentinels: Vec<Redis>,
+    /// Last: the Sentinels stop before their files go.
+    _dir: Scratch,
 }
 
 impl SentinelGroup {
@@ -478,6 +479,7 @@ impl SentinelGroup {
             master,
             replica,
             sentinels,
+            _dir: dir,
         };
         // Each Sentinel must know the replica and the other two before a failover can happen.
         wait_until(

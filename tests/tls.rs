@@ -13,6 +13,7 @@ struct Pki {
     /// (cert, key) of `*.example.test` + `app.example.test`, and of `other.test`.
     wild: (PathBuf, PathBuf),
     other: (PathBuf, PathBuf),
+    _dir: Scratch,
 }
 
 fn s(p: &Path) -> &str {
@@ -20,8 +21,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn pki() -> Pki {
-    let dir = std::env::temp_dir().join(format!("eg-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = Scratch::new("eg-tls");
     let ca = dir.join("ca.pem");
     let ca_key = dir.join("ca.key");
     openssl(&[
@@ -96,6 +96,7 @@ fn pki() -> Pki {
         wild: leaf("wild", "DNS:*.example.test,DNS:example.test"),
         other: leaf("other", "DNS:other.test"),
         ca,
+        _dir: dir,
     }
 }
 

@@ -33,6 +33,35 @@ pub fn secret_file() -> String {
     path.display().to_string()
 }
 
+/// A directory of this test process under the temp dir, removed with what is in it when
+/// dropped, so a test run leaves nothing behind. Declare it before whatever writes into it
+/// (a gateway, a redis-server), so that is stopped first.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Scratch {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Token keys equal to the gateway's, for minting test tokens.
 pub fn keys() -> edgegate::auth::token::TokenKeys {
     let cfg = edgegate::config::TokenConfig {
