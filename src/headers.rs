@@ -48,6 +48,17 @@ fn not_forwarded(name: &HeaderName) -> bool {
     )
 }
 
+/// The options of every `Connection` header, trimmed, empty ones skipped (requests and
+/// responses alike).
+fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
 /// Fewer `Connection` options than this are accepted (as Pingora's standard policy).
 const MAX_CONNECTION_OPTIONS: usize = 10;
 
@@ -58,13 +69,7 @@ const MAX_CONNECTION_OPTIONS: usize = 10;
 /// forwarding header.
 fn connection_options(headers: &http::HeaderMap) -> Result<Vec<HeaderName>, &'static str> {
     let mut named = Vec::new();
-    let options = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty());
-    for (i, option) in options.enumerate() {
+    for (i, option) in connection_tokens(headers).enumerate() {
         if i + 1 >= MAX_CONNECTION_OPTIONS {
             return Err("too many Connection options");
         }
@@ -508,16 +513,8 @@ fn response_connection_options(
     headers: &http::HeaderMap,
     status: http::StatusCode,
 ) -> Vec<HeaderName> {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|o| {
-            ![&b"keep-alive"[..], b"close", b""]
-                .iter()
-                .any(|x| o.eq_ignore_ascii_case(x))
-        })
+    connection_tokens(headers)
+        .filter(|o| !o.eq_ignore_ascii_case(b"keep-alive") && !o.eq_ignore_ascii_case(b"close"))
         .filter_map(|o| HeaderName::from_bytes(o).ok())
         .filter(|n| {
             let needed = match n.as_str() {
@@ -552,16 +549,16 @@ pub fn set_response_request_id(resp: &mut ResponseHeader, id: &str) -> pingora::
     let status = parts.status;
     // Most upstreams send `Connection: keep-alive` and nothing else hop-by-hop: one pass over
     // the headers before anything is parsed or removed.
-    let mut connection_options = false;
+    let mut names_options = false;
     let mut hop_by_hop = false;
     for (name, value) in &parts.headers {
         if name == http::header::CONNECTION {
-            connection_options |= !value.as_bytes().eq_ignore_ascii_case(b"keep-alive");
+            names_options |= !value.as_bytes().eq_ignore_ascii_case(b"keep-alive");
         } else if hop_by_hop_response(name, status) {
             hop_by_hop = true;
         }
     }
-    if connection_options {
+    if names_options {
         for name in response_connection_options(&parts.headers, status) {
             parts.headers.remove(&name);
         }

@@ -51,9 +51,8 @@ async fn a_moved_backend_is_re_read_and_the_request_retried_once() {
     assert_eq!(r.status, 502);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_that_dies_mid_body_leaves_a_truncated_response() {
-    let w = World::start("").await;
+/// An upstream that answers one request with `response` as it stands, then closes.
+async fn raw_upstream(response: &'static [u8]) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -62,12 +61,17 @@ async fn an_upstream_that_dies_mid_body_leaves_a_truncated_response() {
         if let Ok((mut s, _)) = l.accept().await {
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly-this-much")
-                .await;
-            // Dropped: the connection closes 986 bytes short.
+            let _ = s.write_all(response).await;
         }
     });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_dies_mid_body_leaves_a_truncated_response() {
+    let w = World::start("").await;
+    // The connection closes 986 bytes short.
+    let addr = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly-this-much").await;
     w.redis.workspace(ID_A, &addr.to_string());
     let r = w.gw.get(&w.gw.ws_host(ID_A), "/", &[]).await;
     assert_eq!(r.status, 200);
@@ -82,23 +86,12 @@ async fn an_upstream_that_dies_mid_body_leaves_a_truncated_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstreams_hop_by_hop_headers_do_not_reach_the_client() {
     let w = World::start("").await;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        if let Ok((mut s, _)) = l.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\
+    let addr = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\
                       Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\n\
                       Connection: Upgrade, X-Hop\r\nX-Hop: 1\r\nX-Kept: 1\r\n\r\nok",
-                )
-                .await;
-        }
-    });
+    )
+    .await;
     w.redis.workspace(ID_A, &addr.to_string());
     let r = w.gw.get(&w.gw.ws_host(ID_A), "/", &[]).await;
     assert_eq!(r.status, 200);

@@ -57,15 +57,11 @@ impl<V: Clone + Send + Sync> Cache<V> {
         let now = Instant::now();
         let slot = {
             let mut map = self.lock();
-            let found = map.get(key);
-            // A hit is answered under the lock, without taking a share of its slot.
-            if let Some((v, exp)) = found.and_then(|slot| slot.cell.get()) {
-                if now < *exp {
-                    return (v.clone(), Outcome::Hit);
-                }
-            }
-            match found {
-                Some(slot) if slot.is_fresh(now) => slot.clone(),
+            match map.get(key).map(|slot| (slot, slot.cell.get())) {
+                // A hit is answered under the lock, without taking a share of its slot.
+                Some((_, Some((v, exp)))) if now < *exp => return (v.clone(), Outcome::Hit),
+                // Still being fetched: wait on that fetch.
+                Some((slot, None)) => slot.clone(),
                 _ => {
                     if map.len() >= self.max_entries {
                         sweep(&mut map, now, self.max_entries);
