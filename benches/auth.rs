@@ -60,7 +60,7 @@ fn auth(c: &mut Criterion) {
     let metrics = Arc::new(edgegate::metrics::Metrics::new().expect("metrics"));
     let records = Records::new(
         Arc::new(StaticStore::new(&config)),
-        Records::new_cache(&config),
+        Records::new_cache(&config, &metrics, "records"),
         &config,
         metrics,
     );

@@ -212,8 +212,9 @@ const SECRET_PARAMS: &[&str] = &[
     "signature",
 ];
 
+/// Names are compared decoded (`%74oken` is `token`), as the upstream will read them.
 fn is_secret(param: &str) -> bool {
-    let name = param.split_once('=').map_or(param, |(k, _)| k);
+    let name = crate::auth::param_name(param);
     SECRET_PARAMS.iter().any(|s| name.eq_ignore_ascii_case(s))
 }
 
@@ -258,6 +259,11 @@ mod tests {
         );
         assert_eq!(super::redact_query("a=1"), "a=1");
         assert_eq!(super::redact_query("mytoken=1"), "mytoken=1");
+        assert_eq!(
+            super::redact_query("%74oken=abc&To%6Ben=d&a=1"),
+            "%74oken=REDACTED&To%6Ben=REDACTED&a=1",
+            "names are decoded before they are matched"
+        );
         assert_eq!(
             super::redact_query("tkn=x&code=y&q=1"),
             "tkn=REDACTED&code=REDACTED&q=1"

@@ -2,8 +2,9 @@
 //! table matched one: minting dev-ide and terminal tokens for a record's owner, the IDE
 //! bootstrap that swaps a one-time dev-ide token for the ide cookie, and the agent status.
 
+use crate::auth::token::session_binding;
 use crate::auth::token::{now, TokenType};
-use crate::auth::{presented_token, Principal};
+use crate::auth::{presented_token, session, Principal, Spend};
 use crate::config::AuthMethod;
 use crate::error::GatewayError;
 use crate::proxy::Gateway;
@@ -77,12 +78,15 @@ impl Gateway {
             return self.bootstrap(req, route, &id, owner, principal).await;
         }
         // Everything else: the owner's app session, from its own origin.
-        let (user, _) = self.auth.session_owner(&self.records, req, owner).await??;
+        let session = self.auth.session_owner(&self.records, req, owner).await??;
         self.auth.check_origin(req, false, proto)?;
+        let user = session.user.clone();
         *principal = Some(Principal {
-            user: user.clone(),
+            user: session.user,
             method: AuthMethod::Session,
-            session_key_hash: None,
+            session_key_hash: Some(session.key_hash),
+            expires_at: session.expires_at,
+            jti: None,
         });
         match endpoint {
             Endpoint::IdeToken => {
@@ -135,7 +139,8 @@ impl Gateway {
         })
     }
 
-    /// Spend a dev-ide token once and swap it for the ide cookie.
+    /// Spend a dev-ide token once and swap it for the ide cookie, bound to the app session of
+    /// the token's own user.
     async fn bootstrap(
         &self,
         req: &RequestHeader,
@@ -144,6 +149,8 @@ impl Gateway {
         owner: &str,
         principal: &mut Option<Principal>,
     ) -> Result<Reply, GatewayError> {
+        // One of the two places a credential is taken from the URL (SPEC §4): a top-level
+        // navigation that renders nothing of the workspace, only a redirect.
         let token = presented_token(req).ok_or(GatewayError::Unauthenticated)?;
         let v = self
             .auth
@@ -156,26 +163,44 @@ impl Gateway {
         if v.sub != owner {
             return Err(GatewayError::Forbidden);
         }
-        // The IDE is served on the app's origin, so a bootstrap link must only ever log in the
+        // The IDE is served on the app's origin, so a bootstrap link must only ever sign in the
         // browser of the token's own user: otherwise one user could plant a cookie for their
         // workspace, and their content, in another user's browser.
-        if self.auth.bootstrap_requires_session {
-            self.auth.session_owner(&self.records, req, owner).await??;
-        }
-        // Keep the mark as long as the token could still verify.
-        let keep = v.exp.saturating_sub(now()) + 5;
-        if !self
-            .records
-            .spend_once(&self.auth.jti_key.key(&v.jti), keep)
+        let sid = session::cookie_values(req, &self.auth.session_cookie)
+            .single()?
+            .ok_or(GatewayError::Unauthenticated)?;
+        let session = self
+            .auth
+            .session(&self.records, sid)
             .await?
-        {
-            return Err(GatewayError::Unauthenticated);
+            .ok_or(GatewayError::Unauthenticated)?;
+        if session.user != v.sub {
+            return Err(GatewayError::Forbidden);
         }
-        let (cookie, ttl) = self.mint(TokenType::IdeSession, id, &v.sub)?;
+        self.auth.spend(&self.records, &v, Spend::Yes).await?;
+        let (cookie, ttl) = self
+            .auth
+            .tokens
+            .mint_bound(
+                TokenType::IdeSession,
+                id,
+                &v.sub,
+                Some(session_binding(sid)),
+            )
+            .map_err(|e| {
+                log::error!("cannot mint an ide cookie: {e}");
+                GatewayError::Internal
+            })?;
+        // The cookie lives no longer than the session it is bound to.
+        let max_age = session
+            .expires_at
+            .map_or(ttl, |exp| ttl.min(exp.saturating_sub(now())));
         *principal = Some(Principal {
             user: v.sub,
             method: AuthMethod::DevIdeToken,
-            session_key_hash: None,
+            session_key_hash: Some(session.key_hash),
+            expires_at: session.expires_at,
+            jti: Some(v.jti),
         });
         let prefix = route.prefix_for(id).ok_or(GatewayError::Internal)?;
         let secure = if self.auth.cookie_secure {
@@ -188,7 +213,7 @@ impl Gateway {
             (
                 "set-cookie",
                 format!(
-                    "{}={cookie}; Path={prefix}; Max-Age={ttl}; HttpOnly; SameSite=Lax{secure}",
+                    "{}={cookie}; Path={prefix}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
                     self.auth.ide_cookie
                 ),
             ),

@@ -67,6 +67,17 @@ pub struct LimitsConfig {
     /// Time a client has to send a request's headers (from accept, or from the first byte of
     /// a later request on the connection); past it 408 or a close. 0: no deadline.
     pub header_timeout_ms: u64,
+    /// How long a kept-alive client connection may wait idle for its next request (nginx's
+    /// `keepalive_timeout`). 0: every connection closes after its response.
+    pub keepalive_timeout_secs: u64,
+    /// Requests served on one client connection before it is closed (nginx's
+    /// `keepalive_requests`). 0: no limit.
+    pub keepalive_requests: u32,
+    /// Longest wait between two reads of a request body (nginx's `client_body_timeout`).
+    pub body_timeout_ms: u64,
+    /// Longest wait for the client to take response bytes (nginx's `send_timeout`): a client
+    /// that stops reading is closed, and its upstream connection with it.
+    pub send_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -77,6 +88,10 @@ impl Default for LimitsConfig {
             max_headers: 100,
             max_connections_per_workspace: 0,
             header_timeout_ms: 10_000,
+            keepalive_timeout_secs: 75,
+            keepalive_requests: 1000,
+            body_timeout_ms: 60_000,
+            send_timeout_ms: 60_000,
         }
     }
 }
@@ -378,8 +393,12 @@ pub struct CacheConfig {
     pub ttl_ms: u64,
     /// How long "no such record" is served from memory.
     pub negative_ttl_ms: u64,
-    /// Upper bound on cached records; past it expired entries are swept, then the oldest half.
+    /// Upper bound on entries in each cache (records, sessions, names); past it expired
+    /// entries are swept, then half of the rest.
     pub max_entries: usize,
+    /// Upper bound on the bytes (keys and values) each cache of Redis records holds: the
+    /// session cache is keyed by whatever cookie values clients send.
+    pub max_bytes: usize,
     /// How long a resolved upstream DNS name is kept.
     pub dns_ttl_ms: u64,
     /// While Redis is unreachable, serve a route record read within this window (0: never).
@@ -393,6 +412,7 @@ impl Default for CacheConfig {
             ttl_ms: 1000,
             negative_ttl_ms: 1000,
             max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
             dns_ttl_ms: 30_000,
             stale_ms: 60_000,
         }
@@ -412,6 +432,11 @@ pub struct UpstreamConfig {
     pub ws_idle_timeout_secs: u64,
     /// PEM bundle of CAs for TLS upstreams, used instead of the system roots.
     pub ca_file: Option<String>,
+    /// Networks a record's upstream may not resolve into (SSRF guard): this host, link-local
+    /// (cloud metadata) and the like. `net::DEFAULT_BLOCKED` by default.
+    pub blocked_networks: Vec<String>,
+    /// Exceptions to `blocked_networks`, e.g. `["127.0.0.0/8"]` when workspaces run on this host.
+    pub allowed_networks: Vec<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -423,6 +448,11 @@ impl Default for UpstreamConfig {
             pool_idle_timeout_ms: 60_000,
             ws_idle_timeout_secs: 3600,
             ca_file: None,
+            blocked_networks: crate::net::DEFAULT_BLOCKED
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            allowed_networks: Vec::new(),
         }
     }
 }
@@ -453,8 +483,14 @@ pub struct RouteConfig {
     /// Port used when the record's upstream has none.
     #[serde(default = "default_port")]
     pub port: u16,
-    /// For `{port}` routes: the lowest and highest port a host may name.
-    pub ports: Option<[u16; 2]>,
+    /// For `{port}` routes: the ports a host may name, as ports (`3000`) or inclusive ranges
+    /// (`"8000-8099"`). Empty: none is exposed.
+    #[serde(default)]
+    pub allowed_ports: Vec<PortSpec>,
+    /// The range this key used to hold is no longer accepted (an explicit list is): kept so an
+    /// old config gets a message that says what to write instead.
+    #[serde(default)]
+    pub ports: Option<toml::Value>,
     /// Send the browser's Host upstream (false: the upstream's own `host:port`).
     #[serde(default = "yes")]
     pub preserve_host: bool,
@@ -479,17 +515,40 @@ pub struct RouteConfig {
     pub upstream_verify: bool,
 }
 
+/// One entry of `allowed_ports`: a port, or an inclusive range written `"low-high"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    Port(u16),
+    Range(String),
+}
+
+impl PortSpec {
+    /// `(low, high)`, inclusive; `None` for a malformed entry or port 0.
+    pub fn bounds(&self) -> Option<(u16, u16)> {
+        let (lo, hi) = match self {
+            PortSpec::Port(p) => (*p, *p),
+            PortSpec::Range(r) => {
+                let (lo, hi) = r.split_once('-')?;
+                (lo.trim().parse().ok()?, hi.trim().parse().ok()?)
+            }
+        };
+        (lo >= 1 && lo <= hi).then_some((lo, hi))
+    }
+}
+
 /// A credential a route can accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     /// The app's session cookie; its user must own the record.
     Session,
-    /// A `terminal` JWT (`?token=` or Bearer), only on `auth.agent_ws_path`.
+    /// A `terminal` JWT (`?token=` or Bearer), only on a WebSocket upgrade of
+    /// `auth.agent_ws_path`; spent once.
     TerminalToken,
     /// The cookie set by the IDE bootstrap.
     IdeCookie,
-    /// A `dev-ide` JWT (`?token=` or Bearer).
+    /// A `dev-ide` JWT as `Authorization: Bearer` (never from the URL); spent once.
     DevIdeToken,
     /// No credential: the upstream does its own auth.
     None,
@@ -532,9 +591,12 @@ pub struct AuthConfig {
     pub jti_key: String,
     /// Redis key of a VM agent's state, returned by the status endpoint.
     pub agent_key: String,
-    /// The IDE bootstrap also needs the app session of the token's user (login-CSRF defence:
-    /// the IDE shares the app's origin).
-    pub bootstrap_requires_session: bool,
+    /// Longest life of a WebSocket opened with a token (terminal or dev-ide): the token proves
+    /// who the client was at the upgrade, and its tunnel must not outlive that indefinitely.
+    pub token_tunnel_max_secs: u64,
+    /// How often an open WebSocket re-checks the credential it was opened with (its record and,
+    /// for a cookie, the app session behind it); invalidation messages trigger it at once too.
+    pub recheck_interval_ms: u64,
     pub tokens: TokenConfig,
 }
 
@@ -550,7 +612,8 @@ impl Default for AuthConfig {
             agent_ws_path: "/agent/ws".into(),
             jti_key: "edgegate:jti:{jti}".into(),
             agent_key: "agent:{id}".into(),
-            bootstrap_requires_session: true,
+            token_tunnel_max_secs: 12 * 3600,
+            recheck_interval_ms: 1000,
             tokens: TokenConfig::default(),
         }
     }
@@ -700,7 +763,7 @@ impl Config {
             })?;
         }
         for (i, p) in self.listen.trusted_proxies.iter().enumerate() {
-            crate::headers::IpNet::parse(p).ok_or_else(|| {
+            crate::net::IpNet::parse(p).ok_or_else(|| {
                 bad(
                     format!("listen.trusted_proxies[{i}]"),
                     format!("{p:?} is not an IP or CIDR"),
@@ -768,6 +831,14 @@ impl Config {
             ),
             ("upstream.read_timeout_ms", self.upstream.read_timeout_ms),
             ("upstream.write_timeout_ms", self.upstream.write_timeout_ms),
+            ("limits.body_timeout_ms", self.limits.body_timeout_ms),
+            ("limits.send_timeout_ms", self.limits.send_timeout_ms),
+            (
+                "auth.token_tunnel_max_secs",
+                self.auth.token_tunnel_max_secs,
+            ),
+            ("auth.recheck_interval_ms", self.auth.recheck_interval_ms),
+            ("cache.max_bytes", self.cache.max_bytes as u64),
             (
                 "upstream.ws_idle_timeout_secs",
                 self.upstream.ws_idle_timeout_secs,
@@ -780,6 +851,10 @@ impl Config {
         if self.redis.invalidate_channel.is_empty() {
             return Err(bad("redis.invalidate_channel", "must not be empty"));
         }
+        crate::net::parse_list("upstream.blocked_networks", &self.upstream.blocked_networks)
+            .map_err(ConfigError)?;
+        crate::net::parse_list("upstream.allowed_networks", &self.upstream.allowed_networks)
+            .map_err(ConfigError)?;
         if self.cache.max_entries == 0 {
             return Err(bad("cache.max_entries", "must be at least 1"));
         }
@@ -807,12 +882,25 @@ impl Config {
     }
 
     /// Parsed trusted-proxy networks (validated already).
-    pub fn trusted_proxies(&self) -> Vec<crate::headers::IpNet> {
+    pub fn trusted_proxies(&self) -> Vec<crate::net::IpNet> {
         self.listen
             .trusted_proxies
             .iter()
-            .filter_map(|p| crate::headers::IpNet::parse(p))
+            .filter_map(|p| crate::net::IpNet::parse(p))
             .collect()
+    }
+
+    /// Which addresses records' upstreams may resolve to (validated already).
+    pub fn address_policy(&self) -> crate::net::AddressPolicy {
+        let parse = |list: &[String]| {
+            list.iter()
+                .filter_map(|n| crate::net::IpNet::parse(n))
+                .collect()
+        };
+        crate::net::AddressPolicy::new(
+            parse(&self.upstream.blocked_networks),
+            parse(&self.upstream.allowed_networks),
+        )
     }
 }
 
@@ -897,9 +985,19 @@ mod tests {
             (format!("{m}\n[listen]\nhttp = [\"nope\"]\n"), "listen.http[0]"),
             (
                 format!(
-                    "{m}\n[[route]]\nname = \"p\"\nhost = \"p-{{id}}--{{port}}.{{base_domain}}\"\nkey = \"k:{{id}}\"\n"
+                    "{m}\n[[route]]\nname = \"p\"\nhost = \"p-{{id}}--{{port}}.{{base_domain}}\"\nkey = \"k:{{id}}\"\nports = [1024, 65535]\n"
                 ),
                 "route[1].ports",
+            ),
+            (
+                format!(
+                    "{m}\n[[route]]\nname = \"p\"\nhost = \"p-{{id}}--{{port}}.{{base_domain}}\"\nkey = \"k:{{id}}\"\nallowed_ports = [3000, \"9-1\"]\n"
+                ),
+                "route[1].allowed_ports[1]",
+            ),
+            (
+                format!("{m}\n[upstream]\nallowed_networks = [\"10.0.0.0/99\"]\n"),
+                "upstream.allowed_networks[0]",
             ),
             (
                 m.replace("key = \"workspace:{id}\"", "key = \"workspace:{id}\"\nauth = []"),

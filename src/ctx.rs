@@ -51,6 +51,8 @@ pub struct RequestCtx {
     /// A WebSocket tunnel took the request (and this state) into a task of its own; what
     /// Pingora still holds is an empty shell that must not be logged.
     pub detached: bool,
+    /// Decide without side effects (`edgegate explain`): no one-time token is spent.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +99,7 @@ impl RequestCtx {
             refresh: Refresh::No,
             slot: None,
             detached: false,
+            dry_run: false,
         }
     }
 

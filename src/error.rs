@@ -19,6 +19,8 @@ pub enum GatewayError {
     PortNotAllowed,
     #[error("only WebSocket upgrades are supported")]
     BadUpgrade,
+    #[error("the request's framing is ambiguous")]
+    BadFraming,
     #[error("the request line is too long")]
     UriTooLong,
     #[error("the request headers are too large")]
@@ -33,6 +35,10 @@ pub enum GatewayError {
     UnknownWorkspace,
     #[error("authentication required")]
     Unauthenticated,
+    #[error("the request carries conflicting copies of a credential")]
+    AmbiguousCredentials,
+    #[error("this one-time token has already been used")]
+    TokenSpent,
     #[error("not allowed")]
     Forbidden,
     #[error("method not allowed")]
@@ -41,6 +47,8 @@ pub enum GatewayError {
     BadRecord,
     #[error("the workspace upstream could not be resolved")]
     UpstreamUnresolvable,
+    #[error("the workspace upstream's address is not allowed")]
+    UpstreamNotAllowed,
     #[error("the workspace upstream refused the connection")]
     UpstreamRefused,
     #[error("the workspace is not running")]
@@ -57,8 +65,8 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         use GatewayError::*;
         match self {
-            BadHost | BadPath | BadId | PortNotAllowed | BadUpgrade => 400,
-            Unauthenticated => 401,
+            BadHost | BadPath | BadId | PortNotAllowed | BadUpgrade | BadFraming => 400,
+            Unauthenticated | AmbiguousCredentials | TokenSpent => 401,
             Forbidden => 403,
             NoRoute | UnknownWorkspace => 404,
             MethodNotAllowed => 405,
@@ -66,7 +74,7 @@ impl GatewayError {
             UriTooLong => 414,
             TooManyConnections => 429,
             HeadersTooLarge => 431,
-            BadRecord | UpstreamUnresolvable | UpstreamRefused => 502,
+            BadRecord | UpstreamUnresolvable | UpstreamNotAllowed | UpstreamRefused => 502,
             NotRunning | StoreUnavailable => 503,
             UpstreamTimeout => 504,
             Internal => 500,
@@ -82,6 +90,10 @@ impl GatewayError {
             BadId => "bad_id",
             PortNotAllowed => "port_not_allowed",
             BadUpgrade => "bad_upgrade",
+            BadFraming => "bad_framing",
+            AmbiguousCredentials => "ambiguous_credentials",
+            TokenSpent => "token_spent",
+            UpstreamNotAllowed => "upstream_not_allowed",
             NoRoute => "no_route",
             UnknownWorkspace => "unknown_workspace",
             Unauthenticated => "unauthenticated",
@@ -98,6 +110,17 @@ impl GatewayError {
             StoreUnavailable => "store_unavailable",
             UpstreamTimeout => "upstream_timeout",
             Internal => "internal",
+        }
+    }
+
+    /// The `result` label of an auth decision that ended in this error: `unauthenticated` for
+    /// every 401, `forbidden` for every 403, `error` for the rest (the store failed, the
+    /// record is bad: nothing was decided about the caller).
+    pub fn auth_result(&self) -> &'static str {
+        match self.status() {
+            401 => "unauthenticated",
+            403 => "forbidden",
+            _ => "error",
         }
     }
 

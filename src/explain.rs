@@ -170,6 +170,8 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
     // The real decision, as request_filter makes it.
     let mut ctx = RequestCtx::new();
     ctx.is_upgrade = is_upgrade;
+    // A one-time token is checked, never spent, by a question.
+    ctx.dry_run = true;
     if q.url.starts_with("https://") || q.url.starts_with("wss://") {
         ctx.proto = "https";
     }

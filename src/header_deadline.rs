@@ -12,6 +12,11 @@
 //! sent part of a request gets a 408 JSON error, one that sent nothing is closed.
 //! HTTP/2 connections (ALPN) are passed through unwrapped: h2 frames its own requests.
 //!
+//! The same stream checks each request line as it arrives, before Pingora parses it: a line
+//! with a control character or a space inside its target is answered 400 (`bad_path`) and the
+//! connection closed. Pingora itself would percent-encode such bytes and proxy the request,
+//! and upstreams that see the original line split or truncate it differently (SPEC §5).
+//!
 //! Being the proxy's app, it also decides when Pingora's cleanup runs on a graceful stop
 //! (halfway through the grace period; see `cleanup`).
 
@@ -38,9 +43,11 @@ const IDLE: u8 = 1;
 /// The headers are in; nothing to enforce until the next request.
 const RECEIVED: u8 = 2;
 
-/// The proxy's server app with a header deadline on every HTTP/1 connection.
+/// The proxy's server app with a header deadline (and the request-line check) on every
+/// HTTP/1 connection.
 pub struct HeaderDeadlineApp<A> {
     inner: Arc<A>,
+    /// Zero: no deadline (the request line is still checked).
     limit: Duration,
     /// On a graceful stop, how long after the listeners close connections still waiting for a
     /// request are closed (half the grace period).
@@ -70,7 +77,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A> {
                 g.phase.store(IDLE, Ordering::Relaxed);
                 stream
             }
-            None if self.limit.is_zero() => stream,
             None if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) => stream,
             None => Box::new(Guarded::new(stream, self.limit)),
         };
@@ -124,8 +130,60 @@ pub struct Guarded {
     /// Bytes of the current request seen while waiting (0: a silent client, closed without
     /// a response).
     started: bool,
-    /// The 408 response still to write before failing the read.
+    /// The 408 or 400 response still to write before failing the read.
     reply: Option<(Vec<u8>, usize)>,
+    /// Where the current request line stands.
+    line: RequestLine,
+}
+
+/// The scan of one request line, byte by byte, across reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestLine {
+    /// Before its first byte (empty lines before a request are skipped, RFC 9112 §2.2).
+    Before,
+    /// Inside it: the spaces seen so far, and whether the last byte was a CR.
+    In { spaces: u8, cr: bool },
+    /// Past its end, until the next request begins.
+    Done,
+    /// It broke the rules: answered 400, the connection is closing.
+    Bad,
+}
+
+impl RequestLine {
+    /// Feed bytes; `Bad` once a byte breaks the line's grammar.
+    fn feed(mut self, bytes: &[u8]) -> RequestLine {
+        for &b in bytes {
+            self = match self {
+                RequestLine::Before if b == b'\r' || b == b'\n' => RequestLine::Before,
+                RequestLine::Before => RequestLine::In {
+                    spaces: 0,
+                    cr: false,
+                }
+                .feed(&[b]),
+                RequestLine::In { .. } if b == b'\n' => RequestLine::Done,
+                // A CR anywhere but right before the LF, a control byte, DEL, or a third space
+                // (the target's own): the line means different things to different parsers.
+                RequestLine::In { cr: true, .. } => RequestLine::Bad,
+                RequestLine::In { spaces, .. } if b == b'\r' => {
+                    RequestLine::In { spaces, cr: true }
+                }
+                RequestLine::In { .. } if b < 0x20 || b == 0x7F => RequestLine::Bad,
+                RequestLine::In { spaces, .. } if b == b' ' => {
+                    if spaces >= 2 {
+                        RequestLine::Bad
+                    } else {
+                        RequestLine::In {
+                            spaces: spaces + 1,
+                            cr: false,
+                        }
+                    }
+                }
+                RequestLine::In { spaces, .. } => RequestLine::In { spaces, cr: false },
+                done @ (RequestLine::Done | RequestLine::Bad) => return done,
+            };
+        }
+        self
+    }
 }
 
 impl Guarded {
@@ -136,10 +194,26 @@ impl Guarded {
             limit,
             deadline: Instant::now() + limit,
             timer: Box::pin(tokio::time::sleep(limit)),
-            armed: true,
+            armed: !limit.is_zero(),
             started: false,
             reply: None,
+            line: RequestLine::Before,
         }
+    }
+
+    /// Check what a read of request-head bytes added; on a bad request line, queue the 400 and
+    /// say the read must fail.
+    fn check_line(&mut self, cx: &mut Context<'_>, added: &[u8]) -> bool {
+        if !matches!(self.line, RequestLine::Before | RequestLine::In { .. }) {
+            return false;
+        }
+        self.line = self.line.feed(added);
+        if self.line != RequestLine::Bad {
+            return false;
+        }
+        self.reply = Some((error_reply(&GatewayError::BadPath, "Bad Request"), 0));
+        self.send_reply(cx);
+        true
     }
 
     /// Write what is left of the 408 without blocking; whatever the socket does not take is
@@ -154,11 +228,11 @@ impl Guarded {
     }
 }
 
-fn timeout_reply() -> Vec<u8> {
-    let err = GatewayError::HeaderTimeout;
-    let body = error::body(&err, &crate::ctx::new_request_id());
+/// A whole response for a refusal made before Pingora parsed the request, connection closed.
+fn error_reply(err: &GatewayError, reason: &str) -> Vec<u8> {
+    let body = error::body(err, &crate::ctx::new_request_id());
     let mut r = format!(
-        "HTTP/1.1 {} Request Timeout\r\ncontent-type: application/json\r\n\
+        "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\n\
          content-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
         err.status(),
         body.len()
@@ -166,6 +240,13 @@ fn timeout_reply() -> Vec<u8> {
     .into_bytes();
     r.extend_from_slice(&body);
     r
+}
+
+fn bad_line() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "request line with a control character or a space in its target",
+    )
 }
 
 impl AsyncRead for Guarded {
@@ -177,6 +258,9 @@ impl AsyncRead for Guarded {
         let this = &mut *self;
         let phase = this.phase.load(Ordering::Relaxed);
         let before = buf.filled().len();
+        if this.line == RequestLine::Bad {
+            return Poll::Ready(Err(bad_line()));
+        }
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         let got = buf.filled().len() > before;
         match phase {
@@ -188,12 +272,19 @@ impl AsyncRead for Guarded {
                     this.started = true;
                     this.deadline = Instant::now() + this.limit;
                     this.armed = false;
+                    this.line = RequestLine::Before;
+                    if this.check_line(cx, &buf.filled()[before..]) {
+                        return Poll::Ready(Err(bad_line()));
+                    }
                 }
                 res
             }
             _ => {
                 this.started |= got;
-                if res.is_ready() {
+                if got && this.check_line(cx, &buf.filled()[before..]) {
+                    return Poll::Ready(Err(bad_line()));
+                }
+                if res.is_ready() || this.limit.is_zero() {
                     return res;
                 }
                 if !this.armed {
@@ -205,7 +296,8 @@ impl AsyncRead for Guarded {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(()) => {
                         if this.started {
-                            this.reply = Some((timeout_reply(), 0));
+                            let err = GatewayError::HeaderTimeout;
+                            this.reply = Some((error_reply(&err, "Request Timeout"), 0));
                             this.send_reply(cx);
                         }
                         Poll::Ready(Err(std::io::Error::new(
@@ -314,5 +406,51 @@ impl GetSocketDigest for Guarded {
 impl Peek for Guarded {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestLine;
+
+    #[test]
+    fn request_lines_with_controls_or_a_space_in_the_target_are_bad() {
+        let scan = |bytes: &[u8]| RequestLine::Before.feed(bytes);
+        for good in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"\r\nGET /a?b=c HTTP/1.1\r\nHost: x\r\n",
+            b"GET /caf\xe9 HTTP/1.1\n",
+            b"GET http://a.test/x HTTP/1.1\r\n",
+        ] {
+            assert_eq!(
+                scan(good),
+                RequestLine::Done,
+                "{:?}",
+                good.escape_ascii().to_string()
+            );
+        }
+        for bad in [
+            &b"GET /a\x01b HTTP/1.1\r\n"[..],
+            b"GET /a\tb HTTP/1.1\r\n",
+            b"GET /a\x7f HTTP/1.1\r\n",
+            b"GET /a b HTTP/1.1\r\n",
+            b"GET /a\rb HTTP/1.1\r\n",
+            b"GET /a\x00 HTTP/1.1\r\n",
+        ] {
+            assert_eq!(
+                scan(bad),
+                RequestLine::Bad,
+                "{:?}",
+                bad.escape_ascii().to_string()
+            );
+        }
+        // Split across reads, byte by byte.
+        let mut line = RequestLine::Before;
+        for b in b"GET /x\x0by HTTP/1.1\r\n" {
+            line = line.feed(&[*b]);
+        }
+        assert_eq!(line, RequestLine::Bad);
+        // Unfinished: still in the line.
+        assert!(matches!(scan(b"GET /x"), RequestLine::In { spaces: 1, .. }));
     }
 }

@@ -6,6 +6,7 @@
 use crate::auth::session::CookieStrip;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
+use crate::net::IpNet;
 use http::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::authority::raw_target_authority;
@@ -22,10 +23,60 @@ const X_EDGEGATE_WORKSPACE: HeaderName = HeaderName::from_static("x-edgegate-wor
 /// Whether a client-sent header never goes upstream as it came: the headers only edgegate sets
 /// (client copies are dropped, SPEC §5) and the hop-by-hop ones, which describe the client's
 /// connection (RFC 9110 §7.6.1, with the de-facto Keep-Alive and Proxy-Connection, and HTTP/2's
-/// upgrade settings). One `match` per header name, no hashing: most requests have none.
+/// upgrade settings), and `Proxy` (CGI turns it into `HTTP_PROXY`, "httpoxy"). Spellings that
+/// differ only in `_` for `-` or in repeated `-` count as the same name: CGI and WSGI upstreams
+/// fold `X_Edgegate_User` and `X-Edgegate-User` into one variable. One `match` per header
+/// name, no hashing: most requests have none.
 fn not_forwarded(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    dropped(n) || (folds(n) && dropped(&fold(n)))
+}
+
+/// Whether a header name has a spelling a CGI-style upstream folds into another name.
+fn folds(name: &str) -> bool {
+    name.bytes()
+        .zip(name.bytes().skip(1).chain(Some(b'x')))
+        .any(|(a, b)| a == b'_' || (a == b'-' && b == b'-'))
+        || name.starts_with('-')
+        || name.ends_with('-')
+}
+
+/// The name as a CGI-style upstream sees it, in `-` spelling: `_` is `-`, runs of `-` are one,
+/// and none leads or trails.
+fn fold(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        let c = if c == '_' { '-' } else { c };
+        if c == '-' && (out.is_empty() || out.ends_with('-')) {
+            continue;
+        }
+        out.push(c);
+    }
+    while out.ends_with('-') {
+        out.pop();
+    }
+    out
+}
+
+/// The request's framing, unambiguous for every upstream (SPEC §5, RFC 9112 §6): a header
+/// that a CGI-style upstream would read as `Content-Length` or `Transfer-Encoding` but that is
+/// not spelled so (`Transfer_Encoding`, `Content--Length`) is refused, since edgegate frames
+/// the body without it and the upstream would frame it with it. (A request line with control
+/// characters never gets this far: `header_deadline` refuses it before Pingora parses it.)
+pub fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
+    for name in req.headers.keys() {
+        let n = name.as_str();
+        if folds(n) && matches!(fold(n).as_str(), "content-length" | "transfer-encoding") {
+            return Err(GatewayError::BadFraming);
+        }
+    }
+    Ok(())
+}
+
+/// Names `not_forwarded` drops, in their one standard spelling.
+fn dropped(name: &str) -> bool {
     matches!(
-        name.as_str(),
+        name,
         "x-forwarded-for"
             | "x-forwarded-proto"
             | "x-forwarded-host"
@@ -45,6 +96,7 @@ fn not_forwarded(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "upgrade"
             | "http2-settings"
+            | "proxy"
     )
 }
 
@@ -229,44 +281,6 @@ fn valid_port(p: &str) -> bool {
         && p.parse::<u16>().is_ok()
 }
 
-/// An IP network for `listen.trusted_proxies`.
-#[derive(Debug, Clone, Copy)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    pub fn parse(s: &str) -> Option<IpNet> {
-        let (ip, prefix) = match s.split_once('/') {
-            Some((ip, p)) => (ip.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
-            None => (s.parse::<IpAddr>().ok()?, None),
-        };
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(IpNet { addr: ip, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        // Keep the top `prefix` bits of an address `width` bits wide.
-        let top = |bits: u128, width: u32| {
-            bits.checked_shr(width - u32::from(self.prefix))
-                .unwrap_or(0)
-        };
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                top(u32::from(n).into(), 32) == top(u32::from(a).into(), 32)
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => top(n.into(), 128) == top(a.into(), 128),
-            _ => false,
-        }
-    }
-}
-
 /// What the upstream request needs from outside the CTX.
 pub struct Forwarding<'a> {
     pub client_ip: Option<IpAddr>,
@@ -389,6 +403,21 @@ pub fn rewrite_upstream_request(
     headers
         .try_reserve(ADDED)
         .map_err(|_| bad("too many headers"))?;
+    // Duplicate equal lengths (`Content-Length: 5` twice, or `5, 5`) framed the body as one
+    // length (Pingora refuses differing ones): one goes upstream (RFC 9110 §8.6).
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let (Some(first), second) = (lengths.next(), lengths.next()) {
+        if second.is_some() || first.as_bytes().contains(&b',') {
+            let one = first
+                .as_bytes()
+                .split(|&b| b == b',')
+                .next()
+                .map(<[u8]>::trim_ascii)
+                .and_then(|v| http::HeaderValue::from_bytes(v).ok())
+                .ok_or_else(|| bad("bad content-length"))?;
+            headers.insert(http::header::CONTENT_LENGTH, one);
+        }
+    }
     // Hop-by-hop and edgegate's own headers go; most requests carry none, so look before
     // paying a hash-map removal per name.
     if headers.keys().any(not_forwarded) {
@@ -873,6 +902,78 @@ mod tests {
     }
 
     #[test]
+    fn owned_and_hop_by_hop_headers_go_in_every_spelling() {
+        let req = rewritten(
+            b"/p",
+            &[
+                ("Host", "a.test"),
+                ("X_Edgegate_User", "mallory"),
+                ("X-Edgegate_User", "mallory"),
+                ("x--edgegate--workspace", "01J0AAAAAAAAAAAAAAAAAAAAAB"),
+                ("X_Forwarded_For", "6.6.6.6"),
+                ("x-forwarded_host", "evil.test"),
+                ("X-Real_IP", "6.6.6.6"),
+                ("Proxy", "http://evil.test:1"),
+                ("-x-request-id-", "forged"),
+                ("X-Kept_Header", "yes"),
+            ],
+        );
+        let names: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "x-kept_header",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-request-id"
+            ],
+            "only edgegate's own copies, and the unrelated header"
+        );
+        assert_eq!(req.headers["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(req.headers["x-forwarded-host"], "a.test");
+    }
+
+    #[test]
+    fn framing_headers_in_other_spellings_are_400() {
+        let check = |target: &[u8], headers: &[(&str, &str)]| {
+            let mut req = RequestHeader::build("POST", target, None).expect("req");
+            for (k, v) in headers {
+                req.append_header(k.to_string(), *v).expect("header");
+            }
+            check_framing(&req)
+        };
+        for name in [
+            "Transfer_Encoding",
+            "Content_Length",
+            "Transfer---Encoding",
+            "content--length",
+            "_Content-Length",
+            "Transfer-Encoding_",
+        ] {
+            assert_eq!(
+                check(b"/", &[(name, "chunked")]),
+                Err(GatewayError::BadFraming),
+                "{name}"
+            );
+        }
+        assert_eq!(check(b"/", &[("Content-Length", "5")]), Ok(()));
+        assert_eq!(check(b"/", &[("X_Custom", "1")]), Ok(()));
+    }
+
+    #[test]
+    fn equal_duplicate_lengths_go_upstream_as_one() {
+        for lengths in [&["5", "5"][..], &["5, 5"], &["5,5", "5"]] {
+            let mut headers = vec![("Host", "a.test")];
+            headers.extend(lengths.iter().map(|l| ("Content-Length", *l)));
+            let req = rewritten(b"/p", &headers);
+            let got: Vec<_> = req.headers.get_all("content-length").iter().collect();
+            assert_eq!(got, ["5"], "{lengths:?}");
+        }
+    }
+
+    #[test]
     fn duplicate_or_disagreeing_host_is_rejected() {
         let mut req = RequestHeader::build("GET", b"/", None).expect("req");
         req.append_header("host", "a.test").expect("h");
@@ -883,21 +984,5 @@ mod tests {
         let mut abs = RequestHeader::build("GET", b"http://b.test/x", None).expect("req");
         abs.append_header("host", "a.test").expect("h");
         assert_eq!(browser_host(&abs), Err(GatewayError::BadHost));
-    }
-
-    #[test]
-    fn trusted_proxy_networks() {
-        let net = IpNet::parse("10.0.0.0/8").expect("net");
-        assert!(net.contains("10.1.2.3".parse().expect("ip")));
-        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
-        assert!(net.contains("::ffff:10.0.0.1".parse().expect("ip")));
-        let one = IpNet::parse("127.0.0.1").expect("net");
-        assert!(one.contains("127.0.0.1".parse().expect("ip")));
-        assert!(!one.contains("127.0.0.2".parse().expect("ip")));
-        let v6 = IpNet::parse("fd00::/8").expect("net");
-        assert!(v6.contains("fd12::1".parse().expect("ip")));
-        assert!(!v6.contains("fe80::1".parse().expect("ip")));
-        assert!(IpNet::parse("10.0.0.0/33").is_none());
-        assert!(IpNet::parse("nope").is_none());
     }
 }

@@ -20,6 +20,7 @@ pub mod headers;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod proxy;
 pub mod route;
 pub mod tls;
@@ -73,7 +74,7 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
     };
     let metrics = Arc::new(metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let store = store::build(config, redis_rt.as_deref(), metrics.clone())?;
-    let cache = Records::new_cache(config);
+    let cache = Records::new_cache(config, &metrics, "records");
     let activity = match redis_rt.as_ref().and_then(|r| r.handle()) {
         Some(handle) if subscribe && config.activity.interval_secs > 0 => {
             let a = Arc::new(activity::Activity::new());
@@ -177,7 +178,12 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
         server.add_service(accept_loops.wrap(admin));
     }
 
-    let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    if config.limits.keepalive_requests > 0 {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.keepalive_request_limit = Some(config.limits.keepalive_requests);
+        proxy.server_options = Some(options);
+    }
     let limit = std::time::Duration::from_millis(config.limits.header_timeout_ms);
     let grace = std::time::Duration::from_secs(config.server.grace_period_seconds);
     let app = header_deadline::HeaderDeadlineApp::new(proxy, limit, grace);

@@ -109,6 +109,8 @@ pub struct Metrics {
     /// The `cache_lookups` series resolved once: a lookup on every request need not hash labels.
     pub cache: CacheCounters,
     pub cache_invalidations: IntCounter,
+    /// Fresh entries dropped to keep a cache inside its bounds, by cache.
+    pub cache_evictions: IntCounterVec,
     pub redis_duration: HistogramVec,
     pub redis_errors: IntCounterVec,
     pub websockets_open: IntGaugeVec,
@@ -161,6 +163,16 @@ impl Metrics {
             "Record cache lookups: hit, negative_hit, miss, stale",
             &["result"],
         )?;
+        let cache_evictions = counter(
+            &r,
+            "edgegate_cache_evictions_total",
+            "Fresh cache entries dropped to stay inside cache.max_entries / cache.max_bytes",
+            &["cache"],
+        )?;
+        // Present at zero from the start, so an alert has a series to watch.
+        for c in ["records", "sessions"] {
+            cache_evictions.with_label_values(&[c]);
+        }
         let cache = CacheCounters {
             hit: cache_lookups.with_label_values(&["hit"]),
             negative_hit: cache_lookups.with_label_values(&["negative_hit"]),
@@ -198,6 +210,7 @@ impl Metrics {
                 &["method", "result"],
             )?,
             cache_invalidations,
+            cache_evictions,
             redis_duration: histogram(
                 &r,
                 "edgegate_redis_command_duration_seconds",

@@ -18,8 +18,9 @@ use crate::auth::{self, Auth};
 use crate::config::{ApiConfig, AuthMethod, Config, UpstreamConfig};
 use crate::ctx::{Refresh, RequestCtx};
 use crate::error::{self, GatewayError};
-use crate::headers::{self, Forwarding, IpNet};
+use crate::headers::{self, Forwarding};
 use crate::metrics::{self, Metrics};
+use crate::net::IpNet;
 use crate::route::store::{Records, RedisRuntime};
 use crate::route::{record, Endpoint, RouteMatch, RouteTable};
 use crate::upstream::{self, Resolver, Target};
@@ -48,6 +49,8 @@ pub struct Core {
     resolver: Resolver,
     pub(crate) upstream: UpstreamConfig,
     trusted_proxies: Vec<IpNet>,
+    /// Where records' upstreams may resolve to.
+    address_policy: crate::net::AddressPolicy,
     pub(crate) ws_idle_timeout: Duration,
     /// Makes upstream connections for WebSocket tunnels (TLS and timeouts per peer).
     pub(crate) connector: TransportConnector,
@@ -92,6 +95,7 @@ impl Gateway {
             ),
             upstream: config.upstream.clone(),
             trusted_proxies: config.trusted_proxies(),
+            address_policy: config.address_policy(),
             ws_idle_timeout: config.ws_idle_timeout(),
             connector: TransportConnector::new(Some(ConnectorOptions {
                 ca_file: config.upstream.ca_file.clone(),
@@ -193,6 +197,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> std::result::Result<Option<Reply>, GatewayError> {
         headers::check_limits(req, &self.limits)?;
+        headers::check_framing(req)?;
         let host = headers::normalize_host(headers::browser_host(req)?)?;
         // `Upgrade: h2c` (or anything but websocket) would let a client speak past the proxy
         // to the upstream: never upgraded.
@@ -226,9 +231,7 @@ impl Gateway {
                 if let Some(result) = match &reply {
                     _ if ctx.principal.is_some() => Some("ok"),
                     Ok(_) => Some("ok"),
-                    Err(GatewayError::Forbidden) => Some("forbidden"),
-                    Err(GatewayError::Unauthenticated) => Some("unauthenticated"),
-                    Err(_) => None,
+                    Err(e) => Some(e.auth_result()).filter(|r| *r != "error"),
                 } {
                     let method = ctx.principal.as_ref().map_or(
                         if endpoint == Endpoint::IdeBootstrap {
@@ -274,6 +277,14 @@ impl Gateway {
                     &self.auth.session_cookie,
                     &self.auth.ide_cookie,
                 );
+                // A re-decision of this request (its backend moved) must not spend its one-time
+                // token a second time; `explain` spends nothing.
+                let spent = ctx.principal.as_ref().and_then(|p| p.jti.clone());
+                let spend = match &spent {
+                    _ if ctx.dry_run => auth::Spend::DryRun,
+                    Some(jti) => auth::Spend::Already(jti),
+                    None => auth::Spend::Yes,
+                };
                 let decision = self
                     .auth
                     .authorize(
@@ -283,6 +294,7 @@ impl Gateway {
                             cookies: &cookies,
                             is_upgrade: ctx.is_upgrade,
                             proto: ctx.proto,
+                            spend,
                         },
                         m.route,
                         &m.id,
@@ -293,9 +305,7 @@ impl Gateway {
                 let result = match &decision {
                     Ok(Some(_)) => "ok",
                     Ok(None) => "open",
-                    Err(GatewayError::Forbidden) => "forbidden",
-                    Err(GatewayError::Unauthenticated) => "unauthenticated",
-                    Err(_) => "error",
+                    Err(e) => e.auth_result(),
                 };
                 ctx.auth_result = result;
                 self.metrics
@@ -309,6 +319,13 @@ impl Gateway {
                         .ok_or(GatewayError::TooManyConnections)?;
                 }
                 let addr = self.resolver.resolve(&rr.upstream).await?;
+                if !self.address_policy.permits(addr.ip()) {
+                    log::warn!(
+                        "route record {key} names an upstream in a blocked network ({addr}); \
+                         refused (upstream.blocked_networks)"
+                    );
+                    return Err(GatewayError::UpstreamNotAllowed);
+                }
                 // Credentials stop here: edgegate's cookies always, a Bearer when it was
                 // ours, and `?token=` unless the route's upstream validates it too.
                 ctx.strip_cookies = cookies.strip;
@@ -319,9 +336,10 @@ impl Gateway {
                 ) && bearer.is_some();
                 ctx.strip_authorization =
                     used_bearer || bearer.is_some_and(|b| self.auth.tokens.is_ours(b));
+                // Only where a URL token is a credential at all: the agent path's upgrade.
                 let keep_token = m.route.forward_token
                     && (!m.route.auth.contains(&AuthMethod::TerminalToken)
-                        || req.uri.path() == self.auth.agent_ws_path);
+                        || (ctx.is_upgrade && req.uri.path() == self.auth.agent_ws_path));
                 let query = match req.uri.query() {
                     Some(q) if !keep_token => match auth::strip_token_param(q) {
                         Some(stripped) => Some((stripped, true)),
@@ -387,6 +405,16 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(&self, session: &mut Session, _: &mut Self::CTX) -> Result<()> {
         // The headers are in: lift the header deadline for the rest of this request.
         crate::header_deadline::headers_received(session.as_downstream().stream());
+        // Every client connection ends when it stops making progress (SPEC §8). Pingora keeps
+        // an HTTP/1.1 connection alive forever between requests and has no write timeout:
+        // both are bounded here, for this request and (kept-alive) the wait for the next.
+        let l = &self.limits;
+        if session.get_keepalive().is_some() {
+            session
+                .set_keepalive((l.keepalive_timeout_secs > 0).then_some(l.keepalive_timeout_secs));
+        }
+        session.set_read_timeout(Some(Duration::from_millis(l.body_timeout_ms)));
+        session.set_write_timeout(Some(Duration::from_millis(l.send_timeout_ms)));
         Ok(())
     }
 

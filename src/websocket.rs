@@ -113,6 +113,9 @@ impl Gateway {
             match self.connector.new_stream(&*peer).await {
                 Ok(stream) => break stream,
                 Err(e) => {
+                    // The connector's errors are the upstream's, as Pingora's proxy marks them
+                    // for plain requests: 502 or 504 like those, never a 500.
+                    let e = e.into_up();
                     log::warn!("websocket upstream {}: {e}", target.addr);
                     self.count_upstream_failure(ctx, &e);
                     if self.may_have_moved(ctx, &e) {
@@ -308,6 +311,18 @@ impl Gateway {
         let mut down = BytesMut::with_capacity(READ_SMALL);
         let mut up = BytesMut::with_capacity(READ_SMALL);
         let mut last = Instant::now();
+        // The credential is re-checked every `recheck_interval` (a session deleted without an
+        // invalidation message, a record changed behind the cache), and ends by itself: a
+        // session at its `expires_at`, a token's tunnel after `token_tunnel_max`.
+        let recheck_every = self.auth.recheck_interval;
+        let mut next_recheck = last + recheck_every;
+        let ends: Option<(Instant, &'static str)> = ctx.principal.as_ref().and_then(|p| {
+            if p.by_token() {
+                return Some((last + self.auth.token_tunnel_max, "max_life"));
+            }
+            let left = p.expires_at?.saturating_sub(crate::auth::token::now());
+            Some((last + Duration::from_secs(left), "revoked"))
+        });
         // Which side started a closing handshake.
         let mut first_close: Option<&'static str> = if from_client.saw_close {
             Some("client")
@@ -335,7 +350,14 @@ impl Gateway {
                     return cause;
                 }
             }
-            let idle_left = idle.saturating_sub(last.elapsed());
+            let idle_at = last + idle;
+            let mut wake = idle_at;
+            if closing.is_none() && ctx.principal.is_some() {
+                wake = wake.min(next_recheck);
+                if let Some((at, _)) = ends {
+                    wake = wake.min(at);
+                }
+            }
             let recheck = tokio::select! {
                 read = client.read_buf(&mut down) => match read {
                     Ok(0) | Err(_) => return first_close.unwrap_or("client"),
@@ -380,7 +402,27 @@ impl Gateway {
                 },
                 _ = stopping.changed(), if !*stopping.borrow() => false,
                 _ = tokio::time::sleep(Duration::from_millis(50)), if closing.is_some() => false,
-                _ = tokio::time::sleep(idle_left) => return "idle_timeout",
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if now >= idle_at {
+                        return "idle_timeout";
+                    }
+                    match ends {
+                        Some((at, cause)) if now >= at && closing.is_none() => {
+                            log::info!(
+                                "request {}: closing its WebSocket, its credential's time is up ({cause})",
+                                ctx.request_id
+                            );
+                            closing = Some((&CLOSE_1008, cause, now + Duration::from_secs(1)));
+                            false
+                        }
+                        _ if now >= next_recheck => {
+                            next_recheck = now + recheck_every;
+                            true
+                        }
+                        _ => false,
+                    }
+                }
             };
             if recheck && self.revoked(req, ctx).await {
                 closing = Some((
@@ -393,9 +435,10 @@ impl Gateway {
     }
 
     /// Whether the tunnel's credential no longer holds: its workspace record is gone, stopped
-    /// or owned by someone else, or (for a session) the session no longer belongs to the
-    /// owner. The token that opened the tunnel is not re-verified: it authorised the upgrade,
-    /// and its short life must not end healthy terminals. A store outage revokes nothing.
+    /// or owned by someone else, or (for a session or an ide cookie) the app session behind
+    /// it ended or names someone else. The token that opened a tunnel is not re-verified: it
+    /// authorised the upgrade, was spent there, and its short life must not end healthy
+    /// terminals (`auth.token_tunnel_max_secs` bounds them). A store outage revokes nothing.
     async fn revoked(&self, req: &RequestHeader, ctx: &RequestCtx) -> bool {
         let Some(principal) = &ctx.principal else {
             return false;
@@ -419,7 +462,10 @@ impl Gateway {
             if owner != principal.user {
                 return Err(GatewayError::Forbidden);
             }
-            if principal.method == AuthMethod::Session {
+            if matches!(
+                principal.method,
+                AuthMethod::Session | AuthMethod::IdeCookie
+            ) {
                 self.auth.session_owner(&self.records, req, owner).await??;
             }
             Ok(())

@@ -92,7 +92,8 @@ enum Cred<'a> {
     Session(&'a str),
     Bearer(&'a str),
     Query(&'a str),
-    IdeCookie(&'a str),
+    /// A whole `Cookie` header (an ide cookie with its app session, tossed copies, …).
+    Cookies(&'a str),
 }
 
 async fn send(w: &World, host: &str, path: &str, cred: Cred<'_>) -> Resp {
@@ -107,13 +108,70 @@ async fn send(w: &World, host: &str, path: &str, cred: Cred<'_>) -> Resp {
             let sep = if path.contains('?') { '&' } else { '?' };
             (format!("{path}{sep}token={t}"), None)
         }
-        Cred::IdeCookie(v) => (
-            path.to_string(),
-            Some(("Cookie", format!("edgegate_ide={v}"))),
-        ),
+        Cred::Cookies(c) => (path.to_string(), Some(("Cookie", c.to_string()))),
     };
     let headers: Vec<(&str, &str)> = header.iter().map(|(k, v)| (*k, v.as_str())).collect();
     w.gw.request("GET", host, &path, &headers).await
+}
+
+/// `send` as a WebSocket upgrade; cookie-authenticated upgrades carry their own Origin.
+async fn send_upgrade(w: &World, host: &str, path: &str, cred: Cred<'_>) -> Resp {
+    let origin = format!("http://{host}");
+    let (path, mut headers) = match cred {
+        Cred::None => (path.to_string(), vec![]),
+        Cred::Session(s) => (path.to_string(), vec![("Cookie", format!("session={s}"))]),
+        Cred::Bearer(t) => (
+            path.to_string(),
+            vec![("Authorization", format!("Bearer {t}"))],
+        ),
+        Cred::Query(t) => (format!("{path}?token={t}"), vec![]),
+        Cred::Cookies(c) => (path.to_string(), vec![("Cookie", c.to_string())]),
+    };
+    if headers.iter().any(|(k, _)| *k == "Cookie") {
+        headers.push(("Origin", origin));
+    }
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    upgrade(w.gw.addr, host, &path, &headers).await
+}
+
+/// `run_table` for WebSocket upgrades: 101 exactly when the upstream saw the upgrade.
+async fn run_upgrade_table(
+    w: &World,
+    upstream: &edgegate::demo::EchoUpstream,
+    host: &str,
+    path: &str,
+    cases: &[(&str, Cred<'_>, u16)],
+) {
+    for (name, cred, status) in cases {
+        let before = upstream.count();
+        let r = send_upgrade(w, host, path, *cred).await;
+        assert_eq!(r.status, *status, "upgrade {host}{path} {name}: {}", r.body);
+        // The upstream records the upgrade when it reads it: give a 101 a moment.
+        let reached = if *status == 101 {
+            eventually(std::time::Duration::from_secs(5), || async {
+                upstream.count() > before
+            })
+            .await
+        } else {
+            upstream.count() > before
+        };
+        assert_eq!(
+            reached,
+            *status == 101,
+            "upgrade {host}{path} {name}: upstream saw it"
+        );
+        if r.status != 101 {
+            let code = r.error_code();
+            assert!(
+                matches!(
+                    code.as_str(),
+                    "unauthenticated" | "forbidden" | "token_spent" | "ambiguous_credentials"
+                ),
+                "{name}: {code}"
+            );
+        }
+    }
+    assert_eq!(w.app.count(), 0, "nothing fell through to the app");
 }
 
 async fn world() -> World {
@@ -157,7 +215,10 @@ async fn run_table(
         if r.status != 200 {
             let code = r.error_code();
             assert!(
-                matches!(code.as_str(), "unauthenticated" | "forbidden"),
+                matches!(
+                    code.as_str(),
+                    "unauthenticated" | "forbidden" | "token_spent" | "ambiguous_credentials"
+                ),
                 "{name}: {code}"
             );
         }
@@ -165,6 +226,9 @@ async fn run_table(
     assert_eq!(w.app.count(), 0, "nothing fell through to the app");
 }
 
+/// The agent path as a plain request: cookies decide, and no token is a credential there
+/// (a terminal token opens upgrades only: a GET renders the owner's content to whoever follows
+/// the link).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspace_agent_path_credential_table() {
     let w = world().await;
@@ -181,8 +245,42 @@ async fn workspace_agent_path_credential_table() {
         ("another user's session", Cred::Session(OTHER_SESSION), 403),
         ("expired session", Cred::Session("sess-expired"), 401),
         ("unknown session", Cred::Session("sess-nope"), 401),
-        ("terminal token, bearer", Cred::Bearer(&t.term), 200),
-        ("terminal token, query", Cred::Query(&t.term), 200),
+        (
+            "terminal token, bearer, not an upgrade",
+            Cred::Bearer(&t.term),
+            401,
+        ),
+        (
+            "terminal token, query, not an upgrade",
+            Cred::Query(&t.term),
+            401,
+        ),
+        ("dev-ide token", Cred::Bearer(&t.dev), 401),
+    ];
+    run_table(&w, &w.a, &host, "/agent/ws", &cases).await;
+}
+
+/// The agent path as a WebSocket upgrade: a terminal token (Bearer or `?token=`) for the owner,
+/// once; every bad one refused before the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_agent_upgrade_credential_table() {
+    let w = world().await;
+    let t = tokens();
+    let host = w.gw.ws_host(ID_A);
+    let (fresh_a, fresh_b) = (
+        mint(TokenType::Terminal, ID_A, OWNER),
+        mint(TokenType::Terminal, ID_A, OWNER),
+    );
+    let cases = [
+        ("no credential", Cred::None, 401),
+        ("owner's session", Cred::Session(OWNER_SESSION), 101),
+        ("another user's session", Cred::Session(OTHER_SESSION), 403),
+        ("expired session", Cred::Session("sess-expired"), 401),
+        ("terminal token, bearer", Cred::Bearer(&t.term), 101),
+        ("terminal token, query", Cred::Query(&fresh_a), 101),
+        ("the same token again", Cred::Query(&fresh_a), 401),
+        ("the first token again, bearer", Cred::Bearer(&t.term), 401),
+        ("another fresh token", Cred::Bearer(&fresh_b), 101),
         ("dev-ide token", Cred::Bearer(&t.dev), 403),
         ("ide cookie value as token", Cred::Query(&t.ide_cookie), 403),
         ("expired terminal token", Cred::Query(&t.term_expired), 401),
@@ -211,7 +309,18 @@ async fn workspace_agent_path_credential_table() {
         ("no jti", Cred::Query(&t.no_jti), 401),
         ("wrong audience", Cred::Query(&t.wrong_aud), 401),
     ];
-    run_table(&w, &w.a, &host, "/agent/ws", &cases).await;
+    run_upgrade_table(&w, &w.a, &host, "/agent/ws", &cases).await;
+    // The spent marks live in Redis, under the configured key, with an expiry.
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg("edgegate:jti:*")
+        .query(&mut w.redis.conn())
+        .expect("KEYS");
+    assert_eq!(marks.len(), 3, "{marks:?}");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&marks[0])
+        .query(&mut w.redis.conn())
+        .expect("TTL");
+    assert!((1..=70).contains(&ttl), "{ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,12 +364,37 @@ async fn workspace_routes_take_terminal_tokens_only_on_the_agent_path() {
     run_table(&w, &w.a, &port_host, "/agent/ws", &cases[5..]).await;
 }
 
+/// The IDE tunnel: the ide cookie beside the app session it was minted under, or a dev-ide
+/// token in `Authorization: Bearer` (non-browser clients), once; never a token from the URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ide_tunnel_credential_table() {
     let w = world().await;
     let t = tokens();
-    let other_id_cookie = mint(TokenType::IdeSession, ID_B, OWNER);
-    let other_user_cookie = mint(TokenType::IdeSession, ID_A, "user-2");
+    let bound = format!(
+        "edgegate_ide={}; session={OWNER_SESSION}",
+        ide_cookie(ID_A, OWNER, OWNER_SESSION)
+    );
+    let alone = format!("edgegate_ide={}", ide_cookie(ID_A, OWNER, OWNER_SESSION));
+    let beside_another_session = format!(
+        "edgegate_ide={}; session=sess-later",
+        ide_cookie(ID_A, OWNER, OWNER_SESSION)
+    );
+    let expired_session = format!(
+        "edgegate_ide={}; session=sess-expired",
+        ide_cookie(ID_A, OWNER, "sess-expired")
+    );
+    let other_id = format!(
+        "edgegate_ide={}; session={OWNER_SESSION}",
+        ide_cookie(ID_B, OWNER, OWNER_SESSION)
+    );
+    let other_user = format!(
+        "edgegate_ide={}; session={OTHER_SESSION}",
+        ide_cookie(ID_A, "user-2", OTHER_SESSION)
+    );
+    let unbound = format!("edgegate_ide={}; session={OWNER_SESSION}", t.ide_cookie);
+    let dev_as_cookie = format!("edgegate_ide={}; session={OWNER_SESSION}", t.dev);
+    let garbage = format!("edgegate_ide=nope; session={OWNER_SESSION}");
+    let tossed = format!("{bound}; session=sess-later");
     let app = w.gw.app_host();
     let path = format!("/__ide/{ID_A}/index.html");
     let cases = [
@@ -270,30 +404,48 @@ async fn ide_tunnel_credential_table() {
             Cred::Session(OWNER_SESSION),
             401,
         ),
-        ("ide cookie", Cred::IdeCookie(&t.ide_cookie), 200),
+        ("ide cookie without its session", Cred::Cookies(&alone), 401),
+        ("ide cookie beside its session", Cred::Cookies(&bound), 200),
         (
-            "ide cookie for another id",
-            Cred::IdeCookie(&other_id_cookie),
+            "ide cookie beside another session of its user",
+            Cred::Cookies(&beside_another_session),
+            401,
+        ),
+        (
+            "ide cookie whose session expired",
+            Cred::Cookies(&expired_session),
+            401,
+        ),
+        ("ide cookie for another id", Cred::Cookies(&other_id), 403),
+        (
+            "ide cookie for another user",
+            Cred::Cookies(&other_user),
             403,
         ),
         (
-            "ide cookie for another user",
-            Cred::IdeCookie(&other_user_cookie),
-            403,
+            "an ide cookie bound to no session",
+            Cred::Cookies(&unbound),
+            401,
         ),
         (
             "a dev-ide token as the cookie",
-            Cred::IdeCookie(&t.dev),
+            Cred::Cookies(&dev_as_cookie),
             403,
         ),
-        ("garbage cookie", Cred::IdeCookie("nope"), 401),
+        ("garbage cookie", Cred::Cookies(&garbage), 401),
+        (
+            "a second, tossed session cookie",
+            Cred::Cookies(&tossed),
+            401,
+        ),
+        ("dev-ide token, query", Cred::Query(&t.dev), 401),
         ("dev-ide token, bearer", Cred::Bearer(&t.dev), 200),
-        ("dev-ide token, query", Cred::Query(&t.dev), 200),
+        ("dev-ide token, bearer, again", Cred::Bearer(&t.dev), 401),
         ("terminal token", Cred::Bearer(&t.term), 403),
-        ("expired dev-ide token", Cred::Query(&t.dev_expired), 401),
+        ("expired dev-ide token", Cred::Bearer(&t.dev_expired), 401),
         (
             "dev-ide token for another id",
-            Cred::Query(&t.dev_wrong_id),
+            Cred::Bearer(&t.dev_wrong_id),
             403,
         ),
         (
@@ -301,11 +453,25 @@ async fn ide_tunnel_credential_table() {
             Cred::Bearer(&t.dev_wrong_user),
             403,
         ),
-        ("alg none", Cred::Query(&t.alg_none), 401),
-        ("tampered", Cred::Query(&t.term_tampered), 401),
+        ("alg none", Cred::Bearer(&t.alg_none), 401),
+        ("tampered", Cred::Bearer(&t.term_tampered), 401),
         ("oversize", Cred::Bearer(&t.oversize), 401),
     ];
     run_table(&w, &w.b, &app, &path, &cases).await;
+    let r = send(&w, &app, &path, Cred::Cookies(&tossed)).await;
+    assert_eq!(r.error_code(), "ambiguous_credentials");
+    let r = send(
+        &w,
+        &app,
+        &path,
+        Cred::Query(&mint(TokenType::DevIde, ID_A, OWNER)),
+    )
+    .await;
+    assert_eq!(
+        r.error_code(),
+        "unauthenticated",
+        "a URL token is not even looked at"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,33 +767,43 @@ async fn credentials_never_reach_the_workspace_and_identity_headers_are_edgegate
         "a Cookie header of nothing but credentials goes"
     );
 
-    // The tunnel: token used from the query, stripped; the ide cookie dropped.
+    // The tunnel: the ide cookie and its session dropped, a `?token=` (in any spelling) too.
     let r =
         w.gw.request(
             "GET",
             &w.gw.app_host(),
-            &format!("/__ide/{ID_A}/x?token={}&q=1", t.dev),
-            &[("Cookie", &format!("edgegate_ide={}; keep=me", t.ide_cookie))],
+            &format!("/__ide/{ID_A}/x?token=abc&q=1&%74oken=def"),
+            &[(
+                "Cookie",
+                &format!(
+                    "edgegate_ide={}; keep=me; session={OWNER_SESSION}",
+                    ide_cookie(ID_A, OWNER, OWNER_SESSION)
+                ),
+            )],
         )
         .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 200, "{}", r.body);
     let s = &w.b.seen()[0];
     assert_eq!(s.target, "/x?q=1");
     assert_eq!(s.header("cookie"), Some("keep=me"));
 
-    // Without edgegate's cookies, one header goes as it came; split ones are joined.
-    let path = format!("/__ide/{ID_A}/y?token={}", t.dev);
+    // Without edgegate's cookies, one header goes as it came; split ones are joined. The
+    // dev-ide token (Bearer, one per request) does not go upstream.
+    let path = format!("/__ide/{ID_A}/y");
     for (cookies, want) in [
         (&["a=1;b=2"][..], "a=1;b=2"),
         (&["a=1", "b=2"][..], "a=1; b=2"),
     ] {
-        let headers: Vec<_> = cookies.iter().map(|c| ("Cookie", *c)).collect();
+        let bearer = format!("Bearer {}", mint(TokenType::DevIde, ID_A, OWNER));
+        let mut headers: Vec<_> = cookies.iter().map(|c| ("Cookie", *c)).collect();
+        headers.push(("Authorization", &bearer));
         let r = w.gw.request("GET", &w.gw.app_host(), &path, &headers).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let seen = w.b.seen();
         let s = seen.last().expect("seen");
         assert_eq!(s.header_count("cookie"), 1);
         assert_eq!(s.header("cookie"), Some(want));
+        assert_eq!(s.header("authorization"), None);
     }
 }
 
@@ -697,6 +873,7 @@ async fn ide_bootstrap_spends_the_token_once_and_sets_a_scoped_cookie() {
         w.gw.request("GET", &app, &path, &[("Cookie", &owner)])
             .await;
     assert_eq!(r.status, 401);
+    assert_eq!(r.error_code(), "token_spent");
     // A token for another id.
     w.redis.dev(ID_B, &w.b.addr.to_string());
     let other = mint(TokenType::DevIde, ID_A, OWNER);
@@ -710,8 +887,19 @@ async fn ide_bootstrap_spends_the_token_once_and_sets_a_scoped_cookie() {
         .await;
     assert_eq!(r.status, 403);
 
-    // The cookie opens the tunnel, HTTP and WebSocket (with its own Origin).
-    let cookie = format!("edgegate_ide={value}");
+    // The cookie opens the tunnel beside the session it was minted under, HTTP and WebSocket
+    // (with its own Origin); alone, it opens nothing.
+    let alone = format!("edgegate_ide={value}");
+    let r =
+        w.gw.request(
+            "GET",
+            &app,
+            &format!("/__ide/{ID_A}/"),
+            &[("Cookie", &alone)],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let cookie = format!("edgegate_ide={value}; {owner}");
     let r =
         w.gw.request(
             "GET",

@@ -7,6 +7,7 @@ use common::*;
 use edgegate::auth::token::{now, TokenKeys, TokenType};
 use edgegate::config::TokenConfig;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A private and public PEM key pair for `alg`, in a directory that goes with the first.
 fn key_pair(alg: &str) -> (Scratch, PathBuf, PathBuf) {
@@ -100,11 +101,9 @@ async fn hs256_signed_with_the_public_key_of_an_eddsa_config_is_refused() {
         TokenKeys::from_config(&token_config("EdDSA", &private, &public), 3600).expect("keys");
     let id = edgegate::route::WorkspaceId::parse(ID_A).expect("id");
     let (good, _) = keys.mint(TokenType::Terminal, &id, OWNER).expect("mint");
-    let r = gw
-        .request("GET", &host, &format!("/agent/ws?token={good}"), &[])
-        .await;
-    assert_eq!(r.status, 200, "an EdDSA terminal token: {}", r.body);
-    assert_eq!(a.count(), 1);
+    let r = upgrade(gw.addr, &host, &format!("/agent/ws?token={good}"), &[]).await;
+    assert_eq!(r.status, 101, "an EdDSA terminal token: {}", r.body);
+    assert!(eventually(Duration::from_secs(5), || async { a.count() == 1 }).await);
 
     let t = now();
     let claims = serde_json::json!({
@@ -128,9 +127,7 @@ async fn hs256_signed_with_the_public_key_of_an_eddsa_config_is_refused() {
         ("HS256 with the public key", confused),
         ("HS256 with a secret", hs_secret),
     ] {
-        let r = gw
-            .request("GET", &host, &format!("/agent/ws?token={token}"), &[])
-            .await;
+        let r = upgrade(gw.addr, &host, &format!("/agent/ws?token={token}"), &[]).await;
         assert_eq!(r.status, 401, "{name}");
     }
     assert_eq!(a.count(), 1, "no refused token reached the upstream");

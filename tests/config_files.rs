@@ -72,7 +72,19 @@ fn bad_config_prints_one_line_naming_the_field_and_exits_64() {
             "route[1].host",
         ),
         (
-            good.replacen("ports = [1024, 65535]", "ports = [9, 1]", 1),
+            good.replacen(
+                "allowed_ports = [3000, 5173, \"8000-8099\"]",
+                "allowed_ports = [3000, 5173, \"8099-8000\"]",
+                1,
+            ),
+            "route[1].allowed_ports[2]",
+        ),
+        (
+            good.replacen(
+                "allowed_ports = [3000, 5173, \"8000-8099\"]",
+                "ports = [1024, 65535]",
+                1,
+            ),
             "route[1].ports",
         ),
         (

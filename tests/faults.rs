@@ -31,17 +31,28 @@ async fn a_moved_backend_is_re_read_and_the_request_retried_once() {
         "one fresh read of the record"
     );
 
-    // The same for a WebSocket.
+    // The same for a WebSocket: a refused connect is a 502 with its JSON body, as for plain
+    // requests (its token was spent on the way: the retry of the same request did not spend
+    // it twice, a new request needs a new one).
     w.redis.workspace(ID_B, &format!("127.0.0.1:{dead}"));
-    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_B, OWNER);
-    let path = format!("/agent/ws?token={token}");
-    assert!(ws_connect(w.gw.addr, &w.gw.ws_host(ID_B), &path, &[])
-        .await
-        .is_err());
+    let r = upgrade(
+        w.gw.addr,
+        &w.gw.ws_host(ID_B),
+        &agent_path(ID_B, OWNER),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.error_code(), "upstream_unreachable");
     w.redis.workspace(ID_B, &w.b.addr.to_string());
-    let mut ws = ws_connect(w.gw.addr, &w.gw.ws_host(ID_B), &path, &[])
-        .await
-        .expect("reached the moved backend");
+    let mut ws = ws_connect(
+        w.gw.addr,
+        &w.gw.ws_host(ID_B),
+        &agent_path(ID_B, OWNER),
+        &[],
+    )
+    .await
+    .expect("reached the moved backend");
     assert_eq!(ws_roundtrip(&mut ws, "x").await, "upstream-b:x");
 
     // Still dead after a fresh read: 502 after one retry, not a loop.
@@ -144,24 +155,32 @@ async fn a_websocket_upstream_that_dies_closes_the_client_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_redis_costs_its_deadline_and_cached_routes_keep_working() {
-    // Records expire fast; the stale window keeps known workspaces reachable.
-    let w = World::start("[cache]\nttl_ms = 100\nnegative_ttl_ms = 100\n").await;
+    // Records expire fast; the stale window keeps known workspaces reachable. An open route
+    // (the upstream does its own auth) needs nothing else from Redis; every credential does
+    // (a session is looked up, a one-time token spent), and fails closed.
+    let w = World::start(
+        "[cache]\nttl_ms = 100\nnegative_ttl_ms = 100\n\
+         [[route]]\nname = \"open\"\nhost = \"open-{id}.{base_domain}\"\n\
+         key = \"workspace:{id}\"\nauth = [\"none\"]\n",
+    )
+    .await;
     w.redis.workspace(ID_A, &w.a.addr.to_string());
     let host = w.gw.ws_host(ID_A);
-    // A terminal token: its check needs no Redis (a session would, and must fail closed).
-    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_A, OWNER);
-    let path = format!("/agent/ws?token={token}");
-    assert_eq!(w.gw.request("GET", &host, &path, &[]).await.status, 200);
+    let open = format!("open-{}.{DOMAIN}:{}", ID_A.to_ascii_lowercase(), w.gw.port);
+    assert_eq!(w.gw.request("GET", &open, "/", &[]).await.status, 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     w.redis.signal("-STOP");
     let started = std::time::Instant::now();
-    let r = w.gw.request("GET", &host, &path, &[]).await;
+    let r = w.gw.request("GET", &open, "/", &[]).await;
     assert_eq!(
         r.status, 200,
         "a known workspace is served from its last good record: {}",
         r.body
     );
+    // A terminal token cannot be spent while Redis sleeps: refused, never accepted twice.
+    let r = upgrade(w.gw.addr, &host, &agent_path(ID_A, OWNER), &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
     let r = w.gw.get(&w.gw.ws_host(ID_B), "/", &[]).await;
     assert_eq!(r.status, 503, "an unknown one gets 503: {}", r.body);
     assert!(r.header("retry-after").is_some());
@@ -170,7 +189,7 @@ async fn a_paused_redis_costs_its_deadline_and_cached_routes_keep_working() {
     assert_eq!(r.status, 503, "{}", r.body);
     let paused_for = started.elapsed();
     w.redis.signal("-CONT");
-    // Three requests that each met the 500 ms deadline at most once or twice, never a hang.
+    // Four requests that each met the 500 ms deadline at most once or twice, never a hang.
     assert!(paused_for < Duration::from_secs(10), "{paused_for:?}");
     let back = eventually(Duration::from_secs(5), || async {
         w.gw.get(&host, "/", &[]).await.status == 200
@@ -219,12 +238,10 @@ async fn oversized_requests_and_a_full_workspace_are_refused_with_their_status()
     assert_eq!(w.a.count(), 0);
 
     // Two WebSockets fill workspace A; the third request waits outside (429), B is unaffected.
-    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_A, OWNER);
-    let path = format!("/agent/ws?token={token}");
-    let mut one = ws_connect(w.gw.addr, &host, &path, &[])
+    let mut one = ws_connect(w.gw.addr, &host, &agent_path(ID_A, OWNER), &[])
         .await
         .expect("first");
-    let _two = ws_connect(w.gw.addr, &host, &path, &[])
+    let _two = ws_connect(w.gw.addr, &host, &agent_path(ID_A, OWNER), &[])
         .await
         .expect("second");
     let r = w.gw.get(&host, "/", &[]).await;

@@ -137,8 +137,7 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     assert!(before > 0, "traffic flows before the handover");
 
     // A WebSocket open on the old process.
-    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_A, OWNER);
-    let mut ws = ws_connect(gw_addr, &host, &format!("/agent/ws?token={token}"), &[])
+    let mut ws = ws_connect(gw_addr, &host, &agent_path(ID_A, OWNER), &[])
         .await
         .expect("upgrade");
     assert_eq!(ws_roundtrip(&mut ws, "before").await, "a:before");
@@ -151,7 +150,8 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     // processes for its 5 s close timeout first), so the client reconnects at once.
     let code = expect_close(&mut ws, Duration::from_secs(12)).await;
     assert_eq!(code, 1012);
-    let mut again = ws_connect(gw_addr, &host, &format!("/agent/ws?token={token}"), &[])
+    // A terminal token is spent once: the client reconnects with a fresh one.
+    let mut again = ws_connect(gw_addr, &host, &agent_path(ID_A, OWNER), &[])
         .await
         .expect("reconnect");
     assert_eq!(ws_roundtrip(&mut again, "after").await, "a:after");

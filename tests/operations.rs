@@ -64,8 +64,7 @@ async fn metrics_move_by_the_right_amounts_after_known_traffic() {
         502
     );
     // 1 terminal-token WebSocket, closed by the client.
-    let token = mint(TokenType::Terminal, ID_A, OWNER);
-    let mut ws = ws_connect(w.gw.addr, &host, &format!("/agent/ws?token={token}"), &[])
+    let mut ws = ws_connect(w.gw.addr, &host, &agent_path(ID_A, OWNER), &[])
         .await
         .expect("upgrade");
     assert_eq!(ws_roundtrip(&mut ws, "m").await, "upstream-a:m");
@@ -242,9 +241,10 @@ async fn access_log_has_one_json_line_per_request_without_credentials() {
     let w = World::start(&extra).await;
     w.redis.workspace(ID_A, &w.a.addr.to_string());
     let host = w.gw.ws_host(ID_A);
+    // A URL token on a plain request is no credential, but still never logged.
     let token = mint(TokenType::Terminal, ID_A, OWNER);
     assert_eq!(
-        w.gw.request("GET", &host, &format!("/agent/ws?x=1&token={token}"), &[])
+        w.gw.get(&host, &format!("/agent/ws?x=1&token={token}"), &[])
             .await
             .status,
         200
@@ -284,7 +284,7 @@ async fn access_log_has_one_json_line_per_request_without_credentials() {
     let first = &entries[0];
     assert_eq!(first["route"], "workspace");
     assert_eq!(first["query"], "x=1&token=REDACTED");
-    assert_eq!(first["auth_method"], "terminal_token");
+    assert_eq!(first["auth_method"], "session");
     assert_eq!(first["auth_result"], "ok");
     assert_eq!(first["status"], 200);
     assert_eq!(first["upstream"], w.a.addr.to_string());
@@ -309,6 +309,37 @@ async fn access_log_has_one_json_line_per_request_without_credentials() {
     assert_eq!(entries[4]["status"], 401);
     assert_eq!(entries[4]["auth_method"], "session");
     assert_eq!(entries[4]["auth_result"], "unauthenticated");
+
+    // A terminal token on the agent WebSocket: its line (written when the tunnel ends) names
+    // the token as the credential, never its value, in any spelling of the parameter.
+    let term = mint(TokenType::Terminal, ID_A, OWNER);
+    let mut ws = ws_connect(
+        w.gw.addr,
+        &host,
+        &format!("/agent/ws?x=1&%74oken={term}"),
+        &[],
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "m").await, "upstream-a:m");
+    ws.close(None).await.expect("close");
+    drop(ws);
+    let six = eventually(Duration::from_secs(3), || async {
+        std::fs::read_to_string(&path)
+            .map(|t| t.lines().count() >= 6)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(six);
+    let text = std::fs::read_to_string(&path).expect("access log");
+    assert!(!text.contains(&term), "token in the access log");
+    let last: serde_json::Value =
+        serde_json::from_str(text.lines().nth(5).expect("sixth line")).expect("JSON line");
+    assert_eq!(last["status"], 101);
+    assert_eq!(last["query"], "x=1&%74oken=REDACTED");
+    assert_eq!(last["auth_method"], "terminal_token");
+    assert_eq!(last["auth_result"], "ok");
+    assert!(last["bytes_out"].as_u64().is_some_and(|b| b > 0));
 }
 
 fn last_activity(redis: &Redis, key: &str) -> Option<u64> {

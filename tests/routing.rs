@@ -318,12 +318,17 @@ async fn ide_route_can_keep_its_prefix() {
     );
     let gw = Gateway::start(&text);
     redis.dev(ID_A, &b.addr.to_string());
-    let token = mint(edgegate::auth::token::TokenType::DevIde, ID_A, OWNER);
+    let cookie = format!(
+        "edgegate_ide={}; session={OWNER_SESSION}",
+        ide_cookie(ID_A, OWNER, OWNER_SESSION)
+    );
+    redis.sessions();
     let r = gw
-        .get(
+        .request(
+            "GET",
             &gw.app_host(),
-            &format!("/__ide/{ID_A}/x?token={token}"),
-            &[],
+            &format!("/__ide/{ID_A}/x"),
+            &[("Cookie", &cookie)],
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");

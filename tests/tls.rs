@@ -299,17 +299,17 @@ async fn a_route_can_reach_its_upstream_over_verified_tls_with_sni() {
     redis.sessions();
     let (up, snis) = tls_upstream(&pki).await;
     let app = upstream("app").await;
-    let text = config_text(free_port(), redis.port, app.addr, "")
-        .replacen(
-            "forward_token = true\n",
-            "forward_token = true\nupstream_tls = true\nupstream_sni = \"vm.example.test\"\n",
-            1,
-        )
-        .replacen(
-            "[admin]\n",
-            &format!("[upstream]\nca_file = {:?}\n[admin]\n", s(&pki.ca)),
-            1,
-        );
+    let text = config_text(
+        free_port(),
+        redis.port,
+        app.addr,
+        &format!("[upstream]\nca_file = {:?}\n", s(&pki.ca)),
+    )
+    .replacen(
+        "forward_token = true\n",
+        "forward_token = true\nupstream_tls = true\nupstream_sni = \"vm.example.test\"\n",
+        1,
+    );
     let gw = Gateway::start(&text);
     redis.workspace(ID_A, &up.addr.to_string());
     let r = gw.get(&gw.ws_host(ID_A), "/over-tls", &[]).await;
@@ -320,29 +320,23 @@ async fn a_route_can_reach_its_upstream_over_verified_tls_with_sni() {
         Some("vm.example.test"),
         "the route's SNI was sent"
     );
-    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_A, OWNER);
-    let mut ws = ws_connect(
-        gw.addr,
-        &gw.ws_host(ID_A),
-        &format!("/agent/ws?token={token}"),
-        &[],
-    )
-    .await
-    .expect("upgrade to a TLS upstream");
+    let mut ws = ws_connect(gw.addr, &gw.ws_host(ID_A), &agent_path(ID_A, OWNER), &[])
+        .await
+        .expect("upgrade to a TLS upstream");
     assert_eq!(ws_roundtrip(&mut ws, "t").await, "tls-up:t");
 
     // The same upstream named by a SNI its certificate does not cover is refused (502).
-    let text = config_text(free_port(), redis.port, app.addr, "")
-        .replacen(
-            "forward_token = true\n",
-            "forward_token = true\nupstream_tls = true\nupstream_sni = \"vm.elsewhere.test\"\n",
-            1,
-        )
-        .replacen(
-            "[admin]\n",
-            &format!("[upstream]\nca_file = {:?}\n[admin]\n", s(&pki.ca)),
-            1,
-        );
+    let text = config_text(
+        free_port(),
+        redis.port,
+        app.addr,
+        &format!("[upstream]\nca_file = {:?}\n", s(&pki.ca)),
+    )
+    .replacen(
+        "forward_token = true\n",
+        "forward_token = true\nupstream_tls = true\nupstream_sni = \"vm.elsewhere.test\"\n",
+        1,
+    );
     let gw2 = Gateway::start(&text);
     let before = up.count();
     let r = gw2.get(&gw2.ws_host(ID_A), "/", &[]).await;

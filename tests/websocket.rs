@@ -142,15 +142,17 @@ async fn refused_upgrades_get_json_errors_never_redirects() {
     assert_eq!(r.error_code(), "unknown_workspace");
     assert_eq!(w.a.count(), 0);
 
-    // Through the tunnel, with the prefix stripped.
+    // Through the tunnel, with the prefix stripped (a non-browser client: its dev-ide token
+    // in `Authorization`; a `?token=` would not be looked at, and goes nowhere).
+    let bearer = format!(
+        "Bearer {}",
+        mint(edgegate::auth::token::TokenType::DevIde, ID_A, OWNER)
+    );
     let mut ws = ws_connect(
         w.gw.addr,
         &w.gw.app_host(),
-        &format!(
-            "/__ide/{ID_A}/socket?x=1&token={}",
-            mint(edgegate::auth::token::TokenType::DevIde, ID_A, OWNER)
-        ),
-        &[],
+        &format!("/__ide/{ID_A}/socket?x=1&token=abc"),
+        &[("authorization", &bearer)],
     )
     .await
     .expect("tunnel upgrade");
@@ -185,13 +187,12 @@ async fn websocket_idle_for_70s_still_round_trips() {
 async fn graceful_stop_closes_open_websockets_with_1012() {
     let mut w = World::start("").await;
     w.redis.workspace(ID_A, &w.a.addr.to_string());
-    let token = mint(edgegate::auth::token::TokenType::Terminal, ID_A, OWNER);
     let mut sockets = Vec::new();
     for i in 0..3 {
         let mut ws = ws_connect(
             w.gw.addr,
             &w.gw.ws_host(ID_A),
-            &format!("/agent/ws?token={token}"),
+            &agent_path(ID_A, OWNER),
             &[],
         )
         .await

@@ -22,6 +22,19 @@ pub struct Asking<'a> {
     pub is_upgrade: bool,
     /// The scheme the client used (`http`/`https`), for the request's own origin.
     pub proto: &'a str,
+    /// What to do with a one-time token's `jti`.
+    pub spend: Spend<'a>,
+}
+
+/// How a one-time token's `jti` is treated by this decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend<'a> {
+    /// Spend it (SET NX): a token already spent is refused.
+    Yes,
+    /// This request spent this `jti` already (a re-decision after its backend moved).
+    Already(&'a str),
+    /// Look, do not touch (`edgegate explain`).
+    DryRun,
 }
 
 /// Who a request was verified to be, and how.
@@ -29,9 +42,24 @@ pub struct Asking<'a> {
 pub struct Principal {
     pub user: String,
     pub method: AuthMethod,
-    /// For a session: a hash of its Redis key, so an invalidation of that key can be matched
-    /// against open WebSockets without keeping the session id around.
+    /// For a session or an ide cookie (bound to a session): a hash of the session's Redis key,
+    /// so an invalidation of that key can be matched against open WebSockets without keeping
+    /// the session id around.
     pub session_key_hash: Option<u64>,
+    /// When the credential stops by itself (a session's `expires_at`), unix seconds.
+    pub expires_at: Option<u64>,
+    /// The one-time token's `jti` this request spent.
+    pub jti: Option<String>,
+}
+
+impl Principal {
+    /// Whether this principal's proof was a token (its WebSocket has a maximum life).
+    pub fn by_token(&self) -> bool {
+        matches!(
+            self.method,
+            AuthMethod::TerminalToken | AuthMethod::DevIdeToken
+        )
+    }
 }
 
 /// A stable hash of a Redis key (for matching invalidation messages).
@@ -92,7 +120,10 @@ pub struct Auth {
     pub agent_ws_path: String,
     pub jti_key: KeyTemplate,
     pub agent_key: KeyTemplate,
-    pub bootstrap_requires_session: bool,
+    /// Longest life of a WebSocket opened with a token.
+    pub token_tunnel_max: std::time::Duration,
+    /// How often an open WebSocket re-checks its credential.
+    pub recheck_interval: std::time::Duration,
 }
 
 /// Why a credential was refused, for the access log (never the credential itself).
@@ -146,11 +177,19 @@ impl Auth {
             agent_ws_path: a.agent_ws_path.clone(),
             jti_key: KeyTemplate::new("auth.jti_key", prefix, &a.jti_key, "{jti}")?,
             agent_key: KeyTemplate::new("auth.agent_key", prefix, &a.agent_key, "{id}")?,
-            bootstrap_requires_session: a.bootstrap_requires_session,
+            token_tunnel_max: std::time::Duration::from_secs(a.token_tunnel_max_secs),
+            recheck_interval: std::time::Duration::from_millis(a.recheck_interval_ms),
         })
     }
 
     /// Decide who may pass on a workspace route. `Ok(None)`: the route is open (`auth = ["none"]`).
+    ///
+    /// A token is considered only where the route and the request's shape take one: a terminal
+    /// token on a WebSocket upgrade of the agent path (from `Authorization: Bearer` or
+    /// `?token=`: an upgrade renders nothing), a dev-ide token from `Authorization: Bearer`
+    /// only (a link must never carry it). Either is spent once. Else cookies decide: the ide
+    /// cookie (with the app session it was minted under) or the app session, whose user must
+    /// own the record, from the request's own origin.
     pub async fn authorize(
         &self,
         records: &Records,
@@ -165,105 +204,155 @@ impl Auth {
             cookies,
             is_upgrade,
             proto,
+            spend,
         } = *request;
         let methods = &route.auth;
         if methods.contains(&AuthMethod::None) {
             return Ok(None);
         }
-        // A token where this route and path take one. A token elsewhere is not ours to judge
-        // (it may be the workspace app's own), so cookies decide.
-        let want = if methods.contains(&AuthMethod::TerminalToken)
-            && req.uri.path() == self.agent_ws_path
-        {
-            Some((TokenType::Terminal, AuthMethod::TerminalToken))
+        let on_agent_path = req.uri.path() == self.agent_ws_path;
+        let token = if methods.contains(&AuthMethod::TerminalToken) && on_agent_path && is_upgrade {
+            presented_token(req).map(|t| (t, TokenType::Terminal, AuthMethod::TerminalToken))
         } else if methods.contains(&AuthMethod::DevIdeToken) {
-            Some((TokenType::DevIde, AuthMethod::DevIdeToken))
+            bearer(req).map(|t| (t.to_string(), TokenType::DevIde, AuthMethod::DevIdeToken))
         } else {
             None
         };
-        if let Some((typ, method)) = want {
-            if let Some(tok) = presented_token(req) {
-                *attempt = Some(method);
-                let v = self.tokens.verify(&tok, typ, id).map_err(token_refusal)?;
-                if v.sub != owner {
-                    return Err(GatewayError::Forbidden);
-                }
-                // Token-authenticated requests carry their own proof: no Origin rule.
-                return Ok(Some(Principal {
-                    user: v.sub,
-                    method,
-                    session_key_hash: None,
-                }));
+        if let Some((tok, typ, method)) = token {
+            *attempt = Some(method);
+            let v = self.tokens.verify(&tok, typ, id).map_err(token_refusal)?;
+            if v.sub != owner {
+                return Err(GatewayError::Forbidden);
             }
+            self.spend(records, &v, spend).await?;
+            // Token-authenticated requests carry their own proof: no Origin rule.
+            return Ok(Some(Principal {
+                user: v.sub,
+                method,
+                session_key_hash: None,
+                expires_at: None,
+                jti: Some(v.jti),
+            }));
         }
-        let mut refusal = GatewayError::Unauthenticated;
-        if methods.contains(&AuthMethod::IdeCookie) {
+        let take_ide = methods.contains(&AuthMethod::IdeCookie) && !cookies.ide.is_empty();
+        let take_session = methods.contains(&AuthMethod::Session);
+        if !take_ide && !take_session {
+            return Err(GatewayError::Unauthenticated);
+        }
+        // What was tried: nothing at all is `none` in the log and the metric.
+        if take_ide {
+            *attempt = Some(AuthMethod::IdeCookie);
+        } else if !cookies.session.is_empty() {
+            *attempt = Some(AuthMethod::Session);
+        }
+        // Either way the app session decides, looked up once.
+        let sid = cookies.session.single()?;
+        if take_ide {
+            // The ide cookie is bound to the app session it was minted under: it opens the
+            // tunnel only beside that very session, while the session lasts.
+            let mut refusal = GatewayError::Unauthenticated;
+            let binding = sid.map(token::session_binding);
+            let mut bound = None;
             for &value in cookies.ide.iter() {
-                *attempt = Some(AuthMethod::IdeCookie);
                 match self.tokens.verify(value, TokenType::IdeSession, id) {
-                    Ok(v) if v.sub == owner => {
-                        self.check_origin(req, is_upgrade, proto)?;
-                        return Ok(Some(Principal {
-                            user: v.sub,
-                            method: AuthMethod::IdeCookie,
-                            session_key_hash: None,
-                        }));
+                    Ok(v) if v.sub != owner => refusal = GatewayError::Forbidden,
+                    Ok(v) if v.session_binding.is_some() && v.session_binding == binding => {
+                        bound = Some(v);
+                        break;
                     }
-                    Ok(_) => refusal = GatewayError::Forbidden,
-                    Err(TokenError::Invalid) => {}
+                    // Minted under another session, or under none.
+                    Ok(_) | Err(TokenError::Invalid) => {}
                     Err(_) => refusal = GatewayError::Forbidden,
                 }
             }
-        }
-        if methods.contains(&AuthMethod::Session) {
-            let sids = &cookies.session;
-            if !sids.is_empty() {
-                *attempt = Some(AuthMethod::Session);
-            }
-            match self.session_owner_of(records, sids, owner).await? {
-                Ok((user, hash)) => {
+            let (Some(v), Some(sid)) = (bound, sid) else {
+                return Err(refusal);
+            };
+            let s = self.session(records, sid).await?;
+            return match s {
+                Some(s) if s.user == v.sub => {
                     self.check_origin(req, is_upgrade, proto)?;
-                    return Ok(Some(Principal {
-                        user,
-                        method: AuthMethod::Session,
-                        session_key_hash: Some(hash),
-                    }));
+                    Ok(Some(Principal {
+                        user: s.user,
+                        method: AuthMethod::IdeCookie,
+                        session_key_hash: Some(s.key_hash),
+                        expires_at: s.expires_at,
+                        jti: None,
+                    }))
                 }
-                Err(GatewayError::Forbidden) => refusal = GatewayError::Forbidden,
-                Err(_) => {}
-            }
+                // The session ended, or now names someone else: the cookie died with it.
+                _ => Err(GatewayError::Unauthenticated),
+            };
         }
-        Err(refusal)
+        let s = self.session_owner_of(records, sid, owner).await??;
+        self.check_origin(req, is_upgrade, proto)?;
+        Ok(Some(Principal {
+            user: s.user,
+            method: AuthMethod::Session,
+            session_key_hash: Some(s.key_hash),
+            expires_at: s.expires_at,
+            jti: None,
+        }))
     }
 
-    /// The session user if one of the session cookies belongs to `owner`. Outer error: the
-    /// store failed (503, fail closed); inner: 401 (no valid session) or 403 (another user's).
+    /// Spend a one-time token's `jti` (SET NX, kept as long as the token could verify).
+    pub async fn spend(
+        &self,
+        records: &Records,
+        v: &token::Verified,
+        how: Spend<'_>,
+    ) -> Result<(), GatewayError> {
+        match how {
+            Spend::Already(jti) if jti == v.jti => Ok(()),
+            Spend::DryRun => Ok(()),
+            Spend::Yes | Spend::Already(_) => {
+                let keep = v.exp.saturating_sub(token::now()) + self.tokens.leeway() + 1;
+                if records.spend_once(&self.jti_key.key(&v.jti), keep).await? {
+                    Ok(())
+                } else {
+                    Err(GatewayError::TokenSpent)
+                }
+            }
+        }
+    }
+
+    /// The session a request's one session cookie names (`Ok(None)`: none, or not valid).
+    pub async fn session(
+        &self,
+        records: &Records,
+        sid: &str,
+    ) -> Result<Option<session::SessionUser>, GatewayError> {
+        session::session_user(records, &self.session_key, sid).await
+    }
+
+    /// The session user if the request's session cookie belongs to `owner`. Outer error: the
+    /// store failed (503, fail closed) or the cookie is ambiguous; inner: 401 (no valid
+    /// session) or 403 (another user's).
     pub async fn session_owner(
         &self,
         records: &Records,
         req: &RequestHeader,
         owner: &str,
-    ) -> Result<Result<(String, u64), GatewayError>, GatewayError> {
-        let sids = session::cookie_values(req, &self.session_cookie);
-        self.session_owner_of(records, &sids, owner).await
+    ) -> Result<Result<session::SessionUser, GatewayError>, GatewayError> {
+        let sid = session::cookie_values(req, &self.session_cookie).single()?;
+        self.session_owner_of(records, sid, owner).await
     }
 
-    /// `session_owner` for cookie values already read from the request.
+    /// `session_owner` for the cookie value already read from the request.
     async fn session_owner_of(
         &self,
         records: &Records,
-        sids: &[&str],
+        sid: Option<&str>,
         owner: &str,
-    ) -> Result<Result<(String, u64), GatewayError>, GatewayError> {
-        let mut refusal = GatewayError::Unauthenticated;
-        for &sid in sids {
-            match session::session_user(records, &self.session_key, sid).await? {
-                Some((user, hash)) if user == owner => return Ok(Ok((user, hash))),
-                Some(_) => refusal = GatewayError::Forbidden,
-                None => {}
-            }
-        }
-        Ok(Err(refusal))
+    ) -> Result<Result<session::SessionUser, GatewayError>, GatewayError> {
+        let Some(sid) = sid else {
+            return Ok(Err(GatewayError::Unauthenticated));
+        };
+        Ok(match self.session(records, sid).await? {
+            Some(s) if s.user == owner => Ok(s),
+            Some(_) => Err(GatewayError::Forbidden),
+            None => Err(GatewayError::Unauthenticated),
+        })
     }
 
     /// Workspace subdomains are one site, so SameSite does not stop workspace B's page from
@@ -298,7 +387,8 @@ impl Auth {
     }
 }
 
-/// `Authorization: Bearer …`, else `?token=`.
+/// `Authorization: Bearer …`, else `?token=`. Only for the two places that take a credential
+/// from the URL (SPEC §4): the IDE bootstrap and a WebSocket upgrade of the agent path.
 pub fn presented_token(req: &RequestHeader) -> Option<String> {
     bearer(req)
         .map(str::to_string)
@@ -315,12 +405,30 @@ pub fn bearer(req: &RequestHeader) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The first `token` query parameter, percent-decoded.
+/// Whether a query parameter (`name=value` or a bare `name`) is a `token` parameter: its name,
+/// percent-decoded, is `token` in any case (`%74oken`, `TOKEN`). Such a parameter is a
+/// credential wherever it appears: redacted from logs, stripped before upstreams.
+pub fn is_token_param(param: &str) -> bool {
+    param_name(param).eq_ignore_ascii_case("token")
+}
+
+/// A query parameter's name, percent-decoded (`+` is a space), as the upstream's parser will
+/// read it: names are matched only in this form, so `%74oken` is `token` everywhere.
+pub fn param_name(param: &str) -> std::borrow::Cow<'_, str> {
+    let name = param.split_once('=').map_or(param, |(k, _)| k);
+    if name.bytes().any(|b| b == b'%' || b == b'+') {
+        std::borrow::Cow::Owned(percent_decode(name))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+/// The value of the first `token` query parameter (name and value percent-decoded).
 pub fn query_token(query: Option<&str>) -> Option<String> {
     query?
         .split('&')
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| *k == "token")
+        .filter(|p| is_token_param(p))
+        .find_map(|p| p.split_once('='))
         .map(|(_, v)| percent_decode(v))
         .filter(|v| !v.is_empty())
 }
@@ -344,13 +452,13 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `query` without its `token` parameters; `None` when there were none to remove.
+/// `query` without its `token` parameters (`is_token_param`); `None` when there were none.
 pub fn strip_token_param(query: &str) -> Option<String> {
     let mut removed = false;
     let kept: Vec<&str> = query
         .split('&')
         .filter(|p| {
-            let is_token = p.split_once('=').map_or(*p, |(k, _)| k) == "token";
+            let is_token = is_token_param(p);
             removed |= is_token;
             !is_token
         })
@@ -379,6 +487,37 @@ mod tests {
         assert_eq!(strip_token_param("token=x").as_deref(), Some(""));
         assert_eq!(strip_token_param("a=1"), None);
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("a%41"), "aA", "an escape at the very end");
+    }
+
+    #[test]
+    fn token_parameter_names_are_decoded_before_they_are_matched() {
+        for name in [
+            "token",
+            "%74oken",
+            "%74%6F%6b%65%6E",
+            "TOKEN",
+            "Token",
+            "tok%65n",
+        ] {
+            assert!(is_token_param(&format!("{name}=x")), "{name}");
+            assert_eq!(
+                query_token(Some(&format!("a=1&{name}=x.y"))).as_deref(),
+                Some("x.y"),
+                "{name}"
+            );
+            assert_eq!(
+                strip_token_param(&format!("a=1&{name}=x.y&b=2")).as_deref(),
+                Some("a=1&b=2"),
+                "{name}"
+            );
+        }
+        for name in [
+            "tokens", "atoken", "token%00", "%74oke", "to+ken", "token[]",
+        ] {
+            assert!(!is_token_param(&format!("{name}=x")), "{name}");
+        }
+        assert!(is_token_param("token"), "a bare name");
     }
 
     #[test]

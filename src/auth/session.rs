@@ -16,6 +16,32 @@ const MAX_VALUES: usize = 4;
 pub struct CookieValues<'r> {
     values: [&'r str; MAX_VALUES],
     len: usize,
+    /// Some value differed from the first (counted beyond the four kept, too).
+    differ: bool,
+}
+
+impl<'r> CookieValues<'r> {
+    fn push(&mut self, v: &'r str) {
+        if self.len > 0 && self.values[0] != v {
+            self.differ = true;
+        }
+        if self.len < MAX_VALUES {
+            self.values[self.len] = v;
+            self.len += 1;
+        }
+    }
+
+    /// The one value of this cookie: `None` when absent, the value when every copy agrees.
+    /// Two different values are refused (401, `ambiguous_credentials`): a page on any sibling
+    /// subdomain can toss a second cookie of the same name (a path-scoped one is even sent
+    /// first), and picking either could pick the attacker's. One value also means at most one
+    /// session lookup per request, whatever the cookies say.
+    pub fn single(&self) -> Result<Option<&'r str>, GatewayError> {
+        if self.differ {
+            return Err(GatewayError::AmbiguousCredentials);
+        }
+        Ok(self.values[..self.len].first().copied())
+    }
 }
 
 impl<'r> std::ops::Deref for CookieValues<'r> {
@@ -101,9 +127,8 @@ impl<'r> Cookies<'r> {
                     .strip_prefix('"')
                     .and_then(|x| x.strip_suffix('"'))
                     .unwrap_or(v);
-                if !v.is_empty() && values.len < MAX_VALUES {
-                    values.values[values.len] = v;
-                    values.len += 1;
+                if !v.is_empty() {
+                    values.push(v);
                 }
             }
         }
@@ -155,14 +180,23 @@ fn plausible_sid(sid: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.~+/=%".contains(&b))
 }
 
-/// The user of session `sid` and the hash of its Redis key (for revocation), `None` when there
-/// is no valid session (unknown, expired, malformed). Redis unreachable is an error: auth fails
-/// closed.
+/// A valid app session, as auth needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionUser {
+    pub user: String,
+    /// A hash of the session's Redis key (for revocation), never the id itself.
+    pub key_hash: u64,
+    /// When the session ends by itself, unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+/// The user of session `sid`, `None` when there is no valid session (unknown, expired,
+/// malformed). Redis unreachable is an error: auth fails closed.
 pub async fn session_user(
     records: &Records,
     key_template: &KeyTemplate,
     sid: &str,
-) -> Result<Option<(String, u64)>, GatewayError> {
+) -> Result<Option<SessionUser>, GatewayError> {
     if !plausible_sid(sid) {
         return Ok(None);
     }
@@ -173,17 +207,22 @@ pub async fn session_user(
         log::warn!("session record without a user field (key redacted)");
         return Ok(None);
     };
-    if let Some(exp) = rec.get("expires_at") {
-        match exp.trim().parse::<u64>() {
-            Ok(exp) if exp > now() => {}
+    let expires_at = match rec.get("expires_at") {
+        Some(exp) => match exp.trim().parse::<u64>() {
+            Ok(exp) if exp > now() => Some(exp),
             Ok(_) => return Ok(None),
             Err(_) => {
                 log::warn!("session record with a malformed expires_at (key redacted)");
                 return Ok(None);
             }
-        }
-    }
-    Ok(Some((user.clone(), super::key_hash(&key))))
+        },
+        None => None,
+    };
+    Ok(Some(SessionUser {
+        user: user.clone(),
+        key_hash: super::key_hash(&key),
+        expires_at,
+    }))
 }
 
 #[cfg(test)]
@@ -270,6 +309,32 @@ mod tests {
         assert_eq!(
             without_cookies(&req(&["session=abc"]).headers, &["session"]),
             None
+        );
+    }
+
+    #[test]
+    fn a_cookie_with_two_different_values_is_ambiguous() {
+        let one = |h: &[&str]| {
+            let r = req(h);
+            let v = cookie_values(&r, "session").single();
+            v.map(|v| v.map(str::to_string))
+        };
+        assert_eq!(one(&[]), Ok(None));
+        assert_eq!(one(&["a=1"]), Ok(None));
+        assert_eq!(one(&["session=abc"]), Ok(Some("abc".into())));
+        assert_eq!(
+            one(&["session=abc; x=1", "session=abc"]),
+            Ok(Some("abc".into())),
+            "the same value twice is one value"
+        );
+        assert_eq!(
+            one(&["session=abc; session=tossed"]),
+            Err(GatewayError::AmbiguousCredentials)
+        );
+        assert_eq!(
+            one(&["session=a; session=a; session=a; session=a; session=b"]),
+            Err(GatewayError::AmbiguousCredentials),
+            "a fifth, different value is seen too"
         );
     }
 

@@ -48,6 +48,10 @@ struct Claims {
     jti: String,
     iss: String,
     aud: String,
+    /// For an ide-session token (the ide cookie): the app session it was minted under
+    /// (`session_binding`), so the cookie stops working when that session ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sb: Option<String>,
 }
 
 /// A token that passed every check but the owner comparison, which needs the record.
@@ -56,6 +60,25 @@ pub struct Verified {
     pub sub: String,
     pub jti: String,
     pub exp: u64,
+    /// The app session an ide cookie is bound to (`session_binding` of its id).
+    pub session_binding: Option<String>,
+}
+
+/// What an ide cookie carries to name the app session it was minted under: the first 128 bits
+/// of SHA-256 over the session id, hex. The cookie is signed, so the value cannot be forged,
+/// and it does not reveal the session id to whoever reads the cookie.
+pub fn session_binding(sid: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"edgegate ide cookie binding\0")
+        .chain_update(sid.as_bytes())
+        .finalize();
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 0xF)]));
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -230,6 +253,11 @@ impl TokenKeys {
         Ok(keys)
     }
 
+    /// Clock skew allowed on `exp`, in seconds.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
+    }
+
     pub fn ttl(&self, typ: TokenType) -> u64 {
         match typ {
             TokenType::DevIde => self.dev_ide_ttl,
@@ -244,6 +272,17 @@ impl TokenKeys {
         typ: TokenType,
         id: &WorkspaceId,
         user: &str,
+    ) -> Result<(String, u64), jsonwebtoken::errors::Error> {
+        self.mint_bound(typ, id, user, None)
+    }
+
+    /// `mint`, naming the app session (`session_binding`) the token is bound to.
+    pub fn mint_bound(
+        &self,
+        typ: TokenType,
+        id: &WorkspaceId,
+        user: &str,
+        session_binding: Option<String>,
     ) -> Result<(String, u64), jsonwebtoken::errors::Error> {
         let iat = now();
         let ttl = self.ttl(typ);
@@ -262,6 +301,7 @@ impl TokenKeys {
             jti: new_jti(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
+            sb: session_binding,
         };
         let token = jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.encoding)?;
         Ok((token, ttl))
@@ -304,6 +344,7 @@ impl TokenKeys {
             sub: claims.sub,
             jti: claims.jti,
             exp: claims.exp,
+            session_binding: claims.sb,
         })
     }
 

@@ -40,7 +40,8 @@ pub struct Route {
 enum RouteKind {
     Host {
         pattern: Vec<Token>,
-        ports: Option<(u16, u16)>,
+        /// For `{port}` routes: the inclusive ranges a host may name (empty: none).
+        ports: Vec<(u16, u16)>,
     },
     Path {
         /// Everything before `{id}`, e.g. `/__ide/`.
@@ -111,7 +112,7 @@ pub enum RouteMatch<'a> {
 pub struct WorkspaceMatch<'a> {
     pub route: &'a Route,
     pub id: WorkspaceId,
-    /// The `{port}` the host named, already checked against the route's range.
+    /// The `{port}` the host named, already checked against the route's allow-list.
     pub port: Option<u16>,
     /// The path (without query) to send upstream when the route strips its prefix.
     pub upstream_path: Option<String>,
@@ -299,15 +300,15 @@ impl RouteTable {
                         continue;
                     };
                     let id = WorkspaceId::parse(raw_id).ok_or(GatewayError::BadId)?;
-                    let port = match (raw_port, ports) {
-                        (Some(p), Some((lo, hi))) => {
+                    let port = match raw_port {
+                        Some(p) => {
                             let p: u16 = p.parse().map_err(|_| GatewayError::PortNotAllowed)?;
-                            if p < *lo || p > *hi {
+                            if !ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&p)) {
                                 return Err(GatewayError::PortNotAllowed);
                             }
                             Some(p)
                         }
-                        _ => None,
+                        None => None,
                     };
                     return Ok(RouteMatch::Workspace(WorkspaceMatch {
                         route,
@@ -481,6 +482,15 @@ fn compile(
     if rc.name.is_empty() {
         return Err(route_error(i, "name", "must not be empty"));
     }
+    if rc.ports.is_some() {
+        // It used to hold a range, [1024, 65535], which exposed every port in it.
+        return Err(route_error(
+            i,
+            "ports",
+            "replaced by allowed_ports, an explicit list of ports and \"low-high\" ranges \
+             (an empty list exposes none)",
+        ));
+    }
     let kind = match (&rc.host, &rc.path) {
         (Some(_), Some(_)) | (None, None) => {
             return Err(route_error(
@@ -518,31 +528,24 @@ fn compile(
                 }
             }
             let has_port = count(&Token::Port) == 1;
-            let ports = match (has_port, rc.ports) {
-                (true, Some([lo, hi])) if lo >= 1 && lo <= hi => Some((lo, hi)),
-                (true, Some(_)) => {
-                    return Err(route_error(
+            if !has_port && !rc.allowed_ports.is_empty() {
+                return Err(route_error(
+                    i,
+                    "allowed_ports",
+                    "only allowed when host has \"{port}\"",
+                ));
+            }
+            let mut ports = Vec::with_capacity(rc.allowed_ports.len());
+            for (j, spec) in rc.allowed_ports.iter().enumerate() {
+                let bounds = spec.bounds().ok_or_else(|| {
+                    route_error(
                         i,
-                        "ports",
-                        "must be [low, high] with 1 <= low <= high",
-                    ))
-                }
-                (true, None) => {
-                    return Err(route_error(
-                        i,
-                        "ports",
-                        "required when host has \"{port}\" (e.g. [1024, 65535])",
-                    ))
-                }
-                (false, Some(_)) => {
-                    return Err(route_error(
-                        i,
-                        "ports",
-                        "only allowed when host has \"{port}\"",
-                    ))
-                }
-                (false, None) => None,
-            };
+                        &format!("allowed_ports[{j}]"),
+                        format!("{spec:?} is not a port (1-65535) or a range \"low-high\""),
+                    )
+                })?;
+                ports.push(bounds);
+            }
             if rc.hosts.is_some() {
                 return Err(route_error(i, "hosts", "only allowed on path routes"));
             }
@@ -574,10 +577,10 @@ fn compile(
                     "a path route needs hosts (or [default].hosts) to be served on",
                 ));
             }
-            if rc.ports.is_some() {
+            if !rc.allowed_ports.is_empty() {
                 return Err(route_error(
                     i,
-                    "ports",
+                    "allowed_ports",
                     "only allowed when host has \"{port}\"",
                 ));
             }
@@ -667,7 +670,7 @@ mod tests {
             [[route]]
             name = "workspace_port"
             host = "ws-{{id}}--{{port}}.{{base_domain}}"
-            ports = [3000, 9000]
+            allowed_ports = [3000, "8080-8090", 9000]
             key = "workspace:{{id}}"
             [[route]]
             name = "ide"
@@ -774,6 +777,21 @@ mod tests {
             ),
             (
                 format!("ws-{lower}--22.example.test"),
+                "/".into(),
+                Err(GatewayError::PortNotAllowed),
+            ),
+            (
+                format!("ws-{lower}--8091.example.test"),
+                "/".into(),
+                Err(GatewayError::PortNotAllowed),
+            ),
+            (
+                format!("ws-{lower}--3000.example.test"),
+                "/".into(),
+                Ok(format!("workspace_port:{ID}:Some(3000):None")),
+            ),
+            (
+                format!("ws-{lower}--4000.example.test"),
                 "/".into(),
                 Err(GatewayError::PortNotAllowed),
             ),

@@ -73,6 +73,21 @@ pub trait RouteStore: Send + Sync {
 /// The answer cached per key.
 type Lookup = Result<Option<Arc<Cached>>, StoreFailure>;
 
+impl super::cache::Weigh for Lookup {
+    /// The record's fields and values, and what each costs in its map.
+    fn weight(&self) -> usize {
+        match self {
+            Ok(Some(rec)) => {
+                64 + rec
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 56)
+                    .sum::<usize>()
+            }
+            _ => 0,
+        }
+    }
+}
+
 /// The cached view of a store, shared by all requests.
 pub struct Records {
     store: Arc<dyn RouteStore>,
@@ -99,7 +114,7 @@ impl Records {
         Self {
             store,
             cache,
-            secrets: Self::new_cache(config),
+            secrets: Self::new_cache(config, &metrics, "sessions"),
             ttl: Duration::from_millis(config.cache.ttl_ms),
             negative_ttl: Duration::from_millis(config.cache.negative_ttl_ms),
             metrics,
@@ -109,8 +124,14 @@ impl Records {
         }
     }
 
-    pub fn new_cache(config: &Config) -> Arc<Cache<Lookup>> {
-        Arc::new(Cache::new(config.cache.max_entries))
+    /// A cache of records bounded by `cache.max_entries` and `cache.max_bytes`, its evictions
+    /// counted as `edgegate_cache_evictions_total{cache=name}`.
+    pub fn new_cache(config: &Config, metrics: &Metrics, name: &str) -> Arc<Cache<Lookup>> {
+        Arc::new(Cache::bounded(
+            config.cache.max_entries,
+            config.cache.max_bytes,
+            Some(metrics.cache_evictions.with_label_values(&[name])),
+        ))
     }
 
     /// The record at `key`; `Ok(None)` when there is none. Store failures become the

@@ -272,8 +272,21 @@ pub fn config_text(gw_port: u16, redis_port: u16, app: SocketAddr, extra: &str) 
     config_text_redis(gw_port, &redis, app, extra)
 }
 
+/// What the tests' upstreams need: they listen on loopback, which `upstream.blocked_networks`
+/// refuses by default. Goes into the `[upstream]` table of `extra` when it has one.
+const LOOPBACK_UPSTREAMS: &str = "allowed_networks = [\"127.0.0.0/8\"]\n";
+
 /// `config_text` with `redis` as the `[redis]` table's way to Redis (`url`, or `mode` and `nodes`).
 pub fn config_text_redis(gw_port: u16, redis: &str, app: SocketAddr, extra: &str) -> String {
+    let extra = if extra.contains("[upstream]\n") {
+        extra.replacen(
+            "[upstream]\n",
+            &format!("[upstream]\n{LOOPBACK_UPSTREAMS}"),
+            1,
+        )
+    } else {
+        format!("[upstream]\n{LOOPBACK_UPSTREAMS}{extra}")
+    };
     format!(
         r#"
 base_domain = "{DOMAIN}"
@@ -310,7 +323,8 @@ name = "workspace_port"
 host = "ws-{{id}}--{{port}}.{{base_domain}}"
 key = "workspace:{{id}}"
 status_field = "status"
-ports = [1024, 65535]
+# Any port: the tests' upstreams listen on ephemeral ones.
+allowed_ports = ["1024-65535"]
 
 [[route]]
 name = "ide"
@@ -618,4 +632,75 @@ pub fn openssl(args: &[&str]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A WebSocket upgrade request's head, as a browser or agent sends it, with extra headers.
+pub fn upgrade_request(host: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req
+}
+
+/// Send an upgrade request and return the response head (a 101 leaves the tunnel open; it is
+/// dropped here) with whatever body a refusal carried. Bounded by 15 s.
+pub async fn upgrade(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let req = upgrade_request(host, path, headers);
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect gateway");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(head) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let r = parse_response(&buf);
+                let want = r
+                    .header("content-length")
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if r.status == 101 || buf.len() >= head + 4 + want {
+                    break;
+                }
+            }
+        }
+        buf
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(15), fut)
+        .await
+        .expect("response within 15 s");
+    parse_response(&buf)
+}
+
+/// `/agent/ws?token=…` with a fresh terminal token of `user` for `id` (each is spent once).
+pub fn agent_path(id: &str, user: &str) -> String {
+    format!(
+        "/agent/ws?token={}",
+        mint(edgegate::auth::token::TokenType::Terminal, id, user)
+    )
+}
+
+/// An ide cookie value for `id` and `user`, bound to the app session `sid` (what the
+/// bootstrap sets).
+pub fn ide_cookie(id: &str, user: &str, sid: &str) -> String {
+    let id = edgegate::route::WorkspaceId::parse(id).expect("id");
+    let binding = edgegate::auth::token::session_binding(sid);
+    keys()
+        .mint_bound(
+            edgegate::auth::token::TokenType::IdeSession,
+            &id,
+            user,
+            Some(binding),
+        )
+        .expect("mint")
+        .0
 }
