@@ -125,7 +125,7 @@ fn auth(c: &mut Criterion) {
         client_ip: Some("203.0.113.7".parse().expect("ip")),
         trusted_proxies: &[],
         proto: "https",
-        credential_cookies: ["session", "edgegate_ide"],
+        credential_cookies: &["session".to_string(), "edgegate_ide".to_string()],
     };
     c.bench_function("rewrite a browser request for the upstream", |b| {
         b.iter(|| {

@@ -149,6 +149,9 @@ impl Gateway {
         owner: &str,
         principal: &mut Option<Principal>,
     ) -> Result<Reply, GatewayError> {
+        if !crate::auth::bootstrap_navigation_allowed(req) {
+            return Err(GatewayError::Forbidden);
+        }
         // One of the two places a credential is taken from the URL (SPEC §4): a top-level
         // navigation that renders nothing of the workspace, only a redirect.
         let token = presented_token(req).ok_or(GatewayError::Unauthenticated)?;

@@ -579,6 +579,9 @@ pub struct AuthConfig {
     pub session_key: String,
     /// Name of the cookie the IDE bootstrap sets.
     pub ide_cookie: String,
+    /// The app's other cookies on `.{base_domain}` (refresh tokens, CSRF tokens, …): stripped
+    /// before every workspace upstream, and no workspace response may set them.
+    pub app_cookies: Vec<String>,
     /// Lifetime of that cookie.
     pub ide_cookie_ttl_secs: u64,
     /// Mark cookies `Secure`; turn off only for plain-HTTP local runs.
@@ -606,6 +609,7 @@ impl Default for AuthConfig {
             session_cookie: "session".into(),
             session_key: "session:{sid}".into(),
             ide_cookie: "edgegate_ide".into(),
+            app_cookies: Vec::new(),
             ide_cookie_ttl_secs: 12 * 3600,
             cookie_secure: true,
             trusted_origins: Vec::new(),

@@ -286,8 +286,9 @@ pub struct Forwarding<'a> {
     pub client_ip: Option<IpAddr>,
     pub trusted_proxies: &'a [IpNet],
     pub proto: &'static str,
-    /// Cookies that are edgegate's credentials (app session, ide cookie).
-    pub credential_cookies: [&'a str; 2],
+    /// Cookies that never reach a workspace: edgegate's credentials (app session, ide
+    /// cookie) and the app's others (`auth.app_cookies`).
+    pub credential_cookies: &'a [String],
 }
 
 /// Append `ip` in its usual text form; IPv4 without `fmt`, which costs more than the rest of
@@ -467,7 +468,7 @@ pub fn rewrite_upstream_request(
             headers.remove(http::header::COOKIE);
         }
         CookieStrip::Rebuild => {
-            match crate::auth::session::without_cookies(headers, &fwd.credential_cookies) {
+            match crate::auth::session::without_cookies(headers, fwd.credential_cookies) {
                 Some(rest) => add(headers, http::header::COOKIE, value(&rest)?)?,
                 None => {
                     headers.remove(http::header::COOKIE);
@@ -556,6 +557,104 @@ fn response_connection_options(
             !needed
         })
         .collect()
+}
+
+/// What a workspace's response may set in the browser (SPEC §8): workspace content runs on a
+/// sibling of the app's host (or, tunnelled, on the app's own origin), so
+///
+/// - a `Set-Cookie` with a `Domain` attribute (a cookie for every sibling, the app's included),
+///   one named like edgegate's or the app's cookies (`protected`), and on a tunnel a
+///   `__Host-` one, is dropped: a workspace could otherwise replace the victim's session with
+///   its owner's and sign the victim's browser into that owner's workspace;
+/// - on a tunnel every cookie's `Path` is the tunnel's prefix, so the app's own cookies and
+///   other tunnels' stay out of reach;
+/// - `Clear-Site-Data` is dropped (its `cookies` directive logs the user out of the app);
+/// - on a tunnel `Service-Worker-Allowed` is dropped: a worker registered with scope `/` would
+///   serve every page of the app's origin, long after the tunnel (and the session) are gone.
+///
+/// The app's own responses (`Content::App`) pass untouched.
+pub fn confine_response(
+    resp: &mut ResponseHeader,
+    content: &crate::upstream::Content,
+    protected: &[String],
+) -> pingora::Result<()> {
+    use crate::upstream::Content;
+    let tunnel = match content {
+        Content::App => return Ok(()),
+        Content::Workspace => None,
+        Content::Tunnel(prefix) => Some(prefix.as_str()),
+    };
+    let (mut cookies, mut clear, mut worker) = (false, false, false);
+    for name in resp.headers.keys() {
+        cookies |= name == http::header::SET_COOKIE;
+        clear |= name.as_str() == "clear-site-data";
+        worker |= name.as_str() == "service-worker-allowed";
+    }
+    if clear {
+        resp.remove_header("clear-site-data");
+    }
+    if worker && tunnel.is_some() {
+        resp.remove_header("service-worker-allowed");
+    }
+    if !cookies {
+        return Ok(());
+    }
+    let set: Vec<http::HeaderValue> = resp
+        .headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    resp.remove_header(&http::header::SET_COOKIE);
+    for value in set {
+        match confine_cookie(&value, tunnel, protected) {
+            Some(kept) => resp.append_header(http::header::SET_COOKIE, kept)?,
+            None => {
+                log::debug!("dropped a Set-Cookie a workspace may not set");
+                false
+            }
+        };
+    }
+    Ok(())
+}
+
+/// One `Set-Cookie` as a workspace may set it, or `None` when it may not.
+fn confine_cookie(
+    value: &http::HeaderValue,
+    tunnel: Option<&str>,
+    protected: &[String],
+) -> Option<http::HeaderValue> {
+    let text = value.to_str().ok()?;
+    let mut parts = text.split(';');
+    let pair = parts.next()?.trim();
+    let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+    if name.is_empty()
+        || protected.iter().any(|p| p == name)
+        || (tunnel.is_some() && name.starts_with("__Host-"))
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 24);
+    out.push_str(pair);
+    for attr in parts {
+        let attr = attr.trim();
+        let key = attr.split_once('=').map_or(attr, |(k, _)| k).trim();
+        if key.eq_ignore_ascii_case("domain") {
+            return None;
+        }
+        if tunnel.is_some() && key.eq_ignore_ascii_case("path") {
+            continue;
+        }
+        if !attr.is_empty() {
+            out.push_str("; ");
+            out.push_str(attr);
+        }
+    }
+    if let Some(prefix) = tunnel {
+        out.push_str("; Path=");
+        out.push_str(prefix);
+    }
+    http::HeaderValue::from_str(&out).ok()
 }
 
 /// `X-Request-Id` on the upstream's response, so a client report can be matched with both
@@ -661,7 +760,7 @@ mod tests {
             client_ip: "10.1.2.3".parse().ok(),
             trusted_proxies: &[],
             proto: "http",
-            credential_cookies: ["session", "edgegate_ide"],
+            credential_cookies: &["session".to_string(), "edgegate_ide".to_string()],
         };
         rewrite_upstream_request(&mut req, &ctx, &fwd).map(|_| req)
     }
@@ -864,6 +963,58 @@ mod tests {
         assert_eq!(
             response(200, &[("Connection", "keep-alive"), ("X-Kept", "1")]),
             ["connection", "x-kept", "x-request-id"]
+        );
+    }
+
+    #[test]
+    fn workspace_responses_cannot_set_what_reaches_beyond_them() {
+        use crate::upstream::Content;
+        let protected = ["session".to_string(), "edgegate_ide".to_string()];
+        let confined = |content: &Content, headers: &[(&str, &str)]| {
+            let mut resp = ResponseHeader::build(200, None).expect("resp");
+            for (k, v) in headers {
+                resp.append_header(k.to_string(), *v).expect("h");
+            }
+            confine_response(&mut resp, content, &protected).expect("confine");
+            let mut out: Vec<String> = resp
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_str().expect("ascii")))
+                .collect();
+            out.sort();
+            out
+        };
+        let sent = [
+            ("Set-Cookie", "theme=dark; Path=/; HttpOnly"),
+            ("Set-Cookie", "session=attacker; Path=/; HttpOnly"),
+            ("Set-Cookie", "wide=1; Domain=example.test; Path=/"),
+            ("Set-Cookie", "wide2=1; path=/; DOMAIN=.example.test"),
+            ("Set-Cookie", "__Host-x=1; Path=/; Secure"),
+            ("Set-Cookie", "edgegate_ide=forged"),
+            ("Clear-Site-Data", "\"cookies\""),
+            ("Service-Worker-Allowed", "/"),
+            ("X-Kept", "1"),
+        ];
+        assert_eq!(
+            confined(&Content::Workspace, &sent),
+            [
+                "service-worker-allowed: /",
+                "set-cookie: __Host-x=1; Path=/; Secure",
+                "set-cookie: theme=dark; Path=/; HttpOnly",
+                "x-kept: 1",
+            ]
+        );
+        assert_eq!(
+            confined(&Content::Tunnel("/__ide/01A/".into()), &sent),
+            [
+                "set-cookie: theme=dark; HttpOnly; Path=/__ide/01A/",
+                "x-kept: 1",
+            ]
+        );
+        assert_eq!(
+            confined(&Content::App, &sent).len(),
+            sent.len(),
+            "the app's own pass"
         );
     }
 

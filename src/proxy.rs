@@ -135,7 +135,7 @@ impl Gateway {
                 .map(|a| a.ip()),
             trusted_proxies: &self.trusted_proxies,
             proto: ctx.proto,
-            credential_cookies: [&self.auth.session_cookie, &self.auth.ide_cookie],
+            credential_cookies: &self.auth.credential_cookies,
         }
     }
 
@@ -259,6 +259,7 @@ impl Gateway {
                     host_header: (!d.preserve_host).then(|| d.upstream.to_string()),
                     upstream_path: None,
                     tls: None,
+                    content: upstream::Content::App,
                 }
             }
             RouteMatch::Workspace(m) => {
@@ -276,6 +277,7 @@ impl Gateway {
                     req,
                     &self.auth.session_cookie,
                     &self.auth.ide_cookie,
+                    &self.auth.app_cookies,
                 );
                 // A re-decision of this request (its backend moved) must not spend its one-time
                 // token a second time; `explain` spends nothing.
@@ -375,6 +377,10 @@ impl Gateway {
                     host_header: (!m.route.preserve_host).then(|| rr.upstream.to_string()),
                     upstream_path,
                     tls,
+                    content: match m.route.prefix_for(&m.id) {
+                        Some(prefix) => upstream::Content::Tunnel(prefix),
+                        None => upstream::Content::Workspace,
+                    },
                 };
                 ctx.activity_key = Some(key);
                 self.touch(ctx);
@@ -499,7 +505,16 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         // The id the upstream saw, so a client report can be matched with both sides' logs.
-        headers::set_response_request_id(upstream_response, &ctx.request_id)
+        headers::set_response_request_id(upstream_response, &ctx.request_id)?;
+        // What a workspace's response may set in the browser (SPEC §8).
+        if let Some(t) = &ctx.target {
+            headers::confine_response(
+                upstream_response,
+                &t.content,
+                &self.auth.credential_cookies,
+            )?;
+        }
+        Ok(())
     }
 
     async fn request_body_filter(

@@ -158,6 +158,22 @@ pub struct Target {
     pub upstream_path: Option<String>,
     /// TLS to the upstream: the SNI (and name verified), and whether to verify.
     pub tls: Option<UpstreamTls>,
+    /// On whose origin the upstream's responses land (what they may set there).
+    pub content: Content,
+}
+
+/// Where an upstream's responses are rendered, and so what they may set in the browser
+/// (`headers::confine_response`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// The app API (`[default]`): its responses are its own.
+    App,
+    /// A workspace on a host of its own, a sibling of the app's: it may not set cookies for
+    /// the whole domain, nor the app's, nor clear the site's data.
+    Workspace,
+    /// A workspace tunnelled under a prefix of the app's own origin: as `Workspace`, and its
+    /// cookies and service workers are confined to that prefix.
+    Tunnel(String),
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +274,7 @@ mod tests {
             host_header: None,
             upstream_path: None,
             tls: None,
+            content: Content::Workspace,
         };
         let mut cfg = UpstreamConfig::default();
         assert_eq!(

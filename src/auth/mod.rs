@@ -114,6 +114,10 @@ pub struct Auth {
     pub session_cookie: String,
     session_key: KeyTemplate,
     pub ide_cookie: String,
+    /// The app's other cookies, which never reach a workspace either.
+    pub app_cookies: Vec<String>,
+    /// Every cookie stripped before a workspace: session, ide cookie, the app's others.
+    pub credential_cookies: Vec<String>,
     pub ide_cookie_ttl: u64,
     pub cookie_secure: bool,
     trusted_origins: Vec<String>,
@@ -171,6 +175,12 @@ impl Auth {
             session_cookie: a.session_cookie.clone(),
             session_key: KeyTemplate::new("auth.session_key", prefix, &a.session_key, "{sid}")?,
             ide_cookie: a.ide_cookie.clone(),
+            app_cookies: a.app_cookies.clone(),
+            credential_cookies: [&a.session_cookie, &a.ide_cookie]
+                .into_iter()
+                .chain(&a.app_cookies)
+                .cloned()
+                .collect(),
             ide_cookie_ttl: a.ide_cookie_ttl_secs,
             cookie_secure: a.cookie_secure,
             trusted_origins,
@@ -367,7 +377,7 @@ impl Auth {
     ) -> Result<(), GatewayError> {
         let origin = match req.headers.get(http::header::ORIGIN) {
             None if is_upgrade => return Err(GatewayError::Forbidden),
-            None => return Ok(()),
+            None => return fetch_metadata_allows(req),
             Some(o) => o.to_str().map_err(|_| GatewayError::Forbidden)?,
         };
         let host = crate::headers::browser_host(req)?;
@@ -385,6 +395,39 @@ impl Auth {
             Err(GatewayError::Forbidden)
         }
     }
+}
+
+/// A cookie-authenticated request without an `Origin`: what the browser says in `Sec-Fetch-*`
+/// about who started it decides. Another site, or a sibling subdomain (a workspace), may only
+/// navigate here (a top-level or frame `GET`): `<script src>`, `<img>`, `<link>` and no-cors
+/// fetches carry the visitor's cookies but no `Origin`, and would run or read the visitor's
+/// workspace from a hostile page. Clients that send no `Sec-Fetch-Site` (non-browsers, old
+/// browsers) pass, as does a request the user started (`none`) or the page's own origin.
+fn fetch_metadata_allows(req: &RequestHeader) -> Result<(), GatewayError> {
+    let get = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+    match get("sec-fetch-site") {
+        None | Some(b"same-origin") | Some(b"none") => return Ok(()),
+        Some(_) => {}
+    }
+    let navigation = get("sec-fetch-mode") == Some(b"navigate")
+        && matches!(req.method, http::Method::GET | http::Method::HEAD)
+        && !matches!(get("sec-fetch-dest"), Some(b"object" | b"embed"));
+    if navigation {
+        Ok(())
+    } else {
+        Err(GatewayError::Forbidden)
+    }
+}
+
+/// The IDE bootstrap signs a browser in: only a navigation the app's own page started may do
+/// that. A link from anywhere else (another site, a workspace on a sibling subdomain, a mail)
+/// is refused even with a valid token and session: a page that can toss or overflow cookies
+/// on the domain could otherwise sign the visitor into its owner's IDE (login CSRF). Clients
+/// that send no `Sec-Fetch-Site` (non-browsers) pass.
+pub fn bootstrap_navigation_allowed(req: &RequestHeader) -> bool {
+    req.headers
+        .get("sec-fetch-site")
+        .is_none_or(|v| v.as_bytes() == b"same-origin")
 }
 
 /// `Authorization: Bearer …`, else `?token=`. Only for the two places that take a credential

@@ -86,7 +86,10 @@ impl<'r> Cookies<'r> {
     /// cookie of the same name; each is tried, none trusted blindly). Header values are
     /// visible ASCII (`to_str`), so ASCII trimming is all there is; a header that is not
     /// cannot be searched for credentials, so it is only ever rebuilt away.
-    pub fn read(req: &'r RequestHeader, session: &str, ide: &str) -> Self {
+    ///
+    /// `app` names the app's other cookies (`auth.app_cookies`): never collected, but they go
+    /// before the upstream as edgegate's own do.
+    pub fn read(req: &'r RequestHeader, session: &str, ide: &str, app: &[String]) -> Self {
         let mut out = Cookies::default();
         let (mut credentials, mut others, mut headers) = (false, false, 0);
         for h in req.headers.get_all(http::header::COOKIE) {
@@ -117,6 +120,9 @@ impl<'r> Cookies<'r> {
                     &mut out.session
                 } else if name == ide {
                     &mut out.ide
+                } else if app.iter().any(|a| a == name) {
+                    credentials = true;
+                    continue;
                 } else {
                     others = true;
                     continue;
@@ -146,11 +152,11 @@ impl<'r> Cookies<'r> {
 
 /// The values of one cookie (`Cookies::read` for a single name).
 pub fn cookie_values<'r>(req: &'r RequestHeader, name: &str) -> CookieValues<'r> {
-    Cookies::read(req, name, name).session
+    Cookies::read(req, name, name, &[]).session
 }
 
 /// The `Cookie` header without the named cookies; `None` when nothing is left.
-pub fn without_cookies(headers: &http::HeaderMap, names: &[&str]) -> Option<String> {
+pub fn without_cookies<N: AsRef<str>>(headers: &http::HeaderMap, names: &[N]) -> Option<String> {
     let mut kept = String::new();
     for h in headers.get_all(http::header::COOKIE) {
         let Ok(h) = h.to_str() else { continue };
@@ -160,7 +166,7 @@ pub fn without_cookies(headers: &http::HeaderMap, names: &[&str]) -> Option<Stri
                 continue;
             }
             let name = pair.split_once('=').map_or(pair, |(k, _)| k).trim_ascii();
-            if names.contains(&name) {
+            if names.iter().any(|n| n.as_ref() == name) {
                 continue;
             }
             if !kept.is_empty() {
@@ -257,7 +263,7 @@ mod tests {
     fn one_pass_finds_both_cookies_and_what_stripping_them_takes() {
         let c = |h: &[&str]| {
             let r = req(h);
-            let c = Cookies::read(&r, "session", "edgegate_ide");
+            let c = Cookies::read(&r, "session", "edgegate_ide", &[]);
             (
                 c.session.to_vec().join(","),
                 c.ide.to_vec().join(","),
@@ -293,10 +299,21 @@ mod tests {
             http::HeaderValue::from_bytes(b"session=abc; x=\xff").expect("obs-text"),
         )
         .expect("cookie");
-        let got = Cookies::read(&r, "session", "edgegate_ide");
+        let got = Cookies::read(&r, "session", "edgegate_ide", &[]);
         assert!(got.session.is_empty());
         assert_eq!(got.strip, CookieStrip::Rebuild);
         assert_eq!(without_cookies(&r.headers, &["session"]), None);
+    }
+
+    #[test]
+    fn the_apps_other_cookies_are_stripped_too() {
+        let r = req(&["a=1; refresh=secret; session=abc"]);
+        let c = Cookies::read(&r, "session", "edgegate_ide", &["refresh".to_string()]);
+        assert_eq!(c.strip, CookieStrip::Rebuild);
+        let r = req(&["refresh=secret"]);
+        let c = Cookies::read(&r, "session", "edgegate_ide", &["refresh".to_string()]);
+        assert_eq!(c.strip, CookieStrip::Remove);
+        assert!(c.session.is_empty());
     }
 
     #[test]

@@ -368,9 +368,14 @@ fn match_path_route<'a>(
             return Err(GatewayError::BadPath);
         }
         let mut location = format!("{prefix}{id}/");
-        if let Some(q) = query {
+        // A token in the URL is no credential here, and is not copied into the Location.
+        let query = query.map(|q| match crate::auth::strip_token_param(q) {
+            Some(stripped) => std::borrow::Cow::Owned(stripped),
+            None => std::borrow::Cow::Borrowed(q),
+        });
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
             location.push('?');
-            location.push_str(q);
+            location.push_str(&q);
         }
         return Ok(RouteMatch::Redirect(location));
     };
@@ -887,6 +892,19 @@ mod tests {
             )
             .expect("match");
         assert_eq!(name(&m), format!("redirect:/__ide/{ID}/?a=1"));
+        let m = t
+            .match_request(
+                "app.example.test",
+                &format!("/__ide/{ID}"),
+                Some("a=1&%74oken=secret"),
+                false,
+            )
+            .expect("match");
+        assert_eq!(
+            name(&m),
+            format!("redirect:/__ide/{ID}/?a=1"),
+            "no token copied"
+        );
         let e = t
             .match_request("app.example.test", &format!("/__ide/{ID}"), None, true)
             .unwrap_err();
