@@ -6,7 +6,8 @@
 // host shape: the owner's app session cookie on .{base_domain}, open
 //             http://ws-{id}.{base_domain}:N/ (the workspace route).
 // path shape: the same cookie; from a page on app.{base_domain} POST /api/dev/{id}/ide-token,
-//             open the bootstrap URL it returns, land on /__ide/{ID}/ with the ide cookie.
+//             navigate that page to the bootstrap URL it returns, land on /__ide/{ID}/ with
+//             the ide cookie.
 // Then, in both: the workbench loads, the explorer lists the known file and opens it (the
 // editor shows its content), an integrated terminal echoes a computed value back.
 //
@@ -266,7 +267,12 @@ async function checks(page, context) {
       }
     });
     await step('bootstrap lands on /__ide/{ID}/ with the ide cookie', async () => {
-      const resp = await page.goto(bootstrapUrl, { waitUntil: 'domcontentloaded', timeout: STEP_MS });
+      // The app's own page navigates (Sec-Fetch-Site: same-origin), as the app does: edgegate
+      // refuses a bootstrap that a link from anywhere else started.
+      const [resp] = await Promise.all([
+        page.waitForNavigation({ waitUntil: 'domcontentloaded', timeout: STEP_MS }),
+        page.evaluate((u) => { window.location.href = u; }, bootstrapUrl),
+      ]);
       const u = new URL(page.url());
       if (u.origin !== appOrigin || !u.pathname.startsWith(`/__ide/${ID}/`)) {
         throw new Error(`landed on ${page.url()}`);
