@@ -294,6 +294,7 @@ fn demo(listen: &str) -> ExitCode {
          curl -s http://ws-{lower}.localhost:{port}/hello          (no session: 401)\n  \
          curl -s -X POST --cookie session=demo-session http://localhost:{port}/api/dev/{id}/ide-token\n  \
          curl -si --cookie session=demo-session \"<url from the answer above>\"   (IDE bootstrap: cookie + 302)\n  \
+         curl -s --cookie \"session=demo-session; edgegate_ide=<its value>\" http://localhost:{port}/__ide/{id}/hello\n  \
          curl -s --cookie session=demo-session http://localhost:{port}/api/servers/{id}/status\n\
          Ctrl-C stops it.",
         lower = id.to_ascii_lowercase()
