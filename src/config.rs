@@ -204,8 +204,10 @@ impl Default for ListenConfig {
     }
 }
 
+/// 4 KiB: an idle kept-alive connection holds it as long as it waits (docs/BENCHMARKS.md,
+/// "Idle keep-alive connections"); Pingora's header reads (4 KiB and up) bypass it anyway.
 fn default_read_buffer() -> usize {
-    8 * 1024
+    4 * 1024
 }
 
 fn default_tls_read_buffer() -> usize {

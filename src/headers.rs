@@ -62,7 +62,7 @@ fn fold(name: &str) -> String {
 /// that a CGI-style upstream would read as `Content-Length` or `Transfer-Encoding` but that is
 /// not spelled so (`Transfer_Encoding`, `Content--Length`) is refused, since edgegate frames
 /// the body without it and the upstream would frame it with it. (A request line with control
-/// characters never gets this far: `header_deadline` refuses it before Pingora parses it.)
+/// characters never gets this far: `connection` refuses it before Pingora parses it.)
 pub fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
     for name in req.headers.keys() {
         let n = name.as_str();

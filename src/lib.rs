@@ -10,12 +10,12 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod ctx;
 pub mod demo;
 pub mod error;
 pub mod explain;
 mod fast_stop;
-pub mod header_deadline;
 pub mod headers;
 pub mod limits;
 pub mod logging;
@@ -186,7 +186,8 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
     }
     let limit = std::time::Duration::from_millis(config.limits.header_timeout_ms);
     let grace = std::time::Duration::from_secs(config.server.grace_period_seconds);
-    let app = header_deadline::HeaderDeadlineApp::new(proxy, limit, grace);
+    let keepalive = std::time::Duration::from_secs(config.limits.keepalive_timeout_secs);
+    let app = connection::ConnectionApp::new(proxy, limit, keepalive, grace);
     let mut service = pingora::services::listening::Service::new("edgegate".to_string(), app);
     // Pingora reads each client connection through a 64 KiB buffer by default; smaller ones
     // keep idle connections (WebSockets above all) cheap.

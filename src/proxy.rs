@@ -410,7 +410,7 @@ impl ProxyHttp for Gateway {
 
     async fn early_request_filter(&self, session: &mut Session, _: &mut Self::CTX) -> Result<()> {
         // The headers are in: lift the header deadline for the rest of this request.
-        crate::header_deadline::headers_received(session.as_downstream().stream());
+        crate::connection::headers_received(session.as_downstream().stream());
         // Every client connection ends when it stops making progress (SPEC §8). Pingora keeps
         // an HTTP/1.1 connection alive forever between requests and has no write timeout:
         // both are bounded here, for this request and (kept-alive) the wait for the next.
@@ -602,7 +602,7 @@ impl ProxyHttp for Gateway {
             return;
         }
         // This request is over; the next one on the connection gets its own header deadline.
-        crate::header_deadline::request_done(session.as_downstream().stream());
+        crate::connection::request_done(session.as_downstream().stream());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.log_request(session.req_header(), status, ctx);
     }

@@ -268,6 +268,9 @@ connect_timeout_ms = 500
 command_timeout_ms = 500
 [cache]
 ttl_ms = 60000
+[upstream]
+# The bench's upstreams listen on loopback, which records may not name by default.
+allowed_networks = ["127.0.0.0/8"]
 [auth.tokens]
 secret_file = "{secret}"
 [api]

@@ -1,9 +1,18 @@
-//! A deadline for receiving a request's headers, which Pingora does not have: it times each
-//! read on its own, so a client that sends a byte every few seconds (slowloris) holds a
-//! connection for as long as it likes.
+//! A client connection's life around Pingora's request handling: the wait between requests,
+//! the deadline for a request's headers, and the request-line check. Wraps the proxy's server
+//! app (`ConnectionApp`); the proxy's first and last hooks tell it where a request stands.
 //!
-//! `HeaderDeadlineApp` wraps the proxy's server app. The first time a connection comes in it is
-//! wrapped in a `Guarded` stream whose reads fail once the deadline passes while the request
+//! **Between requests.** Pingora's HTTP/1 loop waits for a kept-alive connection's next request
+//! inside its request future, which is sized for the whole proxying path (tens of KiB, held as
+//! long as the connection idles). `ConnectionApp` runs that loop itself: it hands Pingora one
+//! request at a time (`process_new_http`, whose future lives only while the request does) and
+//! waits for the next one's first byte on a future of its own of a few hundred bytes, for at
+//! most `limits.keepalive_timeout_secs`, and on a graceful stop until the cleanup (below).
+//! HTTP/2 connections (ALPN) go to Pingora's own handling.
+//!
+//! **The header deadline**, which Pingora does not have: it times each read on its own, so a
+//! client that sends a byte every few seconds (slowloris) holds a connection for as long as it
+//! likes. Each HTTP/1 connection is wrapped in a `Guarded` stream whose reads fail once the deadline passes while the request
 //! headers are still incomplete: the deadline starts at accept for a new connection, and at
 //! the first byte of the next request on a kept-alive one. The proxy's first hook
 //! (`early_request_filter`) calls `headers_received` on the stream, which lifts it for the rest
@@ -17,12 +26,13 @@
 //! connection closed. Pingora itself would percent-encode such bytes and proxy the request,
 //! and upstreams that see the original line split or truncate it differently (SPEC §5).
 //!
-//! Being the proxy's app, it also decides when Pingora's cleanup runs on a graceful stop
+//! Being the proxy's app, it also decides when idle connections are dropped on a graceful stop
 //! (halfway through the grace period; see `cleanup`).
 
 use crate::error::{self, GatewayError};
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, ALPN,
 };
@@ -33,7 +43,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// The headers of the current request are incomplete and the deadline runs.
@@ -43,57 +53,115 @@ const IDLE: u8 = 1;
 /// The headers are in; nothing to enforce until the next request.
 const RECEIVED: u8 = 2;
 
-/// The proxy's server app with a header deadline (and the request-line check) on every
-/// HTTP/1 connection.
-pub struct HeaderDeadlineApp<A> {
+/// The proxy's server app, running each HTTP/1 connection's request loop with a header
+/// deadline, the request-line check and a small wait between requests.
+pub struct ConnectionApp<A> {
     inner: Arc<A>,
     /// Zero: no deadline (the request line is still checked).
     limit: Duration,
+    /// How long a kept-alive connection waits for its next request.
+    keepalive: Duration,
     /// On a graceful stop, how long after the listeners close connections still waiting for a
     /// request are closed (half the grace period).
     idle_close: Duration,
+    /// Flips to `true` when idle connections are to be dropped (the delayed cleanup).
+    closing_idle: tokio::sync::watch::Sender<bool>,
 }
 
-impl<A> HeaderDeadlineApp<A> {
-    pub fn new(inner: A, limit: Duration, grace_period: Duration) -> Self {
+impl<A> ConnectionApp<A> {
+    pub fn new(inner: A, limit: Duration, keepalive: Duration, grace_period: Duration) -> Self {
         Self {
             inner: Arc::new(inner),
             limit,
+            keepalive,
             idle_close: grace_period / 2,
+            closing_idle: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> ConnectionApp<A> {
+    /// Wait for the first bytes of a kept-alive connection's next request (kept in the
+    /// stream); `false` when the connection is to close instead: the client closed it or sent
+    /// a line that was refused, the keep-alive timeout passed, or idle connections are being
+    /// dropped on a graceful stop.
+    async fn next_request(&self, stream: &mut Guarded) -> bool {
+        let mut closing = self.closing_idle.subscribe();
+        if *closing.borrow() {
+            return false;
+        }
+        tokio::select! {
+            read = stream.read_ahead() => read,
+            _ = tokio::time::sleep(self.keepalive) => false,
+            _ = closing.changed() => false,
         }
     }
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionApp<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let stream = match stream.as_ref().as_any().downcast_ref::<Guarded>() {
-            // Handed back for another request (not done by Pingora's HTTP/1 loop today).
-            Some(g) => {
-                g.phase.store(IDLE, Ordering::Relaxed);
-                stream
+        let options = self.inner.server_options();
+        let pingoras_own = matches!(
+            stream.selected_alpn_proto(),
+            Some(ALPN::H2) | Some(ALPN::Custom(_))
+        ) || options.is_some_and(|o| o.h2c || o.force_custom);
+        if pingoras_own {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        let mut stream = Box::new(Guarded::new(stream, self.limit));
+        // `None` for the connection's first request; then what the last one left for the next.
+        let mut reused: Option<Option<pingora::apps::HttpPersistentSettings>> = None;
+        loop {
+            if reused.is_some() && !self.next_request(&mut stream).await {
+                return None;
             }
-            None if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) => stream,
-            None => Box::new(Guarded::new(stream, self.limit)),
-        };
-        self.inner.process_new(stream, shutdown).await
+            let mut session = ServerSession::new_http1(stream);
+            match reused.take().flatten() {
+                Some(s) => s.apply_to_session(&mut session),
+                None => {
+                    // As Pingora's own loop starts a connection.
+                    session.set_keepalive((!*shutdown.borrow()).then_some(60));
+                    session.set_keepalive_reuses_remaining(
+                        options.and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            // One request; its (large) future is freed when it ends.
+            let (next, persistent) = self
+                .inner
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            if !next.as_any().is::<Guarded>() {
+                return Some(next);
+            }
+            stream = next.into_any().downcast::<Guarded>().ok()?;
+            stream.phase.store(IDLE, Ordering::Relaxed);
+            reused = Some(persistent);
+        }
     }
 
-    /// Passed on halfway through the grace period, not at once. Pingora's proxy cleanup drops
-    /// every connection still waiting for a request: idle kept-alive ones, but also ones
-    /// accepted a moment before the listeners closed whose first request is on its way, and
-    /// that client got a reset. Until the cleanup runs such a request is answered, with
-    /// `Connection: close`; after it, the rest of the grace period lets requests in flight
-    /// finish before the runtimes stop (docs/DECISIONS.md). A fast stop drops the task.
+    /// Run halfway through the grace period, not at once. Dropping every connection still
+    /// waiting for a request at once would also drop ones accepted a moment before the
+    /// listeners closed whose first request is on its way, and that client got a reset. Until
+    /// then such a request is answered, with `Connection: close`; after it, the rest of the
+    /// grace period lets requests in flight finish before the runtimes stop
+    /// (docs/DECISIONS.md). A fast stop drops the task.
     async fn cleanup(&self) {
-        let (inner, after) = (self.inner.clone(), self.idle_close);
+        let (inner, after, closing) = (
+            self.inner.clone(),
+            self.idle_close,
+            self.closing_idle.clone(),
+        );
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            inner.cleanup().await;
+            let _ = closing.send(true);
+            inner.http_cleanup().await;
         });
     }
 }
@@ -103,8 +171,8 @@ pub fn headers_received(stream: Option<&Stream>) {
     set_phase(stream, RECEIVED);
 }
 
-/// Called by the proxy when a request is over (Pingora serves the next request of a
-/// kept-alive connection within the same `process_new`).
+/// Called by the proxy when a request is over (the next byte on the connection starts the next
+/// request's deadline).
 pub fn request_done(stream: Option<&Stream>) {
     set_phase(stream, IDLE);
 }
@@ -132,6 +200,8 @@ pub struct Guarded {
     started: bool,
     /// The 408 or 400 response still to write before failing the read.
     reply: Option<(Vec<u8>, usize)>,
+    /// Bytes of the next request read while waiting for it, served before the inner stream's.
+    ahead: Vec<u8>,
     /// Where the current request line stands.
     line: RequestLine,
 }
@@ -197,7 +267,21 @@ impl Guarded {
             armed: !limit.is_zero(),
             started: false,
             reply: None,
+            ahead: Vec::new(),
             line: RequestLine::Before,
+        }
+    }
+
+    /// Read the next request's first bytes and keep them for the reads that follow; `false`
+    /// when the connection ended instead (closed, or a refused request line).
+    async fn read_ahead(&mut self) -> bool {
+        let mut first = [0u8; 256];
+        match self.read(&mut first).await {
+            Ok(n) if n > 0 => {
+                self.ahead.extend_from_slice(&first[..n]);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -256,6 +340,16 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if !this.ahead.is_empty() {
+            // Already read (and checked) while waiting for this request.
+            let n = this.ahead.len().min(buf.remaining());
+            buf.put_slice(&this.ahead[..n]);
+            this.ahead.drain(..n);
+            if this.ahead.is_empty() {
+                this.ahead = Vec::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let phase = this.phase.load(Ordering::Relaxed);
         let before = buf.filled().len();
         if this.line == RequestLine::Bad {
