@@ -5,8 +5,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use edgegate::auth::token::{TokenKeys, TokenType};
 use edgegate::config::{Config, TokenConfig};
-use edgegate::ctx::RequestCtx;
-use edgegate::headers::{rewrite_upstream_request, Forwarding};
+use edgegate::headers::{rewrite_upstream_request, Edits, Forwarding};
 use edgegate::route::store::{Records, StaticStore};
 use edgegate::route::WorkspaceId;
 use pingora::http::RequestHeader;
@@ -118,9 +117,13 @@ fn auth(c: &mut Criterion) {
         });
     }
 
-    let mut ctx = RequestCtx::new();
-    ctx.workspace = Some(id);
-    ctx.strip_cookies = edgegate::auth::session::CookieStrip::Rebuild;
+    let edits = Edits {
+        request_id: "0123456789abcdef01234567",
+        workspace: Some(ID),
+        user: Some("demo-user"),
+        strip_cookies: edgegate::headers::CookieStrip::Rebuild,
+        ..Edits::default()
+    };
     let fwd = Forwarding {
         client_ip: Some("203.0.113.7".parse().expect("ip")),
         trusted_proxies: &[],
@@ -130,7 +133,7 @@ fn auth(c: &mut Criterion) {
     c.bench_function("rewrite a browser request for the upstream", |b| {
         b.iter(|| {
             let mut r = req.clone();
-            rewrite_upstream_request(&mut r, &ctx, &fwd).expect("rewrite");
+            rewrite_upstream_request(&mut r, &edits, &fwd).expect("rewrite");
             black_box(r);
         })
     });

@@ -1,9 +1,108 @@
-//! The access log: one JSON line per request, written from `logging`. Query strings are logged
-//! with any `token` value redacted; headers (so cookies) are never logged.
+//! A finished request in the access log and the metrics (`RequestLog`, from `logging`, or from
+//! a WebSocket tunnel when it ends): one JSON line per request, query strings with credential
+//! values redacted, headers (so cookies) never logged.
 
+use crate::auth::Check;
+use crate::ctx::RequestCtx;
+use crate::metrics::{self, Metrics};
+use pingora::http::RequestHeader;
 use std::borrow::Cow;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+
+/// Where finished requests are counted and logged.
+pub struct RequestLog {
+    metrics: Arc<Metrics>,
+    access: AccessLog,
+}
+
+impl RequestLog {
+    pub fn new(metrics: Arc<Metrics>, access: AccessLog) -> Self {
+        Self { metrics, access }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Count an auth decision (a request's first and its moved-backend retry).
+    pub fn checked(&self, check: Check) {
+        if check != Check::NONE {
+            self.metrics.record_auth(check.method_label(), check.result);
+        }
+    }
+
+    /// A WebSocket is open: counted until `finish` sees it end.
+    pub fn ws_opened(&self, ctx: &mut RequestCtx) {
+        ctx.ws_opened = Some(std::time::Instant::now());
+        self.metrics
+            .websockets_open
+            .with_label_values(&[ctx.route_name()])
+            .inc();
+    }
+
+    /// An upstream connect failure or timeout, by route.
+    pub fn upstream_failure(&self, ctx: &RequestCtx, e: &pingora::Error) {
+        let kind = match crate::error::GatewayError::from_proxy_error(e) {
+            Some(crate::error::GatewayError::UpstreamTimeout) => "timeout",
+            Some(crate::error::GatewayError::UpstreamRefused) => "connect",
+            _ => return,
+        };
+        self.metrics
+            .upstream_failures
+            .with_label_values(&[ctx.route_name(), kind])
+            .inc();
+    }
+
+    /// Metrics and the access log line for a finished request.
+    pub fn finish(&self, req: &RequestHeader, status: u16, ctx: &RequestCtx) {
+        let route = ctx.route_name();
+        let method = metrics::method_label(&req.method);
+        let outcome = if ctx.refusal.is_some() {
+            metrics::Outcome::Refused
+        } else if ctx.plan.is_some() {
+            metrics::Outcome::Proxied
+        } else if status > 0 {
+            metrics::Outcome::Answered
+        } else {
+            metrics::Outcome::Dropped
+        };
+        let elapsed = ctx.started.elapsed();
+        let m = &self.metrics;
+        m.record_request(route, &req.method, status, outcome, elapsed);
+        let ws_close = ctx.ws_opened.map(|opened| {
+            let cause = ctx.ws_close_cause.unwrap_or("error");
+            m.websockets_open.with_label_values(&[route]).dec();
+            m.websocket_duration
+                .with_label_values(&[route])
+                .observe(opened.elapsed().as_secs_f64());
+            m.websocket_closes.with_label_values(&[route, cause]).inc();
+            cause
+        });
+        if self.access.enabled() {
+            let time_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.access.write(&Entry {
+                time_ms,
+                request_id: &ctx.request_id,
+                route,
+                method,
+                path: req.uri.path(),
+                query: req.uri.query().map(redact_query),
+                status,
+                duration_us: elapsed.as_micros() as u64,
+                upstream: ctx.target().map(|t| t.addr),
+                bytes_in: ctx.bytes_in,
+                bytes_out: ctx.bytes_out,
+                auth_method: ctx.check.method_label(),
+                auth_result: ctx.check.result,
+                error: ctx.refusal.as_ref().map(|r| r.code()),
+                ws_close,
+            });
+        }
+    }
+}
 
 /// Lines are appended to a 64 KiB buffer under a lock (a memcpy per request, no system call);
 /// the buffer is written out when full and by a flusher thread every 200 ms, so a line reaches
@@ -214,7 +313,7 @@ const SECRET_PARAMS: &[&str] = &[
 
 /// Names are compared decoded (`%74oken` is `token`), as the upstream will read them.
 fn is_secret(param: &str) -> bool {
-    let name = crate::auth::param_name(param);
+    let name = crate::query::param_name(param);
     SECRET_PARAMS.iter().any(|s| name.eq_ignore_ascii_case(s))
 }
 

@@ -30,6 +30,16 @@ impl Activity {
         }
     }
 
+    /// Note a request's activity on its record, at most once a second per request (`last` is
+    /// the request's own mark).
+    pub fn touch_request(&self, key: &str, last: &mut u64) {
+        let now = crate::auth::token::now();
+        if now != *last {
+            *last = now;
+            self.touch(key, now);
+        }
+    }
+
     fn take(&self) -> FastMap<String, u64> {
         std::mem::take(&mut *self.marks.lock().unwrap_or_else(|p| p.into_inner()))
     }

@@ -1,14 +1,15 @@
-//! The endpoints edgegate answers itself (SPEC §2), called from `request_filter` when the route
-//! table matched one: minting dev-ide and terminal tokens for a record's owner, the IDE
+//! The endpoints edgegate answers itself (SPEC §2), asked by the decision (`decide`) when the
+//! route table matched one: minting dev-ide and terminal tokens for a record's owner, the IDE
 //! bootstrap that swaps a one-time dev-ide token for the ide cookie, and the agent status.
+//! Each answer comes with how its caller was checked (`Check`).
 
 use crate::auth::token::session_binding;
 use crate::auth::token::{now, TokenType};
-use crate::auth::{presented_token, session, Principal, Spend};
-use crate::config::AuthMethod;
+use crate::auth::{presented_token, session, Auth, Check, Principal, Spend};
+use crate::config::{ApiConfig, AuthMethod};
 use crate::error::GatewayError;
-use crate::proxy::Gateway;
-use crate::route::{record, Endpoint, Route, WorkspaceId};
+use crate::route::store::Records;
+use crate::route::{record, Endpoint, Route, RouteTable, WorkspaceId};
 use bytes::Bytes;
 use pingora::http::{Method, RequestHeader};
 
@@ -42,17 +43,77 @@ impl Reply {
     }
 }
 
-impl Gateway {
-    /// Answer `endpoint` for `id`; the principal is recorded in `principal` for the log.
-    pub(crate) async fn answer(
+/// What the endpoints read.
+pub struct Endpoints<'a> {
+    pub routes: &'a RouteTable,
+    pub records: &'a Records,
+    pub auth: &'a Auth,
+    pub config: &'a ApiConfig,
+}
+
+/// An endpoint's answer, and how its caller was checked.
+#[derive(Debug)]
+pub struct Answered {
+    pub check: Check,
+    pub reply: Result<Reply, GatewayError>,
+}
+
+/// A caller that passed an endpoint's check, and the record it asked about.
+struct Caller<'r> {
+    principal: Principal,
+    route: &'r Route,
+}
+
+impl Endpoints<'_> {
+    /// Answer `endpoint` for `id`.
+    pub async fn answer(
         &self,
         req: &RequestHeader,
         endpoint: Endpoint,
         id: WorkspaceId,
         is_upgrade: bool,
         proto: &str,
-        principal: &mut Option<Principal>,
-    ) -> Result<Reply, GatewayError> {
+    ) -> Answered {
+        let caller = self.caller(req, endpoint, &id, is_upgrade, proto).await;
+        let (check, reply) = match caller {
+            // A caller that passed its check stays `ok` even when the answer fails later (a
+            // store outage, no agent state).
+            Ok(c) => (
+                Check {
+                    method: Some(c.principal.method),
+                    result: "ok",
+                },
+                self.respond(req, endpoint, &id, proto, c).await,
+            ),
+            Err(e) => {
+                let check = match e.auth_result() {
+                    // Refused before any credential was looked at (method, route, record).
+                    "error" => Check::NONE,
+                    result => Check {
+                        method: Some(if endpoint == Endpoint::IdeBootstrap {
+                            AuthMethod::DevIdeToken
+                        } else {
+                            AuthMethod::Session
+                        }),
+                        result,
+                    },
+                };
+                (check, Err(e))
+            }
+        };
+        Answered { check, reply }
+    }
+
+    /// Who is asking, checked as the endpoint requires: the bootstrap's token and session,
+    /// everyone else's owner's session from its own origin.
+    async fn caller(
+        &self,
+        req: &RequestHeader,
+        endpoint: Endpoint,
+        id: &WorkspaceId,
+        is_upgrade: bool,
+        proto: &str,
+    ) -> Result<Caller<'_>, GatewayError> {
         if is_upgrade {
             return Err(GatewayError::BadPath);
         }
@@ -69,86 +130,34 @@ impl Gateway {
             _ => self.routes.ide_route(),
         }
         .ok_or(GatewayError::NoRoute)?;
-        let key = route.key(&id);
+        let key = route.key(id);
         let (found, _) = self.records.get(&key).await;
         let rec = found?.ok_or(GatewayError::UnknownWorkspace)?;
         let owner = record::read(route, &key, &rec, None)?.owner;
-
-        if endpoint == Endpoint::IdeBootstrap {
-            return self.bootstrap(req, route, &id, owner, principal).await;
-        }
-        // Everything else: the owner's app session, from its own origin.
-        let session = self.auth.session_owner(&self.records, req, owner).await??;
-        self.auth.check_origin(req, false, proto)?;
-        let user = session.user.clone();
-        *principal = Some(Principal {
-            user: session.user,
-            method: AuthMethod::Session,
-            session_key_hash: Some(session.key_hash),
-            expires_at: session.expires_at,
-            jti: None,
-        });
-        match endpoint {
-            Endpoint::IdeToken => {
-                let (token, ttl) = self.mint(TokenType::DevIde, &id, &user)?;
-                let host = crate::headers::browser_host(req)?;
-                let path = self.api.ide_bootstrap.replace("{id}", id.as_str());
-                let url = format!("{proto}://{host}{path}?token={token}");
-                Ok(token_reply(&token, ttl, &url))
+        let principal = if endpoint == Endpoint::IdeBootstrap {
+            self.bootstrap_caller(req, id, owner).await?
+        } else {
+            let session = self.auth.session_owner(self.records, req, owner).await??;
+            self.auth.check_origin(req, false, proto)?;
+            Principal {
+                user: session.user,
+                method: AuthMethod::Session,
+                session_key_hash: Some(session.key_hash),
+                expires_at: session.expires_at,
+                jti: None,
             }
-            Endpoint::TerminalToken => {
-                let (token, ttl) = self.mint(TokenType::Terminal, &id, &user)?;
-                let ws_host = route.host_for(&id).ok_or(GatewayError::Internal)?;
-                // The workspace host is served on the port the browser reached this one on.
-                let host = crate::headers::browser_host(req)?;
-                let port = crate::headers::host_port(host)
-                    .map(|p| format!(":{p}"))
-                    .unwrap_or_default();
-                let scheme = if proto == "https" { "wss" } else { "ws" };
-                let url = format!(
-                    "{scheme}://{ws_host}{port}{}?token={token}",
-                    self.auth.agent_ws_path
-                );
-                Ok(token_reply(&token, ttl, &url))
-            }
-            Endpoint::AgentStatus => {
-                let (found, _) = self
-                    .records
-                    .get(&self.auth.agent_key.key(id.as_str()))
-                    .await;
-                let state = found?.ok_or(GatewayError::UnknownWorkspace)?;
-                let obj: serde_json::Map<String, serde_json::Value> = state
-                    .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                    .collect();
-                Ok(Reply::json(200, &serde_json::Value::Object(obj)))
-            }
-            Endpoint::IdeBootstrap => Err(GatewayError::Internal),
-        }
+        };
+        Ok(Caller { principal, route })
     }
 
-    fn mint(
-        &self,
-        typ: TokenType,
-        id: &WorkspaceId,
-        user: &str,
-    ) -> Result<(String, u64), GatewayError> {
-        self.auth.tokens.mint(typ, id, user).map_err(|e| {
-            log::error!("cannot mint a {typ:?} token: {e}");
-            GatewayError::Internal
-        })
-    }
-
-    /// Spend a dev-ide token once and swap it for the ide cookie, bound to the app session of
-    /// the token's own user.
-    async fn bootstrap(
+    /// The bootstrap's caller: a navigation the app's own page started, a dev-ide token of the
+    /// owner (spent here, once), and the app session of the token's own user.
+    async fn bootstrap_caller(
         &self,
         req: &RequestHeader,
-        route: &Route,
         id: &WorkspaceId,
         owner: &str,
-        principal: &mut Option<Principal>,
-    ) -> Result<Reply, GatewayError> {
+    ) -> Result<Principal, GatewayError> {
         if !crate::auth::bootstrap_navigation_allowed(req) {
             return Err(GatewayError::Forbidden);
         }
@@ -174,38 +183,112 @@ impl Gateway {
             .ok_or(GatewayError::Unauthenticated)?;
         let session = self
             .auth
-            .session(&self.records, sid)
+            .session(self.records, sid)
             .await?
             .ok_or(GatewayError::Unauthenticated)?;
         if session.user != v.sub {
             return Err(GatewayError::Forbidden);
         }
-        self.auth.spend(&self.records, &v, Spend::Yes).await?;
+        self.auth.spend(self.records, &v, Spend::Yes).await?;
+        Ok(Principal {
+            user: v.sub,
+            method: AuthMethod::DevIdeToken,
+            session_key_hash: Some(session.key_hash),
+            expires_at: session.expires_at,
+            jti: Some(v.jti),
+        })
+    }
+
+    /// The answer to a checked caller.
+    async fn respond(
+        &self,
+        req: &RequestHeader,
+        endpoint: Endpoint,
+        id: &WorkspaceId,
+        proto: &str,
+        caller: Caller<'_>,
+    ) -> Result<Reply, GatewayError> {
+        let user = &caller.principal.user;
+        match endpoint {
+            Endpoint::IdeToken => {
+                let (token, ttl) = self.mint(TokenType::DevIde, id, user)?;
+                let host = crate::headers::browser_host(req)?;
+                let path = self.config.ide_bootstrap.replace("{id}", id.as_str());
+                let url = format!("{proto}://{host}{path}?token={token}");
+                Ok(token_reply(&token, ttl, &url))
+            }
+            Endpoint::TerminalToken => {
+                let (token, ttl) = self.mint(TokenType::Terminal, id, user)?;
+                let ws_host = caller.route.host_for(id).ok_or(GatewayError::Internal)?;
+                // The workspace host is served on the port the browser reached this one on.
+                let host = crate::headers::browser_host(req)?;
+                let port = crate::headers::host_port(host)
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default();
+                let scheme = if proto == "https" { "wss" } else { "ws" };
+                let url = format!(
+                    "{scheme}://{ws_host}{port}{}?token={token}",
+                    self.auth.agent_ws_path
+                );
+                Ok(token_reply(&token, ttl, &url))
+            }
+            Endpoint::AgentStatus => {
+                let (found, _) = self
+                    .records
+                    .get(&self.auth.agent_key.key(id.as_str()))
+                    .await;
+                let state = found?.ok_or(GatewayError::UnknownWorkspace)?;
+                let obj: serde_json::Map<String, serde_json::Value> = state
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect();
+                Ok(Reply::json(200, &serde_json::Value::Object(obj)))
+            }
+            Endpoint::IdeBootstrap => self.ide_cookie(req, id, caller),
+        }
+    }
+
+    fn mint(
+        &self,
+        typ: TokenType,
+        id: &WorkspaceId,
+        user: &str,
+    ) -> Result<(String, u64), GatewayError> {
+        self.auth.tokens.mint(typ, id, user).map_err(|e| {
+            log::error!("cannot mint a {typ:?} token: {e}");
+            GatewayError::Internal
+        })
+    }
+
+    /// The bootstrap's answer: the ide cookie, bound to the session the caller was checked
+    /// with and living no longer than it, and a redirect into the tunnel.
+    fn ide_cookie(
+        &self,
+        req: &RequestHeader,
+        id: &WorkspaceId,
+        caller: Caller<'_>,
+    ) -> Result<Reply, GatewayError> {
+        let sid = session::cookie_values(req, &self.auth.session_cookie)
+            .single()?
+            .ok_or(GatewayError::Internal)?;
+        let p = caller.principal;
         let (cookie, ttl) = self
             .auth
             .tokens
             .mint_bound(
                 TokenType::IdeSession,
                 id,
-                &v.sub,
+                &p.user,
                 Some(session_binding(sid)),
             )
             .map_err(|e| {
                 log::error!("cannot mint an ide cookie: {e}");
                 GatewayError::Internal
             })?;
-        // The cookie lives no longer than the session it is bound to.
-        let max_age = session
+        let max_age = p
             .expires_at
             .map_or(ttl, |exp| ttl.min(exp.saturating_sub(now())));
-        *principal = Some(Principal {
-            user: v.sub,
-            method: AuthMethod::DevIdeToken,
-            session_key_hash: Some(session.key_hash),
-            expires_at: session.expires_at,
-            jti: Some(v.jti),
-        });
-        let prefix = route.prefix_for(id).ok_or(GatewayError::Internal)?;
+        let prefix = caller.route.prefix_for(id).ok_or(GatewayError::Internal)?;
         let secure = if self.auth.cookie_secure {
             "; Secure"
         } else {

@@ -1,6 +1,8 @@
-//! The one TOML configuration file: serde structs (unknown keys rejected), their defaults, and
-//! `validate()`, whose errors name the offending field. Loaded by `main` (`run`, `check`, `demo`)
-//! and by the tests; `conf/edgegate.toml` documents every key shown here.
+//! The one TOML configuration file as plain data: serde structs (unknown keys rejected), their
+//! defaults, and `validate()`, whose errors name the offending field. Nothing here builds a
+//! runtime part: `runtime::Runtime::build` does, from a validated `Config` (route table, auth
+//! keys, TLS resolvers). Loaded by `main` (`run`, `check`, `demo`) and by the tests;
+//! `conf/edgegate.toml` documents every key shown here.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -684,6 +686,36 @@ pub struct ApiConfig {
     pub workspace_route: String,
 }
 
+/// Which route an `[api]` endpoint reads its records from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRoute {
+    Ide,
+    Workspace,
+}
+
+impl ApiConfig {
+    /// `(field, path template, route it reads)` of every endpoint, in matching order.
+    pub fn endpoints(&self) -> [(&'static str, &str, ApiRoute); 4] {
+        [
+            ("ide_token", &self.ide_token, ApiRoute::Ide),
+            ("ide_bootstrap", &self.ide_bootstrap, ApiRoute::Ide),
+            ("agent_status", &self.agent_status, ApiRoute::Ide),
+            ("terminal_token", &self.terminal_token, ApiRoute::Workspace),
+        ]
+    }
+}
+
+/// An `[api]` path `/path/{id}/rest`: `(head, tail)` around the one `{id}`.
+pub fn api_template(template: &str) -> Result<(&str, &str), String> {
+    let Some((head, tail)) = template.split_once("{id}") else {
+        return Err("\"{id}\" is missing".into());
+    };
+    if !head.starts_with('/') || !head.ends_with('/') || tail.contains('{') || head.contains('{') {
+        return Err("must look like \"/path/{id}/rest\" with one placeholder".into());
+    }
+    Ok((head, tail))
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
@@ -736,8 +768,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Check everything serde cannot: patterns, ranges, addresses. The route table's own
-    /// compilation (`route::RouteTable::new`) shares the pattern checks.
+    /// Check everything serde cannot: patterns, ranges, addresses, references between sections,
+    /// that the files and variables the config names exist. Only data is looked at; the keys and
+    /// certificates are read by `runtime::Runtime::build` (`edgegate check` does both).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bd = &self.base_domain;
         if bd.is_empty()
@@ -758,7 +791,20 @@ impl Config {
                     format!("{:?} is not ip:port", t.addr),
                 )
             })?;
-            crate::tls::SniResolver::load(&field, t)?;
+            if t.certs.is_empty() {
+                return Err(bad(format!("{field}.certs"), "at least one certificate"));
+            }
+            for (j, c) in t.certs.iter().enumerate() {
+                let f = format!("{field}.certs[{j}]");
+                if c.names.is_empty() {
+                    return Err(bad(format!("{f}.names"), "list the SNI names it serves"));
+                }
+                for (name, path) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
+                    std::fs::metadata(path).map_err(|e| {
+                        bad(format!("{f}.{name}"), format!("{}: {e}", path.display()))
+                    })?;
+                }
+            }
         }
         for (i, addr) in self.listen.http.iter().enumerate() {
             addr.parse::<SocketAddr>().map_err(|_| {
@@ -874,39 +920,237 @@ impl Config {
             if d.hosts.is_empty() {
                 return Err(bad("default.hosts", "at least one host is required"));
             }
-            crate::upstream::UpstreamAddr::parse(&d.upstream, 80)
+            crate::net::UpstreamAddr::parse(&d.upstream, 80)
                 .map_err(|e| bad("default.upstream", format!("{:?} {e}", d.upstream)))?;
         }
-        // Pattern checks live with the matcher, key checks with auth: building them runs all.
-        crate::route::RouteTable::new(self)?;
-        crate::auth::Auth::new(self)?;
+        self.validate_routes()?;
+        self.validate_api()?;
+        self.validate_auth()
+    }
+
+    /// Every `[[route]]`: names, patterns (`route::pattern`, the rules the table compiles
+    /// with), ports, key template, credentials.
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        use crate::route::pattern;
+        let bd = self.base_domain.to_ascii_lowercase();
+        let expand = |s: &str| s.replace("{base_domain}", &bd).to_ascii_lowercase();
+        let default_hosts = self.default.as_ref().is_some_and(|d| !d.hosts.is_empty());
+        for (i, rc) in self.routes.iter().enumerate() {
+            let err = |field: &str, msg: String| route_error(i, field, msg);
+            if rc.name.is_empty() {
+                return Err(err("name", "must not be empty".into()));
+            }
+            if self.routes[..i].iter().any(|r| r.name == rc.name) {
+                return Err(err("name", format!("{:?} is used twice", rc.name)));
+            }
+            if rc.ports.is_some() {
+                // It used to hold a range, [1024, 65535], which exposed every port in it.
+                return Err(err(
+                    "ports",
+                    "replaced by allowed_ports, an explicit list of ports and \"low-high\" \
+                     ranges (an empty list exposes none)"
+                        .into(),
+                ));
+            }
+            let has_port = match (&rc.host, &rc.path) {
+                (Some(host), None) => {
+                    let tokens = pattern::host(&expand(host)).map_err(|e| err("host", e))?;
+                    if rc.hosts.is_some() {
+                        return Err(err("hosts", "only allowed on path routes".into()));
+                    }
+                    tokens.contains(&pattern::Token::Port)
+                }
+                (None, Some(path)) => {
+                    pattern::path_prefix(path).map_err(|e| err("path", e))?;
+                    let served = rc.hosts.as_ref().map_or(default_hosts, |h| !h.is_empty());
+                    if !served {
+                        return Err(err(
+                            "hosts",
+                            "a path route needs hosts (or [default].hosts) to be served on".into(),
+                        ));
+                    }
+                    false
+                }
+                _ => {
+                    return Err(err(
+                        "host",
+                        "exactly one of host or path is required".into(),
+                    ))
+                }
+            };
+            if !has_port && !rc.allowed_ports.is_empty() {
+                return Err(err(
+                    "allowed_ports",
+                    "only allowed when host has \"{port}\"".into(),
+                ));
+            }
+            for (j, spec) in rc.allowed_ports.iter().enumerate() {
+                if spec.bounds().is_none() {
+                    return Err(err(
+                        &format!("allowed_ports[{j}]"),
+                        format!("{spec:?} is not a port (1-65535) or a range \"low-high\""),
+                    ));
+                }
+            }
+            pattern::key(&rc.key, "{id}").map_err(|e| err("key", e))?;
+            let is_host = rc.host.is_some();
+            let auth = &rc.auth;
+            if auth.is_empty() {
+                return Err(err(
+                    "auth",
+                    "list the accepted credentials, or [\"none\"]".into(),
+                ));
+            }
+            if auth.contains(&AuthMethod::None) && auth.len() > 1 {
+                return Err(err(
+                    "auth",
+                    "\"none\" cannot be combined with credentials".into(),
+                ));
+            }
+            if auth.contains(&AuthMethod::TerminalToken) && !is_host {
+                return Err(err("auth", "terminal_token is for host routes".into()));
+            }
+            if auth.contains(&AuthMethod::IdeCookie) && is_host {
+                return Err(err(
+                    "auth",
+                    "ide_cookie is for path routes (its cookie is path-scoped)".into(),
+                ));
+            }
+            if rc.upstream_field.is_empty() || rc.owner_field.is_empty() {
+                return Err(err(
+                    "upstream_field",
+                    "field names must not be empty".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[api]`: the routes it names exist and have the right shape, its paths one `{id}`.
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        let api = &self.api;
+        let route = |field: &str, name: &str| -> Result<Option<&RouteConfig>, ConfigError> {
+            if name.is_empty() {
+                return Ok(None);
+            }
+            self.routes
+                .iter()
+                .find(|r| r.name == name)
+                .map(Some)
+                .ok_or_else(|| bad(format!("api.{field}"), format!("no route named {name:?}")))
+        };
+        let ide = route("ide_route", &api.ide_route)?;
+        let workspace = route("workspace_route", &api.workspace_route)?;
+        if ide.is_some_and(|r| r.path.is_none()) {
+            return Err(bad("api.ide_route", "must name a path route"));
+        }
+        if workspace.is_some_and(|r| r.host.as_ref().is_none_or(|h| h.contains("{port}"))) {
+            return Err(bad(
+                "api.workspace_route",
+                "must name a host route without {port}",
+            ));
+        }
+        for (field, template, enabled) in api.endpoints() {
+            let enabled = match enabled {
+                ApiRoute::Ide => ide.is_some(),
+                ApiRoute::Workspace => workspace.is_some(),
+            };
+            if template.is_empty() || !enabled {
+                continue;
+            }
+            api_template(template).map_err(|e| bad(format!("api.{field}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// `[auth]` as data: names, paths, origins, key templates, and where the token keys come
+    /// from (the keys themselves are read and checked when the runtime is built).
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        use crate::route::pattern;
+        let a = &self.auth;
+        if a.session_cookie.is_empty() || a.ide_cookie.is_empty() {
+            return Err(bad("auth.session_cookie", "cookie names must not be empty"));
+        }
+        if !a.agent_ws_path.starts_with('/') {
+            return Err(bad("auth.agent_ws_path", "must start with '/'"));
+        }
+        if a.ide_cookie_ttl_secs == 0 {
+            return Err(bad("auth.ide_cookie_ttl_secs", "must be greater than 0"));
+        }
+        for (i, o) in a.trusted_origins.iter().enumerate() {
+            let ok = (o.starts_with("http://") || o.starts_with("https://"))
+                && !o.ends_with('/')
+                && o.split_once("://")
+                    .is_some_and(|(_, rest)| !rest.is_empty() && !rest.contains('/'));
+            if !ok {
+                return Err(bad(
+                    format!("auth.trusted_origins[{i}]"),
+                    format!("{o:?} is not an origin (scheme://host[:port])"),
+                ));
+            }
+        }
+        for (field, template, placeholder) in [
+            ("auth.session_key", &a.session_key, "{sid}"),
+            ("auth.jti_key", &a.jti_key, "{jti}"),
+            ("auth.agent_key", &a.agent_key, "{id}"),
+        ] {
+            pattern::key(template, placeholder).map_err(|e| bad(field, e))?;
+        }
+        let t = &a.tokens;
+        let field = |f: &str| format!("auth.tokens.{f}");
+        match t.algorithm.as_str() {
+            "HS256" => match (&t.secret_file, &t.secret_env) {
+                (Some(path), None) => {
+                    std::fs::metadata(path).map_err(|e| {
+                        bad(field("secret_file"), format!("{}: {e}", path.display()))
+                    })?;
+                }
+                (None, Some(var)) => {
+                    if std::env::var_os(var).is_none() {
+                        return Err(bad(field("secret_env"), format!("${var} is not set")));
+                    }
+                }
+                _ => {
+                    return Err(bad(
+                        field("secret_file"),
+                        "HS256 needs exactly one of secret_file or secret_env",
+                    ))
+                }
+            },
+            alg @ ("EdDSA" | "ES256" | "RS256") => {
+                let (Some(private), Some(public)) = (&t.private_key_file, &t.public_key_file)
+                else {
+                    return Err(bad(
+                        field("private_key_file"),
+                        format!("{alg} needs private_key_file and public_key_file (PEM)"),
+                    ));
+                };
+                for (f, path) in [("private_key_file", private), ("public_key_file", public)] {
+                    std::fs::metadata(path)
+                        .map_err(|e| bad(field(f), format!("{}: {e}", path.display())))?;
+                }
+            }
+            other => {
+                return Err(bad(
+                    field("algorithm"),
+                    format!("{other:?} is not one of HS256, EdDSA, ES256, RS256"),
+                ))
+            }
+        }
+        if t.leeway_secs > 5 {
+            return Err(bad(field("leeway_secs"), "must be at most 5"));
+        }
+        if t.issuer.is_empty() || t.audience.is_empty() {
+            return Err(bad(
+                field("issuer"),
+                "issuer and audience must not be empty",
+            ));
+        }
         Ok(())
     }
 
     pub fn ws_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream.ws_idle_timeout_secs)
-    }
-
-    /// Parsed trusted-proxy networks (validated already).
-    pub fn trusted_proxies(&self) -> Vec<crate::net::IpNet> {
-        self.listen
-            .trusted_proxies
-            .iter()
-            .filter_map(|p| crate::net::IpNet::parse(p))
-            .collect()
-    }
-
-    /// Which addresses records' upstreams may resolve to (validated already).
-    pub fn address_policy(&self) -> crate::net::AddressPolicy {
-        let parse = |list: &[String]| {
-            list.iter()
-                .filter_map(|n| crate::net::IpNet::parse(n))
-                .collect()
-        };
-        crate::net::AddressPolicy::new(
-            parse(&self.upstream.blocked_networks),
-            parse(&self.upstream.allowed_networks),
-        )
     }
 }
 

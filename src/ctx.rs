@@ -2,11 +2,12 @@
 //! lives here and nowhere else, so no later request, on this connection or another, can
 //! inherit a target. Created by `new_ctx`, filled by `request_filter`, read by the later hooks.
 
-use crate::auth::session::CookieStrip;
-use crate::auth::Principal;
-use crate::config::AuthMethod;
+use crate::api::Reply;
+use crate::auth::{Check, Principal};
+use crate::decide::{Action, Decided, Plan};
 use crate::error::GatewayError;
-use crate::route::WorkspaceId;
+use crate::headers::Edits;
+use crate::route::id::WorkspaceId;
 use crate::upstream::Target;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,27 +23,20 @@ pub struct RequestCtx {
     pub is_upgrade: bool,
     /// `https` when the client came over TLS.
     pub proto: &'static str,
-    /// Where this request goes; `None` until routing and auth have decided.
-    pub target: Option<Target>,
+    /// How the caller was checked (the access log, the auth metric).
+    pub check: Check,
+    /// Where this request goes and what it carries; `None` until decided, and for requests
+    /// edgegate answered or refused.
+    pub plan: Option<Plan>,
     /// The refusal edgegate answered with, if any.
     pub refusal: Option<GatewayError>,
-    /// Who the request was verified to be (`None`: not yet, or an open route).
-    pub principal: Option<Principal>,
-    /// How edgegate's own cookies leave the request before the upstream (workspace routes).
-    pub strip_cookies: CookieStrip,
-    /// Remove `Authorization` before the upstream (it carried an edgegate token).
-    pub strip_authorization: bool,
-    /// The credential that was tried (or used), and the decision.
-    pub auth_method: Option<AuthMethod>,
-    pub auth_result: &'static str,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Set when the upstream answered an upgrade with 101.
     pub ws_opened: Option<Instant>,
-    /// Why the WebSocket tunnel ended: client, upstream, idle_timeout, shutdown.
+    /// Why the WebSocket tunnel ended: client, upstream, idle_timeout, shutdown, revoked, …
     pub ws_close_cause: Option<&'static str>,
-    /// The record that receives this request's activity, and when it was last marked.
-    pub activity_key: Option<String>,
+    /// When the request's workspace was last marked active (unix s).
     pub activity_marked: u64,
     /// The one re-decision allowed after the cached backend refused a connection.
     pub refresh: Refresh,
@@ -51,8 +45,6 @@ pub struct RequestCtx {
     /// A WebSocket tunnel took the request (and this state) into a task of its own; what
     /// Pingora still holds is an empty shell that must not be logged.
     pub detached: bool,
-    /// Decide without side effects (`edgegate explain`): no one-time token is spent.
-    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,29 +75,100 @@ impl RequestCtx {
             workspace: None,
             is_upgrade: false,
             proto: "http",
-            target: None,
+            check: Check::NONE,
+            plan: None,
             refusal: None,
-            principal: None,
-            strip_cookies: CookieStrip::Keep,
-            strip_authorization: false,
-            auth_method: None,
-            auth_result: "none",
             bytes_in: 0,
             bytes_out: 0,
             ws_opened: None,
             ws_close_cause: None,
-            activity_key: None,
             activity_marked: 0,
             refresh: Refresh::No,
             slot: None,
             detached: false,
-            dry_run: false,
+        }
+    }
+
+    /// Keep a decision: what the log and the later hooks read. Returns what to do now: the
+    /// answer edgegate gives itself, nothing (proxy the plan), or the refusal.
+    pub fn decided(&mut self, d: Decided) -> Result<Option<Reply>, GatewayError> {
+        self.route = d.route.or(self.route.take());
+        self.workspace = d.workspace.or(self.workspace);
+        self.check = d.check;
+        match d.outcome {
+            Ok(Action::Proxy(plan)) => {
+                self.plan = Some(plan);
+                Ok(None)
+            }
+            Ok(Action::Answer(reply)) => {
+                self.plan = None;
+                Ok(Some(reply))
+            }
+            Err(e) => {
+                self.plan = None;
+                Err(e)
+            }
         }
     }
 
     /// The matched route's name, `-` before routing.
     pub fn route_name(&self) -> &str {
         self.route.as_deref().unwrap_or("-")
+    }
+
+    pub fn target(&self) -> Option<&Target> {
+        self.plan.as_ref().map(|p| &p.target)
+    }
+
+    pub fn principal(&self) -> Option<&Principal> {
+        self.plan.as_ref().and_then(|p| p.principal.as_ref())
+    }
+
+    /// The workspace record behind the request (`None` for the app API).
+    pub fn record_key(&self) -> Option<&str> {
+        self.plan.as_ref().and_then(|p| p.record_key.as_deref())
+    }
+
+    /// Mark the request's workspace active (at most once a second per request).
+    pub fn touch(&mut self, activity: &crate::activity::Activity) {
+        if let Some(key) = self.plan.as_ref().and_then(|p| p.record_key.as_deref()) {
+            activity.touch_request(key, &mut self.activity_marked);
+        }
+    }
+
+    /// After a connect failure: whether the workspace's backend may have moved, in which case
+    /// its cached record is dropped and the request is to be decided again, once.
+    pub fn may_have_moved(
+        &mut self,
+        records: &crate::route::store::Records,
+        e: &pingora::Error,
+    ) -> bool {
+        let refused = matches!(
+            e.etype(),
+            pingora::ErrorType::ConnectRefused | pingora::ErrorType::ConnectNoRoute
+        );
+        match (self.record_key(), self.refresh) {
+            (Some(key), Refresh::No) if refused => {
+                records.cache().invalidate(key);
+                self.refresh = Refresh::Pending;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// What the upstream copy of the request takes from the decision.
+    pub fn edits(&self) -> Edits<'_> {
+        let plan = self.plan.as_ref();
+        Edits {
+            request_id: &self.request_id,
+            workspace: self.workspace.as_ref().map(|w| w.as_str()),
+            user: self.principal().map(|p| p.user.as_str()),
+            strip_cookies: plan.map(|p| p.strip_cookies).unwrap_or_default(),
+            strip_authorization: plan.is_some_and(|p| p.strip_authorization),
+            host_header: self.target().and_then(|t| t.host_header.as_deref()),
+            upstream_path: self.target().and_then(|t| t.upstream_path.as_deref()),
+        }
     }
 }
 

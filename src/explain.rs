@@ -6,7 +6,6 @@
 //! (a bootstrap would spend its token).
 
 use crate::config::Config;
-use crate::ctx::RequestCtx;
 use crate::headers;
 use crate::route::RouteMatch;
 use pingora::http::RequestHeader;
@@ -100,9 +99,11 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
         .and_then(headers::normalize_host)
         .map_err(|e| format!("{e}"));
     let matched = match &host {
-        Ok(h) => gw
-            .routes
-            .match_request(h, req.uri.path(), req.uri.query(), is_upgrade),
+        Ok(h) => {
+            gw.decider()
+                .routes()
+                .match_request(h, req.uri.path(), req.uri.query(), is_upgrade)
+        }
         Err(_) => Err(crate::error::GatewayError::BadHost),
     };
     match matched {
@@ -149,7 +150,7 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
             line(&mut out, "route", &m.route.name);
             line(&mut out, "id", m.id.as_str());
             let key = m.route.key(&m.id);
-            let (found, _) = gw.records.get(&key).await;
+            let (found, _) = gw.records().get(&key).await;
             let record = match found {
                 Ok(Some(r)) => {
                     let mut fields: Vec<_> = r
@@ -167,22 +168,30 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
         }
     }
 
-    // The real decision, as request_filter makes it.
-    let mut ctx = RequestCtx::new();
-    ctx.is_upgrade = is_upgrade;
-    // A one-time token is checked, never spent, by a question.
-    ctx.dry_run = true;
-    if q.url.starts_with("https://") || q.url.starts_with("wss://") {
-        ctx.proto = "https";
-    }
-    let decision = gw.decide(&req, &mut ctx).await;
-    let auth = match (&ctx.principal, ctx.auth_method) {
+    // The real decision, as request_filter makes it; a one-time token is checked, never
+    // spent, by a question.
+    let facts = crate::decide::Facts {
+        is_upgrade,
+        proto: if q.url.starts_with("https://") || q.url.starts_with("wss://") {
+            "https"
+        } else {
+            "http"
+        },
+        spend: crate::auth::Spend::DryRun,
+        established: None,
+    };
+    let decided = gw.decider().decide(&req, &facts).await;
+    let check = decided.check;
+    let auth = match (
+        decided.plan().and_then(|p| p.principal.as_ref()),
+        check.method,
+    ) {
         (Some(p), _) => format!("ok: user {} by {}", p.user, p.method.as_str()),
-        (None, Some(m)) => format!("{} ({} tried)", ctx.auth_result, m.as_str()),
-        (None, None) => ctx.auth_result.to_string(),
+        (None, Some(m)) => format!("{} ({} tried)", check.result, m.as_str()),
+        (None, None) => check.result.to_string(),
     };
     line(&mut out, "auth", &auth);
-    let target = match decision {
+    let target = match decided.outcome {
         Err(e) => {
             line(
                 &mut out,
@@ -194,14 +203,14 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
                 proxied: false,
             });
         }
-        Ok(Some(_)) | Ok(None) if ctx.target.is_none() => {
+        Ok(crate::decide::Action::Answer(_)) => {
             line(&mut out, "verdict", "answered by edgegate");
             return Ok(Answer {
                 report: out,
                 proxied: false,
             });
         }
-        Ok(_) => ctx.target.clone().ok_or("no target")?,
+        Ok(crate::decide::Action::Proxy(plan)) => plan.target,
     };
     line(&mut out, "upstream", &target.addr.to_string());
     if let Some(p) = &target.upstream_path {

@@ -3,8 +3,6 @@
 //! included) and Origin go upstream untouched by default: code-server compares a WebSocket's
 //! Origin with Host, or with `X-Forwarded-Host`, and refuses a mismatch.
 
-use crate::auth::session::CookieStrip;
-use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::net::IpNet;
 use http::HeaderName;
@@ -281,7 +279,60 @@ fn valid_port(p: &str) -> bool {
         && p.parse::<u16>().is_ok()
 }
 
-/// What the upstream request needs from outside the CTX.
+/// What forwarding the request's `Cookie` headers takes, once edgegate's own cookies must not
+/// reach the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CookieStrip {
+    /// No credential cookie in them: they go as they came.
+    #[default]
+    Keep,
+    /// Nothing but credential cookies: the headers go.
+    Remove,
+    /// Both kinds, or a header that could not be read: rebuilt by `without_cookies`.
+    Rebuild,
+}
+
+/// The `Cookie` header without the named cookies; `None` when nothing is left.
+pub fn without_cookies<N: AsRef<str>>(headers: &http::HeaderMap, names: &[N]) -> Option<String> {
+    let mut kept = String::new();
+    for h in headers.get_all(http::header::COOKIE) {
+        let Ok(h) = h.to_str() else { continue };
+        for pair in h.split(';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() {
+                continue;
+            }
+            let name = pair.split_once('=').map_or(pair, |(k, _)| k).trim_ascii();
+            if names.iter().any(|n| n.as_ref() == name) {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
+        }
+    }
+    (!kept.is_empty()).then_some(kept)
+}
+
+/// What the upstream copy of a request takes from the decision about it
+/// (`RequestCtx::edits`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Edits<'a> {
+    pub request_id: &'a str,
+    /// `X-Edgegate-Workspace`.
+    pub workspace: Option<&'a str>,
+    /// `X-Edgegate-User`: the verified user.
+    pub user: Option<&'a str>,
+    pub strip_cookies: CookieStrip,
+    pub strip_authorization: bool,
+    /// `Host` to send instead of the browser's.
+    pub host_header: Option<&'a str>,
+    /// Path and query to send instead of the browser's.
+    pub upstream_path: Option<&'a str>,
+}
+
+/// What the upstream request needs from the connection and the config.
 pub struct Forwarding<'a> {
     pub client_ip: Option<IpAddr>,
     pub trusted_proxies: &'a [IpNet],
@@ -353,7 +404,7 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// edgegate's cost per request (docs/BENCHMARKS.md).
 pub fn rewrite_upstream_request(
     req: &mut RequestHeader,
-    ctx: &RequestCtx,
+    edits: &Edits<'_>,
     fwd: &Forwarding<'_>,
 ) -> pingora::Result<()> {
     let bad =
@@ -455,31 +506,29 @@ pub fn rewrite_upstream_request(
         http::HeaderValue::from_static(fwd.proto),
     )?;
     add(headers, X_FORWARDED_HOST, forwarded_host.clone())?;
-    add(headers, X_REQUEST_ID, own_value(&ctx.request_id)?)?;
-    if let Some(id) = &ctx.workspace {
-        add(headers, X_EDGEGATE_WORKSPACE, own_value(id.as_str())?)?;
+    add(headers, X_REQUEST_ID, own_value(edits.request_id)?)?;
+    if let Some(id) = edits.workspace {
+        add(headers, X_EDGEGATE_WORKSPACE, own_value(id)?)?;
     }
-    if let Some(p) = &ctx.principal {
-        add(headers, X_EDGEGATE_USER, own_value(&p.user)?)?;
+    if let Some(user) = edits.user {
+        add(headers, X_EDGEGATE_USER, own_value(user)?)?;
     }
-    match ctx.strip_cookies {
+    match edits.strip_cookies {
         CookieStrip::Keep => {}
         CookieStrip::Remove => {
             headers.remove(http::header::COOKIE);
         }
-        CookieStrip::Rebuild => {
-            match crate::auth::session::without_cookies(headers, fwd.credential_cookies) {
-                Some(rest) => add(headers, http::header::COOKIE, value(&rest)?)?,
-                None => {
-                    headers.remove(http::header::COOKIE);
-                }
+        CookieStrip::Rebuild => match without_cookies(headers, fwd.credential_cookies) {
+            Some(rest) => add(headers, http::header::COOKIE, value(&rest)?)?,
+            None => {
+                headers.remove(http::header::COOKIE);
             }
-        }
+        },
     }
-    if ctx.strip_authorization {
+    if edits.strip_authorization {
         headers.remove(http::header::AUTHORIZATION);
     }
-    if let Some(h) = ctx.target.as_ref().and_then(|t| t.host_header.as_deref()) {
+    if let Some(h) = edits.host_header {
         add(headers, http::header::HOST, own_value(h)?)?;
     } else if !headers.contains_key(http::header::HOST) {
         // An absolute-form request may come without Host; its target's authority was the
@@ -494,7 +543,7 @@ pub fn rewrite_upstream_request(
     if let Some(end) = end_stream {
         out.set_send_end_stream(end);
     }
-    if let Some(p) = ctx.target.as_ref().and_then(|t| t.upstream_path.as_deref()) {
+    if let Some(p) = edits.upstream_path {
         let uri = http::Uri::try_from(p).map_err(|_| bad("bad upstream path"))?;
         out.set_uri(uri);
     }
@@ -755,14 +804,17 @@ mod tests {
         for (k, v) in headers {
             req.append_header(k.to_string(), *v).expect("header");
         }
-        let ctx = RequestCtx::new();
+        let edits = Edits {
+            request_id: "0123456789abcdef01234567",
+            ..Edits::default()
+        };
         let fwd = Forwarding {
             client_ip: "10.1.2.3".parse().ok(),
             trusted_proxies: &[],
             proto: "http",
             credential_cookies: &["session".to_string(), "edgegate_ide".to_string()],
         };
-        rewrite_upstream_request(&mut req, &ctx, &fwd).map(|_| req)
+        rewrite_upstream_request(&mut req, &edits, &fwd).map(|_| req)
     }
 
     fn rewritten(target: &[u8], headers: &[(&str, &str)]) -> RequestHeader {

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod ctx;
+pub mod decide;
 pub mod demo;
 pub mod error;
 pub mod explain;
@@ -22,7 +23,9 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod proxy;
+pub mod query;
 pub mod route;
+pub mod runtime;
 pub mod tls;
 pub mod upstream;
 pub mod websocket;
@@ -63,6 +66,16 @@ pub struct Parts {
 /// cache in front of it, and, when `subscribe`, the invalidation listener. Used by the server
 /// and by `explain`, so both decide with the same code.
 pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> {
+    let runtime = runtime::Runtime::build(config).map_err(|e| e.to_string())?;
+    build_gateway_from(config, runtime, subscribe)
+}
+
+/// `build_gateway` with the runtime parts already built (`build_server` needs its TLS part).
+fn build_gateway_from(
+    config: &Config,
+    runtime: runtime::Runtime,
+    subscribe: bool,
+) -> Result<Parts, String> {
     // Redis gets a runtime of its own that lives as long as the proxy service holding it.
     let redis_rt = match config.store.kind {
         StoreKind::Redis => {
@@ -89,15 +102,21 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
         _ => None,
     };
     let records = Records::new(store.clone(), cache.clone(), config, metrics.clone());
-    let gateway =
-        proxy::Gateway::new(config, records, metrics.clone(), redis_rt.clone(), activity)?;
+    let gateway = proxy::Gateway::new(
+        config,
+        runtime,
+        records,
+        metrics.clone(),
+        redis_rt.clone(),
+        activity,
+    )?;
     if let Some(handle) = redis_rt
         .as_ref()
         .and_then(|r| r.handle())
         .filter(|_| subscribe)
     {
-        let secrets = gateway.records.secrets_cache().clone();
-        let (c, m, tunnels) = (cache, metrics.clone(), gateway.invalidations.clone());
+        let secrets = gateway.records().secrets_cache().clone();
+        let (c, m, tunnels) = (cache, metrics.clone(), gateway.invalidations());
         let invalidate: Invalidate = Arc::new(move |key: Option<&str>| match key {
             Some(k) => {
                 m.cache_invalidations.inc();
@@ -114,7 +133,7 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
         store::spawn_invalidation_listener(&handle, &config.redis, invalidate)?;
     }
     Ok(Parts {
-        stopping: gateway.stopping.clone(),
+        stopping: gateway.stopping(),
         gateway,
         metrics,
         store,
@@ -158,12 +177,14 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
     server.bootstrap();
     let accept_loops = fast_stop::AcceptLoops::new();
 
+    let runtime = runtime::Runtime::build(config).map_err(|e| e.to_string())?;
+    let tls = runtime.tls.clone();
     let Parts {
         gateway,
         stopping,
         metrics,
         store,
-    } = build_gateway(config, true)?;
+    } = build_gateway_from(config, runtime, true)?;
     server.add_service(pingora::services::background::background_service(
         "edgegate-stopping",
         StopRelay(stopping),
@@ -198,8 +219,9 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
         let buffers = L4BufferSettings::default().read(l.read_buffer_bytes);
         service.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
-    for (i, t) in l.tls.iter().enumerate() {
-        let settings = tls::settings(&format!("listen.tls[{i}]"), t).map_err(|e| e.to_string())?;
+    for (i, (t, resolver)) in l.tls.iter().zip(tls).enumerate() {
+        let settings =
+            tls::settings(&format!("listen.tls[{i}]"), t, resolver).map_err(|e| e.to_string())?;
         let buffers = L4BufferSettings::default().read(l.tls_read_buffer_bytes);
         service.add_listener(
             ListenerConfig::tcp(t.addr.as_str())

@@ -104,13 +104,15 @@ enum TokenCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
+        Command::Check { config } => {
+            match Config::load(&config).and_then(|c| edgegate::runtime::Runtime::build(&c)) {
+                Ok(_) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage_error(&e),
             }
-            Err(e) => usage_error(&e),
-        },
+        }
         Command::Run { config, upgrade } => {
             let config = match load(&config) {
                 Ok(c) => c,

@@ -1,7 +1,7 @@
 //! TLS termination with rustls: per-listener certificates chosen by SNI (exact names first, then
 //! one-label wildcards such as `*.{base_domain}`, then the listener's first certificate), and
 //! ALPN offering HTTP/2 beside HTTP/1.1. Browsers open WebSockets on HTTP/1.1 connections, since
-//! edgegate does not advertise extended CONNECT. Built by `lib::build_server`.
+//! edgegate does not advertise extended CONNECT. Loaded by `runtime::Runtime::build`, set on the listeners by `lib::build_server`.
 
 use crate::config::{ConfigError, TlsListenConfig};
 use pingora::listeners::tls::TlsSettings;
@@ -93,12 +93,15 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Pingora's settings for one TLS listener.
-pub fn settings(field: &str, cfg: &TlsListenConfig) -> Result<TlsSettings, ConfigError> {
-    let resolver = SniResolver::load(field, cfg)?;
+/// Pingora's settings for one TLS listener, with its certificates (`runtime::Runtime::tls`).
+pub fn settings(
+    field: &str,
+    cfg: &TlsListenConfig,
+    resolver: Arc<SniResolver>,
+) -> Result<TlsSettings, ConfigError> {
     let mut s =
         TlsSettings::intermediate("", "").map_err(|e| ConfigError(format!("{field}: {e}")))?;
-    s.set_cert_resolver(Arc::new(resolver));
+    s.set_cert_resolver(resolver);
     if cfg.h2 {
         s.set_alpn(ALPN::H2H1);
     }

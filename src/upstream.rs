@@ -1,99 +1,15 @@
-//! Upstream addresses: parsing a record's `backend`/`target` (`ip`, `ip:port`, `host`,
-//! `host:port`), resolving names asynchronously with a cache (never Pingora's blocking
+//! Upstream addresses (parsed by `net::UpstreamAddr`): resolving names asynchronously with a cache (never Pingora's blocking
 //! `HttpPeer::new` resolution, which panics on failure), and building the per-request
 //! `HttpPeer` in `upstream_peer` with its own `group_key`, so two workspaces never share a
 //! pooled connection even behind one address.
 
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
+pub use crate::net::{UpstreamAddr, UpstreamHost};
 use crate::route::cache::Cache;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpstreamHost {
-    Ip(IpAddr),
-    /// A lower-cased DNS name, resolved by `Resolver`.
-    Name(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamAddr {
-    pub host: UpstreamHost,
-    pub port: u16,
-}
-
-impl UpstreamAddr {
-    /// Parse `ip`, `ip:port`, `[v6]:port`, `host` or `host:port`; `default_port` when absent.
-    pub fn parse(s: &str, default_port: u16) -> Result<UpstreamAddr, &'static str> {
-        if let Ok(sa) = s.parse::<SocketAddr>() {
-            return Ok(Self::ip(sa.ip(), sa.port()));
-        }
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return Ok(Self::ip(ip, default_port));
-        }
-        if let Some(v6) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            let ip = v6
-                .parse::<IpAddr>()
-                .map_err(|_| "is not a valid IPv6 address")?;
-            return Ok(Self::ip(ip, default_port));
-        }
-        let (name, port) = match s.rsplit_once(':') {
-            Some((n, p)) => (n, p.parse::<u16>().map_err(|_| "has a bad port")?),
-            None => (s, default_port),
-        };
-        if port == 0 {
-            return Err("has port 0");
-        }
-        if !is_dns_name(name) {
-            return Err("is not an ip, ip:port, host or host:port");
-        }
-        Ok(UpstreamAddr {
-            host: UpstreamHost::Name(name.to_ascii_lowercase()),
-            port,
-        })
-    }
-
-    fn ip(ip: IpAddr, port: u16) -> UpstreamAddr {
-        UpstreamAddr {
-            host: UpstreamHost::Ip(ip),
-            port,
-        }
-    }
-
-    pub fn with_port(mut self, port: u16) -> Self {
-        self.port = port;
-        self
-    }
-}
-
-impl fmt::Display for UpstreamAddr {
-    /// The `Host` header form: `host:port`, `[v6]:port`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.host {
-            UpstreamHost::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
-            UpstreamHost::Ip(ip) => write!(f, "{ip}:{}", self.port),
-            UpstreamHost::Name(n) => write!(f, "{n}:{}", self.port),
-        }
-    }
-}
-
-fn is_dns_name(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
 
 /// Asynchronous name resolution with a positive and a negative cache.
 pub struct Resolver {
@@ -226,32 +142,6 @@ pub fn peer(target: &Target, cfg: &UpstreamConfig, is_upgrade: bool) -> Box<Http
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upstream_forms_table() {
-        let cases: &[(&str, Result<&str, ()>)] = &[
-            ("10.0.0.5", Ok("10.0.0.5:8080")),
-            ("10.0.0.5:3000", Ok("10.0.0.5:3000")),
-            ("[::1]:9000", Ok("[::1]:9000")),
-            ("::1", Ok("[::1]:8080")),
-            ("[::1]", Ok("[::1]:8080")),
-            ("VM-01abc.Example.test", Ok("vm-01abc.example.test:8080")),
-            ("vm.example.test:81", Ok("vm.example.test:81")),
-            ("vm.example.test:0", Err(())),
-            ("vm.example.test:99999", Err(())),
-            ("vm..example", Err(())),
-            ("-vm.example", Err(())),
-            ("vm example", Err(())),
-            ("http://vm", Err(())),
-            ("", Err(())),
-        ];
-        for (raw, want) in cases {
-            let got = UpstreamAddr::parse(raw, 8080)
-                .map(|a| a.to_string())
-                .map_err(|_| ());
-            assert_eq!(got, want.map(str::to_string), "{raw:?}");
-        }
-    }
 
     #[test]
     fn group_key_differs_per_workspace_behind_one_address() {

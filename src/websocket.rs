@@ -1,9 +1,10 @@
-//! WebSocket upgrades, tunnelled by edgegate itself from `request_filter` once routing and auth
-//! have bound the request's target. Pingora's own upgraded-body loop has no shutdown hook, so it
+//! WebSocket upgrades, tunnelled by edgegate itself (`Tunnels::open`, from `request_filter`)
+//! once the decision has bound the request's target. Pingora's own upgraded-body loop has no shutdown hook, so it
 //! cannot say goodbye: here the tunnel watches the process's shutdown and, before the process
 //! exits, sends the client a close frame with code 1012 (service restart) at a frame boundary,
 //! so browsers reconnect at once instead of reporting 1006. When an invalidation message names
-//! its session or its workspace record, the tunnel re-runs the request's decision and closes
+//! its session or its workspace record (and every `auth.recheck_interval_ms`), the tunnel runs
+//! the request's decision again (`decide`, the pipeline every request goes through) and closes
 //! with 1008 if the credential no longer passes (a revoked session ends its open terminals).
 //! The tunnel also knows exactly which side ended a session (for the close-cause metric) and
 //! counts frames as workspace activity.
@@ -12,19 +13,23 @@
 //! (`upstream::peer`: timeouts, TLS with SNI and verification), and the upstream request is the
 //! browser's, rewritten by `headers::rewrite_upstream_request` exactly as for plain requests.
 
-use crate::auth::key_hash;
-use crate::config::AuthMethod;
+use crate::access::RequestLog;
+use crate::activity::Activity;
+use crate::auth::{key_hash, Spend};
+use crate::config::{Config, UpstreamConfig};
 use crate::ctx::RequestCtx;
+use crate::decide::{Decider, Facts};
 use crate::error::GatewayError;
-use crate::proxy::Gateway;
-use crate::route::{record, RouteMatch};
+use crate::headers::Forwarding;
 use bytes::{Bytes, BytesMut};
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::proxy::Session;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, watch};
@@ -97,16 +102,75 @@ fn frame_header(h: &[u8]) -> Option<(u64, usize)> {
     (h.len() == header_len).then_some((len, header_len))
 }
 
-impl Gateway {
+/// How tunnels connect and how long they may idle, and the process-wide signals they watch.
+pub struct Tunnels {
+    /// Makes upstream connections for tunnels (TLS and timeouts per peer).
+    connector: TransportConnector,
+    upstream: UpstreamConfig,
+    idle: Duration,
+    /// Flips to `true` when the process starts to stop (tunnels then send 1012).
+    stopping: Arc<watch::Sender<bool>>,
+    /// Hashes of invalidated keys, for open tunnels to re-check their credential.
+    invalidations: broadcast::Sender<u64>,
+}
+
+/// What a tunnel asks of the rest of the gateway for as long as it lives.
+#[derive(Clone)]
+pub struct TunnelEnv {
+    pub decider: Arc<Decider>,
+    pub log: Arc<RequestLog>,
+    pub activity: Option<Arc<Activity>>,
+}
+
+/// One open tunnel's settings and signals, in its own task.
+struct Tunnel {
+    env: TunnelEnv,
+    idle: Duration,
+    write_timeout: Duration,
+    stopping: watch::Receiver<bool>,
+    invalidations: broadcast::Receiver<u64>,
+}
+
+impl Tunnels {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            connector: TransportConnector::new(Some(ConnectorOptions {
+                ca_file: config.upstream.ca_file.clone(),
+                ..ConnectorOptions::new(1)
+            })),
+            upstream: config.upstream.clone(),
+            idle: config.ws_idle_timeout(),
+            stopping: Arc::new(watch::channel(false).0),
+            invalidations: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Set when the process starts to stop.
+    pub fn stopping(&self) -> &Arc<watch::Sender<bool>> {
+        &self.stopping
+    }
+
+    /// Where invalidated keys are announced to open tunnels.
+    pub fn invalidations(&self) -> &broadcast::Sender<u64> {
+        &self.invalidations
+    }
+
+    /// How long an upgraded connection may stay silent.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
     /// Tunnel an authorised upgrade request. `Err` only before the client got its 101 (the
     /// caller answers with the JSON error); afterwards the tunnel runs until one side ends.
-    pub(crate) async fn tunnel(
+    pub async fn open(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
+        fwd: &Forwarding<'_>,
+        env: &TunnelEnv,
     ) -> Result<(), GatewayError> {
         let mut upstream = loop {
-            let Some(target) = ctx.target.clone() else {
+            let Some(target) = ctx.target().cloned() else {
                 return Err(GatewayError::Internal);
             };
             let peer = crate::upstream::peer(&target, &self.upstream, true);
@@ -117,12 +181,23 @@ impl Gateway {
                     // for plain requests: 502 or 504 like those, never a 500.
                     let e = e.into_up();
                     log::warn!("websocket upstream {}: {e}", target.addr);
-                    self.count_upstream_failure(ctx, &e);
-                    if self.may_have_moved(ctx, &e) {
+                    env.log.upstream_failure(ctx, &e);
+                    if ctx.may_have_moved(env.decider.records(), &e) {
                         // Decide again from a fresh record (auth included), then retry once.
                         ctx.refresh = crate::ctx::Refresh::Done;
-                        let req = session.req_header().clone();
-                        self.decide(&req, ctx).await?;
+                        let req = session.req_header();
+                        let jti = ctx.principal().and_then(|p| p.jti.clone());
+                        let facts = Facts {
+                            is_upgrade: true,
+                            proto: ctx.proto,
+                            spend: jti.as_deref().map_or(Spend::Yes, Spend::Already),
+                            established: None,
+                        };
+                        let decided = env.decider.decide(req, &facts).await;
+                        env.log.checked(decided.check);
+                        if ctx.decided(decided)?.is_some() {
+                            return Err(GatewayError::Internal);
+                        }
                         continue;
                     }
                     return Err(
@@ -135,8 +210,7 @@ impl Gateway {
         // The browser's request stays with the tunnel (credential re-checks, the access log).
         let browser_req = session.req_header().clone();
         let mut req = browser_req.clone();
-        let fwd = self.forwarding(session, ctx);
-        crate::headers::rewrite_upstream_request(&mut req, ctx, &fwd)
+        crate::headers::rewrite_upstream_request(&mut req, &ctx.edits(), fwd)
             .map_err(|_| GatewayError::BadPath)?;
         // The rewrite dropped the client's hop-by-hop headers: only the upgrade itself goes on.
         req.insert_header("connection", "Upgrade")
@@ -221,7 +295,7 @@ impl Gateway {
             ctx.ws_close_cause = Some("client");
             return Ok(());
         }
-        self.ws_opened(ctx);
+        env.log.ws_opened(ctx);
         let Some((client, early)) = take_client(session) else {
             ctx.ws_close_cause = Some("error");
             return Ok(());
@@ -229,18 +303,22 @@ impl Gateway {
         // The tunnel, its request and its state go to a task of their own: Pingora's task for
         // this connection (and everything it holds for HTTP) ends here.
         let ctx = std::mem::replace(ctx, RequestCtx::detached_shell());
-        let gateway = self.clone();
-        tokio::spawn(async move {
-            gateway
-                .run_tunnel(browser_req, ctx, client, early, upstream, rest)
-                .await
-        });
+        let tunnel = Tunnel {
+            env: env.clone(),
+            idle: self.idle,
+            write_timeout: Duration::from_millis(self.upstream.write_timeout_ms),
+            stopping: self.stopping.subscribe(),
+            invalidations: self.invalidations.subscribe(),
+        };
+        tokio::spawn(tunnel.run(browser_req, ctx, client, early, upstream, rest));
         Ok(())
     }
+}
 
+impl Tunnel {
     /// A detached tunnel, from the 101 to the access log line.
-    async fn run_tunnel(
-        self,
+    async fn run(
+        mut self,
         req: RequestHeader,
         mut ctx: RequestCtx,
         mut client: Stream,
@@ -248,7 +326,7 @@ impl Gateway {
         mut upstream: Stream,
         rest: Bytes,
     ) {
-        let write_timeout = Duration::from_millis(self.upstream.write_timeout_ms);
+        let write_timeout = self.write_timeout;
         let mut to_client = FrameTracker::default();
         let mut from_client = FrameTracker::default();
         let cause = async {
@@ -283,28 +361,26 @@ impl Gateway {
             let _ = upstream.shutdown().await;
         })
         .await;
-        self.log_request(&req, 101, &ctx);
+        self.env.log.finish(&req, 101, &ctx);
     }
 
     /// Copy both ways until one side ends, the connection idles out, its credential is revoked,
     /// or the process stops.
     async fn pump(
-        &self,
+        &mut self,
         req: &RequestHeader,
         ctx: &mut RequestCtx,
         [client, upstream]: [&mut Stream; 2],
         [to_client, from_client]: [&mut FrameTracker; 2],
     ) -> &'static str {
-        let idle = self.ws_idle_timeout;
-        let write_timeout = Duration::from_millis(self.upstream.write_timeout_ms);
-        let mut stopping: watch::Receiver<bool> = self.stopping.subscribe();
-        let mut invalidations = self.invalidations.subscribe();
+        let idle = self.idle;
+        let write_timeout = self.write_timeout;
         // The keys whose invalidation makes this tunnel re-check its credential.
         let watched: Vec<u64> = ctx
-            .activity_key
-            .iter()
-            .map(|k| key_hash(k))
-            .chain(ctx.principal.as_ref().and_then(|p| p.session_key_hash))
+            .record_key()
+            .map(key_hash)
+            .into_iter()
+            .chain(ctx.principal().and_then(|p| p.session_key_hash))
             .collect();
         // One buffer per direction, reused for every read: small while the tunnel idles,
         // larger while a side sends in bulk.
@@ -314,11 +390,12 @@ impl Gateway {
         // The credential is re-checked every `recheck_interval` (a session deleted without an
         // invalidation message, a record changed behind the cache), and ends by itself: a
         // session at its `expires_at`, a token's tunnel after `token_tunnel_max`.
-        let recheck_every = self.auth.recheck_interval;
+        let auth = self.env.decider.auth();
+        let (recheck_every, token_max) = (auth.recheck_interval, auth.token_tunnel_max);
         let mut next_recheck = last + recheck_every;
-        let ends: Option<(Instant, &'static str)> = ctx.principal.as_ref().and_then(|p| {
+        let ends: Option<(Instant, &'static str)> = ctx.principal().and_then(|p| {
             if p.by_token() {
-                return Some((last + self.auth.token_tunnel_max, "max_life"));
+                return Some((last + token_max, "max_life"));
             }
             let left = p.expires_at?.saturating_sub(crate::auth::token::now());
             Some((last + Duration::from_secs(left), "revoked"))
@@ -335,7 +412,7 @@ impl Gateway {
         // frame boundary to send it at.
         let mut closing: Option<(&'static [u8; 4], &'static str, Instant)> = None;
         loop {
-            if closing.is_none() && *stopping.borrow() {
+            if closing.is_none() && *self.stopping.borrow() {
                 closing = Some((
                     &CLOSE_1012,
                     "shutdown",
@@ -352,7 +429,7 @@ impl Gateway {
             }
             let idle_at = last + idle;
             let mut wake = idle_at;
-            if closing.is_none() && ctx.principal.is_some() {
+            if closing.is_none() && ctx.principal().is_some() {
                 wake = wake.min(next_recheck);
                 if let Some((at, _)) = ends {
                     wake = wake.min(at);
@@ -367,7 +444,9 @@ impl Gateway {
                             first_close.get_or_insert("client");
                         }
                         ctx.bytes_in += n as u64;
-                        self.touch(ctx);
+                        if let Some(a) = &self.env.activity {
+                            ctx.touch(a);
+                        }
                         last = Instant::now();
                         // Bounded: an upstream that stops reading must not freeze the tunnel.
                         if !write_to(upstream, &down, write_timeout).await {
@@ -385,7 +464,9 @@ impl Gateway {
                             first_close.get_or_insert("upstream");
                         }
                         ctx.bytes_out += n as u64;
-                        self.touch(ctx);
+                        if let Some(a) = &self.env.activity {
+                            ctx.touch(a);
+                        }
                         last = Instant::now();
                         // Bounded: a client that stops reading must not freeze the tunnel.
                         if !write_to(client, &up, write_timeout).await {
@@ -395,12 +476,12 @@ impl Gateway {
                         false
                     }
                 },
-                key = invalidations.recv(), if closing.is_none() => match key {
+                key = self.invalidations.recv(), if closing.is_none() => match key {
                     Ok(h) => watched.contains(&h),
                     Err(broadcast::error::RecvError::Lagged(_)) => true,
                     Err(broadcast::error::RecvError::Closed) => false,
                 },
-                _ = stopping.changed(), if !*stopping.borrow() => false,
+                _ = self.stopping.changed(), if !*self.stopping.borrow() => false,
                 _ = tokio::time::sleep(Duration::from_millis(50)), if closing.is_some() => false,
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
@@ -434,45 +515,24 @@ impl Gateway {
         }
     }
 
-    /// Whether the tunnel's credential no longer holds: its workspace record is gone, stopped
-    /// or owned by someone else, or (for a session or an ide cookie) the app session behind
-    /// it ended or names someone else. The token that opened a tunnel is not re-verified: it
-    /// authorised the upgrade, was spent there, and its short life must not end healthy
-    /// terminals (`auth.token_tunnel_max_secs` bounds them). A store outage revokes nothing.
+    /// Whether the tunnel's credential no longer holds: the request, decided again as every
+    /// request is (`decide`), is refused now — its record is gone, stopped or owned by someone
+    /// else, or (for a session or an ide cookie) the app session behind it ended or names
+    /// someone else. The token that opened a tunnel is not verified again (see
+    /// `auth::Auth::authorize`). A store outage revokes nothing.
     async fn revoked(&self, req: &RequestHeader, ctx: &RequestCtx) -> bool {
-        let Some(principal) = &ctx.principal else {
+        let Some(principal) = ctx.principal() else {
             return false;
         };
-        let verdict: Result<(), GatewayError> = async {
-            let host = crate::headers::normalize_host(crate::headers::browser_host(req)?)?;
-            let RouteMatch::Workspace(m) =
-                self.routes
-                    .match_request(&host, req.uri.path(), req.uri.query(), true)?
-            else {
-                return Ok(());
-            };
-            let key = m.route.key(&m.id);
-            let rec = self
-                .records
-                .get(&key)
-                .await
-                .0?
-                .ok_or(GatewayError::UnknownWorkspace)?;
-            let owner = record::read(m.route, &key, &rec, m.port)?.owner;
-            if owner != principal.user {
-                return Err(GatewayError::Forbidden);
-            }
-            if matches!(
-                principal.method,
-                AuthMethod::Session | AuthMethod::IdeCookie
-            ) {
-                self.auth.session_owner(&self.records, req, owner).await??;
-            }
-            Ok(())
-        }
-        .await;
-        match verdict {
-            Ok(()) | Err(GatewayError::StoreUnavailable) => false,
+        let facts = Facts {
+            is_upgrade: true,
+            proto: ctx.proto,
+            spend: Spend::DryRun,
+            established: Some(principal),
+        };
+        match self.env.decider.decide(req, &facts).await.outcome {
+            Ok(crate::decide::Action::Proxy(_)) | Err(GatewayError::StoreUnavailable) => false,
+            Ok(crate::decide::Action::Answer(_)) => true,
             Err(e) => {
                 log::info!(
                     "request {}: closing its WebSocket, its credential no longer holds ({})",

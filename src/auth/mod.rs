@@ -8,6 +8,7 @@ pub mod token;
 
 use crate::config::{AuthMethod, Config, ConfigError};
 use crate::error::GatewayError;
+use crate::route::pattern::KeyTemplate;
 use crate::route::store::Records;
 use crate::route::{Route, WorkspaceId};
 use pingora::http::RequestHeader;
@@ -24,6 +25,22 @@ pub struct Asking<'a> {
     pub proto: &'a str,
     /// What to do with a one-time token's `jti`.
     pub spend: Spend<'a>,
+    /// Re-checking an open WebSocket: the principal it was opened with.
+    pub established: Option<&'a Principal>,
+}
+
+/// What `Auth::authorize` found: the credential it tried (or used), and its verdict —
+/// `Ok(None)` for an open route.
+#[derive(Debug)]
+pub struct Outcome {
+    pub method: Option<AuthMethod>,
+    pub verdict: Result<Option<Principal>, GatewayError>,
+}
+
+impl Outcome {
+    fn of(method: Option<AuthMethod>, verdict: Result<Option<Principal>, GatewayError>) -> Self {
+        Outcome { method, verdict }
+    }
 }
 
 /// How a one-time token's `jti` is treated by this decision.
@@ -67,48 +84,6 @@ pub fn key_hash(key: &str) -> u64 {
     crate::stable_hash(key)
 }
 
-/// A template `head{x}tail` with the key prefix applied.
-#[derive(Debug, Clone)]
-pub struct KeyTemplate {
-    head: String,
-    tail: String,
-}
-
-impl KeyTemplate {
-    fn new(
-        field: &str,
-        prefix: &str,
-        template: &str,
-        placeholder: &str,
-    ) -> Result<Self, ConfigError> {
-        let (head, tail) = template
-            .split_once(placeholder)
-            .ok_or_else(|| ConfigError(format!("{field}: {placeholder:?} is missing")))?;
-        if tail.contains(placeholder) {
-            return Err(ConfigError(format!(
-                "{field}: {placeholder:?} may appear only once"
-            )));
-        }
-        Ok(Self::from_parts(prefix, head, tail))
-    }
-
-    /// A template already split around its placeholder.
-    pub(crate) fn from_parts(prefix: &str, head: &str, tail: &str) -> Self {
-        Self {
-            head: format!("{prefix}{head}"),
-            tail: tail.to_string(),
-        }
-    }
-
-    pub fn key(&self, value: &str) -> String {
-        let mut k = String::with_capacity(self.head.len() + value.len() + self.tail.len());
-        k.push_str(&self.head);
-        k.push_str(value);
-        k.push_str(&self.tail);
-        k
-    }
-}
-
 pub struct Auth {
     pub tokens: TokenKeys,
     pub session_cookie: String,
@@ -130,6 +105,61 @@ pub struct Auth {
     pub recheck_interval: std::time::Duration,
 }
 
+/// How the caller was checked: the credential tried (or used) and the result, as the access
+/// log and `edgegate_auth_decisions_total` name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Check {
+    pub method: Option<AuthMethod>,
+    /// `ok`, `open`, `unauthenticated`, `forbidden`, `error`, or `none` when nothing was checked.
+    pub result: &'static str,
+}
+
+impl Check {
+    /// Nothing was checked (refused before auth, or a route without auth at the edge).
+    pub const NONE: Check = Check {
+        method: None,
+        result: "none",
+    };
+
+    /// The one place an auth verdict becomes its label.
+    pub fn of(
+        method: Option<AuthMethod>,
+        verdict: &Result<Option<Principal>, GatewayError>,
+    ) -> Check {
+        let result = match verdict {
+            Ok(Some(_)) => "ok",
+            Ok(None) => "open",
+            Err(e) => e.auth_result(),
+        };
+        Check { method, result }
+    }
+
+    /// The `method` label: `none` when no credential was tried.
+    pub fn method_label(&self) -> &'static str {
+        self.method.map_or("none", |m| m.as_str())
+    }
+}
+
+/// The credential a request's auth is decided by.
+enum Credential {
+    Token(String, TokenType, AuthMethod),
+    IdeCookie,
+    Session,
+    /// None sent: `none` in the log and the metric.
+    Nothing,
+}
+
+impl Credential {
+    fn method(&self) -> Option<AuthMethod> {
+        match self {
+            Credential::Token(_, _, m) => Some(*m),
+            Credential::IdeCookie => Some(AuthMethod::IdeCookie),
+            Credential::Session => Some(AuthMethod::Session),
+            Credential::Nothing => None,
+        }
+    }
+}
+
 /// Why a credential was refused, for the access log (never the credential itself).
 fn token_refusal(e: TokenError) -> GatewayError {
     match e {
@@ -139,41 +169,19 @@ fn token_refusal(e: TokenError) -> GatewayError {
 }
 
 impl Auth {
+    /// The auth runtime of a validated config: its token keys (read and checked here) and
+    /// key templates.
     pub fn new(config: &Config) -> Result<Auth, ConfigError> {
         let a = &config.auth;
         let prefix = &config.redis.key_prefix;
-        if a.session_cookie.is_empty() || a.ide_cookie.is_empty() {
-            return Err(ConfigError(
-                "auth.session_cookie: cookie names must not be empty".into(),
-            ));
-        }
-        if !a.agent_ws_path.starts_with('/') {
-            return Err(ConfigError(
-                "auth.agent_ws_path: must start with '/'".into(),
-            ));
-        }
-        if a.ide_cookie_ttl_secs == 0 {
-            return Err(ConfigError(
-                "auth.ide_cookie_ttl_secs: must be greater than 0".into(),
-            ));
-        }
-        let mut trusted_origins = Vec::new();
-        for (i, o) in a.trusted_origins.iter().enumerate() {
-            let ok = (o.starts_with("http://") || o.starts_with("https://"))
-                && !o.ends_with('/')
-                && o.split_once("://")
-                    .is_some_and(|(_, rest)| !rest.is_empty() && !rest.contains('/'));
-            if !ok {
-                return Err(ConfigError(format!(
-                    "auth.trusted_origins[{i}]: {o:?} is not an origin (scheme://host[:port])"
-                )));
-            }
-            trusted_origins.push(o.to_ascii_lowercase());
-        }
+        let template = |field: &str, template: &str, placeholder: &str| {
+            KeyTemplate::new(prefix, template, placeholder)
+                .map_err(|e| ConfigError(format!("{field}: {e}")))
+        };
         Ok(Auth {
             tokens: TokenKeys::from_config(&a.tokens, a.ide_cookie_ttl_secs)?,
             session_cookie: a.session_cookie.clone(),
-            session_key: KeyTemplate::new("auth.session_key", prefix, &a.session_key, "{sid}")?,
+            session_key: template("auth.session_key", &a.session_key, "{sid}")?,
             ide_cookie: a.ide_cookie.clone(),
             app_cookies: a.app_cookies.clone(),
             credential_cookies: [&a.session_cookie, &a.ide_cookie]
@@ -183,10 +191,14 @@ impl Auth {
                 .collect(),
             ide_cookie_ttl: a.ide_cookie_ttl_secs,
             cookie_secure: a.cookie_secure,
-            trusted_origins,
+            trusted_origins: a
+                .trusted_origins
+                .iter()
+                .map(|o| o.to_ascii_lowercase())
+                .collect(),
             agent_ws_path: a.agent_ws_path.clone(),
-            jti_key: KeyTemplate::new("auth.jti_key", prefix, &a.jti_key, "{jti}")?,
-            agent_key: KeyTemplate::new("auth.agent_key", prefix, &a.agent_key, "{id}")?,
+            jti_key: template("auth.jti_key", &a.jti_key, "{jti}")?,
+            agent_key: template("auth.agent_key", &a.agent_key, "{id}")?,
             token_tunnel_max: std::time::Duration::from_secs(a.token_tunnel_max_secs),
             recheck_interval: std::time::Duration::from_millis(a.recheck_interval_ms),
         })
@@ -200,6 +212,11 @@ impl Auth {
     /// only (a link must never carry it). Either is spent once. Else cookies decide: the ide
     /// cookie (with the app session it was minted under) or the app session, whose user must
     /// own the record, from the request's own origin.
+    ///
+    /// Re-checking an open WebSocket (`established`): a token that opened it is not verified
+    /// again — it authorised the upgrade, was spent there, and its short life must not end a
+    /// healthy terminal (`auth.token_tunnel_max_secs` bounds such tunnels); the record must
+    /// still name its user. A cookie is checked again in full.
     pub async fn authorize(
         &self,
         records: &Records,
@@ -207,95 +224,142 @@ impl Auth {
         route: &Route,
         id: &WorkspaceId,
         owner: &str,
-        attempt: &mut Option<AuthMethod>,
-    ) -> Result<Option<Principal>, GatewayError> {
-        let Asking {
-            req,
-            cookies,
-            is_upgrade,
-            proto,
-            spend,
-        } = *request;
+    ) -> Outcome {
         let methods = &route.auth;
         if methods.contains(&AuthMethod::None) {
-            return Ok(None);
+            return Outcome::of(None, Ok(None));
         }
+        if let Some(p) = request.established.filter(|p| p.by_token()) {
+            let verdict = if p.user == owner {
+                Ok(Some(p.clone()))
+            } else {
+                Err(GatewayError::Forbidden)
+            };
+            return Outcome::of(Some(p.method), verdict);
+        }
+        let credential = self.credential(request, route);
+        let verdict = match &credential {
+            Credential::Token(token, typ, method) => {
+                self.token(records, request, id, owner, token, *typ, *method)
+                    .await
+            }
+            Credential::IdeCookie => self.ide_cookie(records, request, id, owner).await,
+            Credential::Session => self.session_cookie(records, request, owner).await,
+            // Nothing the route takes was sent.
+            Credential::Nothing => Err(GatewayError::Unauthenticated),
+        };
+        Outcome::of(credential.method(), verdict)
+    }
+
+    /// Which credential decides, as the route and the request's shape take one.
+    fn credential(&self, request: &Asking<'_>, route: &Route) -> Credential {
+        let (req, methods) = (request.req, &route.auth);
         let on_agent_path = req.uri.path() == self.agent_ws_path;
-        let token = if methods.contains(&AuthMethod::TerminalToken) && on_agent_path && is_upgrade {
+        let token = if methods.contains(&AuthMethod::TerminalToken)
+            && on_agent_path
+            && request.is_upgrade
+        {
             presented_token(req).map(|t| (t, TokenType::Terminal, AuthMethod::TerminalToken))
         } else if methods.contains(&AuthMethod::DevIdeToken) {
             bearer(req).map(|t| (t.to_string(), TokenType::DevIde, AuthMethod::DevIdeToken))
         } else {
             None
         };
-        if let Some((tok, typ, method)) = token {
-            *attempt = Some(method);
-            let v = self.tokens.verify(&tok, typ, id).map_err(token_refusal)?;
-            if v.sub != owner {
-                return Err(GatewayError::Forbidden);
+        match token {
+            Some((t, typ, method)) => Credential::Token(t, typ, method),
+            None if methods.contains(&AuthMethod::IdeCookie) && !request.cookies.ide.is_empty() => {
+                Credential::IdeCookie
             }
-            self.spend(records, &v, spend).await?;
-            // Token-authenticated requests carry their own proof: no Origin rule.
-            return Ok(Some(Principal {
-                user: v.sub,
-                method,
-                session_key_hash: None,
-                expires_at: None,
-                jti: Some(v.jti),
-            }));
-        }
-        let take_ide = methods.contains(&AuthMethod::IdeCookie) && !cookies.ide.is_empty();
-        let take_session = methods.contains(&AuthMethod::Session);
-        if !take_ide && !take_session {
-            return Err(GatewayError::Unauthenticated);
-        }
-        // What was tried: nothing at all is `none` in the log and the metric.
-        if take_ide {
-            *attempt = Some(AuthMethod::IdeCookie);
-        } else if !cookies.session.is_empty() {
-            *attempt = Some(AuthMethod::Session);
-        }
-        // Either way the app session decides, looked up once.
-        let sid = cookies.session.single()?;
-        if take_ide {
-            // The ide cookie is bound to the app session it was minted under: it opens the
-            // tunnel only beside that very session, while the session lasts.
-            let mut refusal = GatewayError::Unauthenticated;
-            let binding = sid.map(token::session_binding);
-            let mut bound = None;
-            for &value in cookies.ide.iter() {
-                match self.tokens.verify(value, TokenType::IdeSession, id) {
-                    Ok(v) if v.sub != owner => refusal = GatewayError::Forbidden,
-                    Ok(v) if v.session_binding.is_some() && v.session_binding == binding => {
-                        bound = Some(v);
-                        break;
-                    }
-                    // Minted under another session, or under none.
-                    Ok(_) | Err(TokenError::Invalid) => {}
-                    Err(_) => refusal = GatewayError::Forbidden,
-                }
+            None if methods.contains(&AuthMethod::Session)
+                && !request.cookies.session.is_empty() =>
+            {
+                Credential::Session
             }
-            let (Some(v), Some(sid)) = (bound, sid) else {
-                return Err(refusal);
-            };
-            let s = self.session(records, sid).await?;
-            return match s {
-                Some(s) if s.user == v.sub => {
-                    self.check_origin(req, is_upgrade, proto)?;
-                    Ok(Some(Principal {
-                        user: s.user,
-                        method: AuthMethod::IdeCookie,
-                        session_key_hash: Some(s.key_hash),
-                        expires_at: s.expires_at,
-                        jti: None,
-                    }))
-                }
-                // The session ended, or now names someone else: the cookie died with it.
-                _ => Err(GatewayError::Unauthenticated),
-            };
+            None => Credential::Nothing,
         }
+    }
+
+    /// A one-time token: verified for this id and type, its user the owner, then spent.
+    /// Token-authenticated requests carry their own proof: no Origin rule.
+    #[allow(clippy::too_many_arguments)]
+    async fn token(
+        &self,
+        records: &Records,
+        request: &Asking<'_>,
+        id: &WorkspaceId,
+        owner: &str,
+        token: &str,
+        typ: TokenType,
+        method: AuthMethod,
+    ) -> Result<Option<Principal>, GatewayError> {
+        let v = self.tokens.verify(token, typ, id).map_err(token_refusal)?;
+        if v.sub != owner {
+            return Err(GatewayError::Forbidden);
+        }
+        self.spend(records, &v, request.spend).await?;
+        Ok(Some(Principal {
+            user: v.sub,
+            method,
+            session_key_hash: None,
+            expires_at: None,
+            jti: Some(v.jti),
+        }))
+    }
+
+    /// The ide cookie, bound to the app session it was minted under: it opens the tunnel only
+    /// beside that very session, while the session lasts (one session lookup).
+    async fn ide_cookie(
+        &self,
+        records: &Records,
+        request: &Asking<'_>,
+        id: &WorkspaceId,
+        owner: &str,
+    ) -> Result<Option<Principal>, GatewayError> {
+        let sid = request.cookies.session.single()?;
+        let mut refusal = GatewayError::Unauthenticated;
+        let binding = sid.map(token::session_binding);
+        let mut bound = None;
+        for &value in request.cookies.ide.iter() {
+            match self.tokens.verify(value, TokenType::IdeSession, id) {
+                Ok(v) if v.sub != owner => refusal = GatewayError::Forbidden,
+                Ok(v) if v.session_binding.is_some() && v.session_binding == binding => {
+                    bound = Some(v);
+                    break;
+                }
+                // Minted under another session, or under none.
+                Ok(_) | Err(TokenError::Invalid) => {}
+                Err(_) => refusal = GatewayError::Forbidden,
+            }
+        }
+        let (Some(v), Some(sid)) = (bound, sid) else {
+            return Err(refusal);
+        };
+        match self.session(records, sid).await? {
+            Some(s) if s.user == v.sub => {
+                self.check_origin(request.req, request.is_upgrade, request.proto)?;
+                Ok(Some(Principal {
+                    user: s.user,
+                    method: AuthMethod::IdeCookie,
+                    session_key_hash: Some(s.key_hash),
+                    expires_at: s.expires_at,
+                    jti: None,
+                }))
+            }
+            // The session ended, or now names someone else: the cookie died with it.
+            _ => Err(GatewayError::Unauthenticated),
+        }
+    }
+
+    /// The app session, whose user must own the record, from the request's own origin.
+    async fn session_cookie(
+        &self,
+        records: &Records,
+        request: &Asking<'_>,
+        owner: &str,
+    ) -> Result<Option<Principal>, GatewayError> {
+        let sid = request.cookies.session.single()?;
         let s = self.session_owner_of(records, sid, owner).await??;
-        self.check_origin(req, is_upgrade, proto)?;
+        self.check_origin(request.req, request.is_upgrade, request.proto)?;
         Ok(Some(Principal {
             user: s.user,
             method: AuthMethod::Session,
@@ -435,7 +499,7 @@ pub fn bootstrap_navigation_allowed(req: &RequestHeader) -> bool {
 pub fn presented_token(req: &RequestHeader) -> Option<String> {
     bearer(req)
         .map(str::to_string)
-        .or_else(|| query_token(req.uri.query()))
+        .or_else(|| crate::query::token(req.uri.query()))
 }
 
 pub fn bearer(req: &RequestHeader) -> Option<&str> {
@@ -448,120 +512,9 @@ pub fn bearer(req: &RequestHeader) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Whether a query parameter (`name=value` or a bare `name`) is a `token` parameter: its name,
-/// percent-decoded, is `token` in any case (`%74oken`, `TOKEN`). Such a parameter is a
-/// credential wherever it appears: redacted from logs, stripped before upstreams.
-pub fn is_token_param(param: &str) -> bool {
-    param_name(param).eq_ignore_ascii_case("token")
-}
-
-/// A query parameter's name, percent-decoded (`+` is a space), as the upstream's parser will
-/// read it: names are matched only in this form, so `%74oken` is `token` everywhere.
-pub fn param_name(param: &str) -> std::borrow::Cow<'_, str> {
-    let name = param.split_once('=').map_or(param, |(k, _)| k);
-    if name.bytes().any(|b| b == b'%' || b == b'+') {
-        std::borrow::Cow::Owned(percent_decode(name))
-    } else {
-        std::borrow::Cow::Borrowed(name)
-    }
-}
-
-/// The value of the first `token` query parameter (name and value percent-decoded).
-pub fn query_token(query: Option<&str>) -> Option<String> {
-    query?
-        .split('&')
-        .filter(|p| is_token_param(p))
-        .find_map(|p| p.split_once('='))
-        .map(|(_, v)| percent_decode(v))
-        .filter(|v| !v.is_empty())
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `query` without its `token` parameters (`is_token_param`); `None` when there were none.
-pub fn strip_token_param(query: &str) -> Option<String> {
-    let mut removed = false;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| {
-            let is_token = is_token_param(p);
-            removed |= is_token;
-            !is_token
-        })
-        .collect();
-    removed.then(|| kept.join("&"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_query_parameter_handling() {
-        assert_eq!(
-            query_token(Some("a=1&token=x.y.z&b=2")).as_deref(),
-            Some("x.y.z")
-        );
-        assert_eq!(query_token(Some("token=a%2Eb")).as_deref(), Some("a.b"));
-        assert_eq!(query_token(Some("tokens=1")), None);
-        assert_eq!(query_token(Some("token=")), None);
-        assert_eq!(query_token(None), None);
-        assert_eq!(
-            strip_token_param("a=1&token=x&b=2").as_deref(),
-            Some("a=1&b=2")
-        );
-        assert_eq!(strip_token_param("token=x").as_deref(), Some(""));
-        assert_eq!(strip_token_param("a=1"), None);
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(percent_decode("a%41"), "aA", "an escape at the very end");
-    }
-
-    #[test]
-    fn token_parameter_names_are_decoded_before_they_are_matched() {
-        for name in [
-            "token",
-            "%74oken",
-            "%74%6F%6b%65%6E",
-            "TOKEN",
-            "Token",
-            "tok%65n",
-        ] {
-            assert!(is_token_param(&format!("{name}=x")), "{name}");
-            assert_eq!(
-                query_token(Some(&format!("a=1&{name}=x.y"))).as_deref(),
-                Some("x.y"),
-                "{name}"
-            );
-            assert_eq!(
-                strip_token_param(&format!("a=1&{name}=x.y&b=2")).as_deref(),
-                Some("a=1&b=2"),
-                "{name}"
-            );
-        }
-        for name in [
-            "tokens", "atoken", "token%00", "%74oke", "to+ken", "token[]",
-        ] {
-            assert!(!is_token_param(&format!("{name}=x")), "{name}");
-        }
-        assert!(is_token_param("token"), "a bare name");
-    }
 
     #[test]
     fn bearer_is_case_insensitive_in_its_scheme_only() {

@@ -3,8 +3,9 @@
 //! `auth::Auth::authorize` from `request_filter`.
 
 use super::token::now;
-use super::KeyTemplate;
 use crate::error::GatewayError;
+use crate::headers::CookieStrip;
+use crate::route::pattern::KeyTemplate;
 use crate::route::store::Records;
 use pingora::http::RequestHeader;
 
@@ -57,19 +58,6 @@ impl<'r> IntoIterator for CookieValues<'r> {
     fn into_iter(self) -> Self::IntoIter {
         self.values.into_iter().take(self.len)
     }
-}
-
-/// What forwarding the request's `Cookie` headers takes, once edgegate's own cookies must not
-/// reach the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CookieStrip {
-    /// No credential cookie in them: they go as they came.
-    #[default]
-    Keep,
-    /// Nothing but credential cookies: the headers go.
-    Remove,
-    /// Both kinds, or a header that could not be read: rebuilt by `without_cookies`.
-    Rebuild,
 }
 
 /// One pass over the request's `Cookie` headers: the values of the session cookie and of the
@@ -155,29 +143,6 @@ pub fn cookie_values<'r>(req: &'r RequestHeader, name: &str) -> CookieValues<'r>
     Cookies::read(req, name, name, &[]).session
 }
 
-/// The `Cookie` header without the named cookies; `None` when nothing is left.
-pub fn without_cookies<N: AsRef<str>>(headers: &http::HeaderMap, names: &[N]) -> Option<String> {
-    let mut kept = String::new();
-    for h in headers.get_all(http::header::COOKIE) {
-        let Ok(h) = h.to_str() else { continue };
-        for pair in h.split(';') {
-            let pair = pair.trim_ascii();
-            if pair.is_empty() {
-                continue;
-            }
-            let name = pair.split_once('=').map_or(pair, |(k, _)| k).trim_ascii();
-            if names.iter().any(|n| n.as_ref() == name) {
-                continue;
-            }
-            if !kept.is_empty() {
-                kept.push_str("; ");
-            }
-            kept.push_str(pair);
-        }
-    }
-    (!kept.is_empty()).then_some(kept)
-}
-
 /// A session id worth asking Redis about: bounded, printable, no key-template tricks.
 fn plausible_sid(sid: &str) -> bool {
     (1..=256).contains(&sid.len())
@@ -234,6 +199,7 @@ pub async fn session_user(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::without_cookies;
 
     fn req(cookies: &[&str]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).expect("req");

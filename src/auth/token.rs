@@ -4,7 +4,7 @@
 //! default is 60 s); size is capped before anything is decoded.
 
 use crate::config::{ConfigError, TokenConfig};
-use crate::route::WorkspaceId;
+use crate::route::id::WorkspaceId;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};

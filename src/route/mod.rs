@@ -4,15 +4,19 @@
 
 pub mod cache;
 pub mod id;
+pub mod pattern;
 pub mod record;
 pub mod redis_conn;
 pub mod store;
 
 pub use id::WorkspaceId;
 
-use crate::config::{route_error, AuthMethod, Config, ConfigError, RouteConfig};
+use crate::config::{
+    api_template, route_error, ApiRoute, AuthMethod, Config, ConfigError, RouteConfig,
+};
 use crate::error::GatewayError;
 use crate::upstream::UpstreamAddr;
+use pattern::{KeyTemplate, Token};
 use std::sync::Arc;
 
 /// One compiled `[[route]]`.
@@ -21,7 +25,7 @@ pub struct Route {
     pub name: Arc<str>,
     kind: RouteKind,
     /// The record's key: `{key_prefix}` + the template around `{id}`.
-    key: crate::auth::KeyTemplate,
+    key: KeyTemplate,
     pub upstream_field: String,
     pub owner_field: String,
     pub status_field: Option<String>,
@@ -48,13 +52,6 @@ enum RouteKind {
         prefix: String,
         hosts: Vec<String>,
     },
-}
-
-#[derive(Debug, PartialEq)]
-enum Token {
-    Lit(String),
-    Id,
-    Port,
 }
 
 /// The app API behind the `default` hosts.
@@ -156,6 +153,8 @@ impl Route {
 }
 
 impl RouteTable {
+    /// Compile the table from a validated config (`Config::validate` checked every rule this
+    /// relies on; what could still fail is reported with its field all the same).
     pub fn new(config: &Config) -> Result<RouteTable, ConfigError> {
         let bd = config.base_domain.to_ascii_lowercase();
         let expand = |s: &str| s.replace("{base_domain}", &bd).to_ascii_lowercase();
@@ -164,23 +163,12 @@ impl RouteTable {
             .as_ref()
             .map(|d| d.hosts.iter().map(|h| expand(h)).collect())
             .unwrap_or_default();
-        let mut routes = Vec::with_capacity(config.routes.len());
-        for (i, rc) in config.routes.iter().enumerate() {
-            if config.routes[..i].iter().any(|r| r.name == rc.name) {
-                return Err(route_error(
-                    i,
-                    "name",
-                    format!("{:?} is used twice", rc.name),
-                ));
-            }
-            routes.push(compile(
-                i,
-                rc,
-                &expand,
-                &default_hosts,
-                &config.redis.key_prefix,
-            )?);
-        }
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, rc)| compile(i, rc, &expand, &default_hosts, &config.redis.key_prefix))
+            .collect::<Result<Vec<_>, _>>()?;
         let default = match &config.default {
             Some(d) => Some(DefaultRoute {
                 name: Arc::from("default"),
@@ -191,75 +179,27 @@ impl RouteTable {
             None => None,
         };
         let api = &config.api;
-        let find = |field: &str, name: &str| -> Result<Option<usize>, ConfigError> {
-            if name.is_empty() {
-                return Ok(None);
-            }
-            routes
-                .iter()
-                .position(|r| &*r.name == name)
-                .map(Some)
-                .ok_or_else(|| ConfigError(format!("api.{field}: no route named {name:?}")))
-        };
-        let ide_route = find("ide_route", &api.ide_route)?;
-        let workspace_route = find("workspace_route", &api.workspace_route)?;
+        let find = |name: &str| routes.iter().position(|r| &*r.name == name);
+        let ide_route = find(&api.ide_route);
+        let workspace_route = find(&api.workspace_route);
         let mut endpoints = Vec::new();
-        for (field, template, ep, enabled) in [
-            (
-                "ide_token",
-                &api.ide_token,
-                Endpoint::IdeToken,
-                ide_route.is_some(),
-            ),
-            (
-                "ide_bootstrap",
-                &api.ide_bootstrap,
-                Endpoint::IdeBootstrap,
-                ide_route.is_some(),
-            ),
-            (
-                "agent_status",
-                &api.agent_status,
-                Endpoint::AgentStatus,
-                ide_route.is_some(),
-            ),
-            (
-                "terminal_token",
-                &api.terminal_token,
-                Endpoint::TerminalToken,
-                workspace_route.is_some(),
-            ),
-        ] {
+        for (field, template, reads) in api.endpoints() {
+            let enabled = match reads {
+                ApiRoute::Ide => ide_route.is_some(),
+                ApiRoute::Workspace => workspace_route.is_some(),
+            };
             if template.is_empty() || !enabled {
                 continue;
             }
-            let Some((head, tail)) = template.split_once("{id}") else {
-                return Err(ConfigError(format!("api.{field}: \"{{id}}\" is missing")));
+            let (head, tail) =
+                api_template(template).map_err(|e| ConfigError(format!("api.{field}: {e}")))?;
+            let ep = match field {
+                "ide_token" => Endpoint::IdeToken,
+                "ide_bootstrap" => Endpoint::IdeBootstrap,
+                "agent_status" => Endpoint::AgentStatus,
+                _ => Endpoint::TerminalToken,
             };
-            if !head.starts_with('/')
-                || !head.ends_with('/')
-                || tail.contains('{')
-                || head.contains('{')
-            {
-                return Err(ConfigError(format!(
-                    "api.{field}: must look like \"/path/{{id}}/rest\" with one placeholder"
-                )));
-            }
             endpoints.push((ep, head.to_string(), tail.to_string()));
-        }
-        if let Some(i) = ide_route {
-            if !matches!(routes[i].kind, RouteKind::Path { .. }) {
-                return Err(ConfigError("api.ide_route: must name a path route".into()));
-            }
-        }
-        if let Some(i) = workspace_route {
-            let plain_host = matches!(&routes[i].kind,
-                RouteKind::Host { pattern, .. } if !pattern.contains(&Token::Port));
-            if !plain_host {
-                return Err(ConfigError(
-                    "api.workspace_route: must name a host route without {port}".into(),
-                ));
-            }
         }
         Ok(RouteTable {
             routes,
@@ -369,7 +309,7 @@ fn match_path_route<'a>(
         }
         let mut location = format!("{prefix}{id}/");
         // A token in the URL is no credential here, and is not copied into the Location.
-        let query = query.map(|q| match crate::auth::strip_token_param(q) {
+        let query = query.map(|q| match crate::query::strip_token(q) {
             Some(stripped) => std::borrow::Cow::Owned(stripped),
             None => std::borrow::Cow::Borrowed(q),
         });
@@ -442,41 +382,7 @@ fn match_host<'h>(pattern: &[Token], host: &'h str) -> Option<(&'h str, Option<&
     Some((id?, port))
 }
 
-fn tokenize(i: usize, field: &str, pattern: &str) -> Result<Vec<Token>, ConfigError> {
-    let mut tokens = Vec::new();
-    let mut rest = pattern;
-    while !rest.is_empty() {
-        match rest.find('{') {
-            Some(0) => {
-                let end = rest.find('}').ok_or_else(|| {
-                    route_error(i, field, format!("unclosed '{{' in {pattern:?}"))
-                })?;
-                tokens.push(match &rest[1..end] {
-                    "id" => Token::Id,
-                    "port" => Token::Port,
-                    other => {
-                        return Err(route_error(
-                            i,
-                            field,
-                            format!("unknown placeholder {{{other}}} in {pattern:?}"),
-                        ))
-                    }
-                });
-                rest = &rest[end + 1..];
-            }
-            Some(n) => {
-                tokens.push(Token::Lit(rest[..n].to_string()));
-                rest = &rest[n..];
-            }
-            None => {
-                tokens.push(Token::Lit(rest.to_string()));
-                rest = "";
-            }
-        }
-    }
-    Ok(tokens)
-}
-
+/// One validated `[[route]]`, compiled.
 fn compile(
     i: usize,
     rc: &RouteConfig,
@@ -484,159 +390,32 @@ fn compile(
     default_hosts: &[String],
     key_prefix: &str,
 ) -> Result<Route, ConfigError> {
-    if rc.name.is_empty() {
-        return Err(route_error(i, "name", "must not be empty"));
-    }
-    if rc.ports.is_some() {
-        // It used to hold a range, [1024, 65535], which exposed every port in it.
-        return Err(route_error(
-            i,
-            "ports",
-            "replaced by allowed_ports, an explicit list of ports and \"low-high\" ranges \
-             (an empty list exposes none)",
-        ));
-    }
     let kind = match (&rc.host, &rc.path) {
-        (Some(_), Some(_)) | (None, None) => {
+        (Some(host), _) => RouteKind::Host {
+            pattern: pattern::host(&expand(host)).map_err(|e| route_error(i, "host", e))?,
+            ports: rc.allowed_ports.iter().filter_map(|p| p.bounds()).collect(),
+        },
+        (None, Some(path)) => RouteKind::Path {
+            prefix: pattern::path_prefix(path)
+                .map_err(|e| route_error(i, "path", e))?
+                .to_string(),
+            hosts: match &rc.hosts {
+                Some(h) => h.iter().map(|h| expand(h)).collect(),
+                None => default_hosts.to_vec(),
+            },
+        },
+        (None, None) => {
             return Err(route_error(
                 i,
                 "host",
                 "exactly one of host or path is required",
             ))
         }
-        (Some(host), None) => {
-            let pattern = tokenize(i, "host", &expand(host))?;
-            let count = |t: &Token| pattern.iter().filter(|p| *p == t).count();
-            if count(&Token::Id) != 1 {
-                return Err(route_error(i, "host", "\"{id}\" must appear exactly once"));
-            }
-            if count(&Token::Port) > 1 {
-                return Err(route_error(i, "host", "\"{port}\" may appear at most once"));
-            }
-            for pair in pattern.windows(2) {
-                match pair {
-                    [Token::Id, Token::Lit(l)] if !l.starts_with(['.', '-']) => {
-                        return Err(route_error(
-                            i,
-                            "host",
-                            "\"{id}\" must be followed by '.' or '-'",
-                        ))
-                    }
-                    [Token::Id | Token::Port, Token::Id | Token::Port] => {
-                        return Err(route_error(
-                            i,
-                            "host",
-                            "placeholders need text between them",
-                        ))
-                    }
-                    _ => {}
-                }
-            }
-            let has_port = count(&Token::Port) == 1;
-            if !has_port && !rc.allowed_ports.is_empty() {
-                return Err(route_error(
-                    i,
-                    "allowed_ports",
-                    "only allowed when host has \"{port}\"",
-                ));
-            }
-            let mut ports = Vec::with_capacity(rc.allowed_ports.len());
-            for (j, spec) in rc.allowed_ports.iter().enumerate() {
-                let bounds = spec.bounds().ok_or_else(|| {
-                    route_error(
-                        i,
-                        &format!("allowed_ports[{j}]"),
-                        format!("{spec:?} is not a port (1-65535) or a range \"low-high\""),
-                    )
-                })?;
-                ports.push(bounds);
-            }
-            if rc.hosts.is_some() {
-                return Err(route_error(i, "hosts", "only allowed on path routes"));
-            }
-            RouteKind::Host { pattern, ports }
-        }
-        (None, Some(path)) => {
-            let Some(prefix) = path.strip_suffix("{id}/") else {
-                return Err(route_error(
-                    i,
-                    "path",
-                    "must end with \"{id}/\" (e.g. \"/__ide/{id}/\")",
-                ));
-            };
-            if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.contains('{') {
-                return Err(route_error(
-                    i,
-                    "path",
-                    "must look like \"/prefix/{id}/\" with no other placeholder",
-                ));
-            }
-            let hosts: Vec<String> = match &rc.hosts {
-                Some(h) => h.iter().map(|h| expand(h)).collect(),
-                None => default_hosts.to_vec(),
-            };
-            if hosts.is_empty() {
-                return Err(route_error(
-                    i,
-                    "hosts",
-                    "a path route needs hosts (or [default].hosts) to be served on",
-                ));
-            }
-            if !rc.allowed_ports.is_empty() {
-                return Err(route_error(
-                    i,
-                    "allowed_ports",
-                    "only allowed when host has \"{port}\"",
-                ));
-            }
-            RouteKind::Path {
-                prefix: prefix.to_string(),
-                hosts,
-            }
-        }
     };
-    let Some((head, tail)) = rc.key.split_once("{id}") else {
-        return Err(route_error(i, "key", "\"{id}\" is missing"));
-    };
-    if tail.contains("{id}") {
-        return Err(route_error(i, "key", "\"{id}\" may appear only once"));
-    }
-    let is_host = matches!(kind, RouteKind::Host { .. });
-    if rc.auth.is_empty() {
-        return Err(route_error(
-            i,
-            "auth",
-            "list the accepted credentials, or [\"none\"]",
-        ));
-    }
-    if rc.auth.contains(&AuthMethod::None) && rc.auth.len() > 1 {
-        return Err(route_error(
-            i,
-            "auth",
-            "\"none\" cannot be combined with credentials",
-        ));
-    }
-    if rc.auth.contains(&AuthMethod::TerminalToken) && !is_host {
-        return Err(route_error(i, "auth", "terminal_token is for host routes"));
-    }
-    if rc.auth.contains(&AuthMethod::IdeCookie) && is_host {
-        return Err(route_error(
-            i,
-            "auth",
-            "ide_cookie is for path routes (its cookie is path-scoped)",
-        ));
-    }
-    if rc.upstream_field.is_empty() || rc.owner_field.is_empty() {
-        return Err(route_error(
-            i,
-            "upstream_field",
-            "field names must not be empty",
-        ));
-    }
     Ok(Route {
         name: Arc::from(rc.name.as_str()),
         kind,
-        key: crate::auth::KeyTemplate::from_parts(key_prefix, head, tail),
+        key: KeyTemplate::new(key_prefix, &rc.key, "{id}").map_err(|e| route_error(i, "key", e))?,
         upstream_field: rc.upstream_field.clone(),
         owner_field: rc.owner_field.clone(),
         status_field: rc.status_field.clone(),
