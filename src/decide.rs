@@ -344,3 +344,405 @@ impl Decider {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The plan for each route shape, as a table: a request in, a plan or an answer or a
+    //! refusal out. Records come from a static store, upstreams are IP literals: no network.
+    use super::*;
+    use crate::auth::token::TokenType;
+    use crate::route::store::StaticStore;
+
+    const ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    const STOPPED: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
+    const LOOPBACK: &str = "01C00000000000000000000001";
+
+    fn decider() -> Decider {
+        let text = format!(
+            r#"
+            base_domain = "example.test"
+            [auth]
+            cookie_secure = false
+            [store]
+            kind = "static"
+            [store.records."session:sess-owner"]
+            user = "owner"
+            [store.records."session:sess-other"]
+            user = "other"
+            [store.records."workspace:{ID}"]
+            backend = "10.0.0.5"
+            owner = "owner"
+            status = "running"
+            [store.records."dev:{ID}"]
+            target = "10.0.0.6:9000"
+            owner = "owner"
+            [store.records."workspace:{STOPPED}"]
+            backend = "10.0.0.7"
+            owner = "owner"
+            status = "stopped"
+            [store.records."workspace:{LOOPBACK}"]
+            backend = "127.0.0.1"
+            owner = "owner"
+            status = "running"
+            [[route]]
+            name = "workspace"
+            host = "ws-{{id}}.{{base_domain}}"
+            key = "workspace:{{id}}"
+            status_field = "status"
+            auth = ["session", "terminal_token"]
+            forward_token = true
+            [[route]]
+            name = "workspace_port"
+            host = "ws-{{id}}--{{port}}.{{base_domain}}"
+            key = "workspace:{{id}}"
+            status_field = "status"
+            allowed_ports = [3000]
+            [[route]]
+            name = "ide"
+            path = "/__ide/{{id}}/"
+            key = "dev:{{id}}"
+            upstream_field = "target"
+            auth = ["ide_cookie", "dev_ide_token"]
+            [default]
+            hosts = ["{{base_domain}}", "app.{{base_domain}}"]
+            upstream = "10.0.0.1:3000"
+            {}
+            "#,
+            crate::config::test_tokens_toml()
+        );
+        let config = Config::parse(&text).expect("config");
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+        let records = Records::new(
+            Arc::new(StaticStore::new(&config)),
+            Records::new_cache(&config, &metrics, "records"),
+            &config,
+            metrics,
+        );
+        Decider::new(&config, Runtime::build(&config).expect("runtime"), records)
+    }
+
+    fn request(method: &str, host: &str, target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, target.as_bytes(), None).expect("request");
+        r.append_header("host", host).expect("host");
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).expect("header");
+        }
+        r
+    }
+
+    /// A decision in one line: `proxy <addr> <user or -> <path or -> <content>`, `answer
+    /// <status>`, or `refuse <code>`, and the check as `method/result`.
+    fn summary(d: &Decided) -> String {
+        let check = format!("{}/{}", d.check.method_label(), d.check.result);
+        let what = match &d.outcome {
+            Ok(Action::Proxy(p)) => format!(
+                "proxy {} {} {} {:?} key={}",
+                p.target.addr,
+                p.principal.as_ref().map_or("-", |p| p.user.as_str()),
+                p.target.upstream_path.as_deref().unwrap_or("-"),
+                p.target.content,
+                p.record_key.as_deref().unwrap_or("-"),
+            ),
+            Ok(Action::Answer(r)) => format!("answer {}", r.status),
+            Err(e) => format!("refuse {}", e.code()),
+        };
+        format!("{what} [{check}]")
+    }
+
+    #[tokio::test]
+    async fn the_plan_for_each_route_shape() {
+        let d = decider();
+        let ws = format!("ws-{}.example.test", ID.to_ascii_lowercase());
+        let port = |p: u16| format!("ws-{}--{p}.example.test", ID.to_ascii_lowercase());
+        let stopped = format!("ws-{}.example.test", STOPPED.to_ascii_lowercase());
+        let loopback = format!("ws-{}.example.test", LOOPBACK.to_ascii_lowercase());
+        let id = WorkspaceId::parse(ID).expect("id");
+        let tokens = &d.auth().tokens;
+        let terminal = tokens
+            .mint(TokenType::Terminal, &id, "owner")
+            .expect("mint")
+            .0;
+        let dev = tokens
+            .mint(TokenType::DevIde, &id, "owner")
+            .expect("mint")
+            .0;
+        let ide = tokens
+            .mint_bound(
+                TokenType::IdeSession,
+                &id,
+                "owner",
+                Some(crate::auth::token::session_binding("sess-owner")),
+            )
+            .expect("mint")
+            .0;
+        let owner = "session=sess-owner";
+        let origin = format!("http://{ws}");
+        let agent = format!("/agent/ws?token={terminal}");
+        let bearer = format!("Bearer {dev}");
+        let ide_cookies = format!("edgegate_ide={ide}; session=sess-owner");
+        let tunnel = format!("/__ide/{ID}/static/a.js?v=1");
+        let upgrade = [("connection", "Upgrade"), ("upgrade", "websocket")];
+        let cases: Vec<(&str, RequestHeader, bool, String)> = vec![
+            (
+                "workspace, owner's session",
+                request("GET", &ws, "/x?a=1", &[("cookie", owner)]),
+                false,
+                format!("proxy 10.0.0.5:8080 owner - Workspace key=workspace:{ID} [session/ok]"),
+            ),
+            (
+                "workspace, no credential",
+                request("GET", &ws, "/", &[]),
+                false,
+                "refuse unauthenticated [none/unauthenticated]".into(),
+            ),
+            (
+                "workspace, another user's session",
+                request("GET", &ws, "/", &[("cookie", "session=sess-other")]),
+                false,
+                "refuse forbidden [session/forbidden]".into(),
+            ),
+            (
+                "workspace, two session values",
+                request(
+                    "GET",
+                    &ws,
+                    "/",
+                    &[("cookie", "session=sess-owner; session=x")],
+                ),
+                false,
+                "refuse ambiguous_credentials [session/unauthenticated]".into(),
+            ),
+            (
+                "agent upgrade, terminal token in the URL (kept: the agent checks it too)",
+                request("GET", &ws, &agent, &upgrade),
+                true,
+                format!(
+                    "proxy 10.0.0.5:8080 owner - Workspace key=workspace:{ID} [terminal_token/ok]"
+                ),
+            ),
+            (
+                "agent path, plain GET with the token: no credential",
+                request("GET", &ws, &agent, &[]),
+                false,
+                "refuse unauthenticated [none/unauthenticated]".into(),
+            ),
+            (
+                "agent upgrade, session from another origin",
+                request(
+                    "GET",
+                    &ws,
+                    "/agent/ws",
+                    &[
+                        upgrade[0],
+                        upgrade[1],
+                        ("cookie", owner),
+                        ("origin", "http://evil.test"),
+                    ],
+                ),
+                true,
+                "refuse forbidden [session/forbidden]".into(),
+            ),
+            (
+                "agent upgrade, session from its own origin",
+                request(
+                    "GET",
+                    &ws,
+                    "/agent/ws",
+                    &[
+                        upgrade[0],
+                        upgrade[1],
+                        ("cookie", owner),
+                        ("origin", &origin),
+                    ],
+                ),
+                true,
+                format!("proxy 10.0.0.5:8080 owner - Workspace key=workspace:{ID} [session/ok]"),
+            ),
+            (
+                "port route, a listed port, ?token= stripped",
+                request("GET", &port(3000), "/p?token=t&q=1", &[("cookie", owner)]),
+                false,
+                format!(
+                    "proxy 10.0.0.5:3000 owner /p?q=1 Workspace key=workspace:{ID} [session/ok]"
+                ),
+            ),
+            (
+                "port route, an unlisted port",
+                request("GET", &port(4000), "/", &[("cookie", owner)]),
+                false,
+                "refuse port_not_allowed [none/none]".into(),
+            ),
+            (
+                "ide tunnel, the ide cookie beside its session",
+                request(
+                    "GET",
+                    "app.example.test",
+                    &tunnel,
+                    &[("cookie", &ide_cookies)],
+                ),
+                false,
+                format!(
+                    "proxy 10.0.0.6:9000 owner /static/a.js?v=1 Tunnel(\"/__ide/{ID}/\") \
+                     key=dev:{ID} [ide_cookie/ok]"
+                ),
+            ),
+            (
+                "ide tunnel, a dev-ide token in the URL",
+                request(
+                    "GET",
+                    "app.example.test",
+                    &format!("/__ide/{ID}/?token={dev}"),
+                    &[],
+                ),
+                false,
+                "refuse unauthenticated [none/unauthenticated]".into(),
+            ),
+            (
+                "ide tunnel, a dev-ide token as Bearer",
+                request(
+                    "GET",
+                    "app.example.test",
+                    &tunnel,
+                    &[("authorization", &bearer)],
+                ),
+                false,
+                format!(
+                    "proxy 10.0.0.6:9000 owner /static/a.js?v=1 Tunnel(\"/__ide/{ID}/\") \
+                     key=dev:{ID} [dev_ide_token/ok]"
+                ),
+            ),
+            (
+                "ide tunnel without its slash",
+                request("GET", "app.example.test", &format!("/__ide/{ID}"), &[]),
+                false,
+                "answer 302 [none/none]".into(),
+            ),
+            (
+                "mint an ide token, owner's session",
+                request(
+                    "POST",
+                    "app.example.test",
+                    &format!("/api/dev/{ID}/ide-token"),
+                    &[("cookie", owner)],
+                ),
+                false,
+                "answer 200 [session/ok]".into(),
+            ),
+            (
+                "mint an ide token, another user",
+                request(
+                    "POST",
+                    "app.example.test",
+                    &format!("/api/dev/{ID}/ide-token"),
+                    &[("cookie", "session=sess-other")],
+                ),
+                false,
+                "refuse forbidden [session/forbidden]".into(),
+            ),
+            (
+                "the app API",
+                request("GET", "example.test", "/api/anything", &[("cookie", owner)]),
+                false,
+                "proxy 10.0.0.1:3000 - - App key=- [none/none]".into(),
+            ),
+            (
+                "a stopped workspace",
+                request("GET", &stopped, "/", &[("cookie", owner)]),
+                false,
+                "refuse workspace_not_running [none/none]".into(),
+            ),
+            (
+                "a backend on loopback (not allowed here)",
+                request("GET", &loopback, "/", &[("cookie", owner)]),
+                false,
+                "refuse upstream_not_allowed [session/ok]".into(),
+            ),
+            (
+                "an unknown workspace",
+                request(
+                    "GET",
+                    "ws-01c00000000000000000000000.example.test",
+                    "/",
+                    &[],
+                ),
+                false,
+                "refuse unknown_workspace [none/none]".into(),
+            ),
+            (
+                "a host no route serves",
+                request("GET", "elsewhere.test", "/", &[]),
+                false,
+                "refuse no_route [none/none]".into(),
+            ),
+            (
+                "not an id",
+                request("GET", "ws-nope.example.test", "/", &[]),
+                false,
+                "refuse bad_id [none/none]".into(),
+            ),
+            (
+                "a framing header in another spelling",
+                request(
+                    "POST",
+                    &ws,
+                    "/",
+                    &[("cookie", owner), ("transfer_encoding", "chunked")],
+                ),
+                false,
+                "refuse bad_framing [none/none]".into(),
+            ),
+        ];
+        for (name, req, is_upgrade, want) in cases {
+            let facts = Facts {
+                is_upgrade,
+                proto: "http",
+                spend: Spend::Yes,
+                established: None,
+            };
+            let got = summary(&d.decide(&req, &facts).await);
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_re_decision_does_not_spend_its_token_twice_and_a_recheck_keeps_a_tunnels_token() {
+        let d = decider();
+        let ws = format!("ws-{}.example.test", ID.to_ascii_lowercase());
+        let id = WorkspaceId::parse(ID).expect("id");
+        let (token, _) = d
+            .auth()
+            .tokens
+            .mint(TokenType::Terminal, &id, "owner")
+            .expect("mint");
+        let req = request(
+            "GET",
+            &ws,
+            &format!("/agent/ws?token={token}"),
+            &[("connection", "Upgrade"), ("upgrade", "websocket")],
+        );
+        let facts = |spend| Facts {
+            is_upgrade: true,
+            proto: "http",
+            spend,
+            established: None,
+        };
+        let first = d.decide(&req, &facts(Spend::Yes)).await;
+        let principal = first
+            .plan()
+            .and_then(|p| p.principal.clone())
+            .expect("principal");
+        let jti = principal.jti.clone().expect("jti");
+        // The same request decided again (its backend moved): accepted, not spent twice.
+        let again = d.decide(&req, &facts(Spend::Already(&jti))).await;
+        assert!(again.plan().is_some(), "{:?}", again.outcome);
+        // Another request with the same token: spent.
+        let replay = d.decide(&req, &facts(Spend::Yes)).await;
+        assert_eq!(replay.outcome.err(), Some(GatewayError::TokenSpent));
+        // An open tunnel's re-check: its token is not verified (nor spent) again.
+        let recheck = Facts {
+            established: Some(&principal),
+            ..facts(Spend::DryRun)
+        };
+        assert!(d.decide(&req, &recheck).await.plan().is_some());
+    }
+}
