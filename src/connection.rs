@@ -23,7 +23,9 @@
 //!
 //! The same stream checks each request line as it arrives, before Pingora parses it: a line
 //! with a control character or a space inside its target is answered 400 (`bad_path`) and the
-//! connection closed. Pingora itself would percent-encode such bytes and proxy the request,
+//! connection closed; a head larger than `limits.max_uri_bytes` + `limits.max_header_bytes`
+//! is answered 431 before Pingora has buffered it (it would take up to a MiB). An HTTP/2
+//! connection's preface must arrive within the same deadline. Pingora itself would percent-encode such bytes and proxy the request,
 //! and upstreams that see the original line split or truncate it differently (SPEC §5).
 //!
 //! Being the proxy's app, it also decides when idle connections are dropped on a graceful stop
@@ -61,6 +63,8 @@ pub struct ConnectionApp<A> {
     limit: Duration,
     /// How long a kept-alive connection waits for its next request.
     keepalive: Duration,
+    /// The largest request head read (request line and headers); larger is 431.
+    max_head: usize,
     /// On a graceful stop, how long after the listeners close connections still waiting for a
     /// request are closed (half the grace period).
     idle_close: Duration,
@@ -69,11 +73,18 @@ pub struct ConnectionApp<A> {
 }
 
 impl<A> ConnectionApp<A> {
-    pub fn new(inner: A, limit: Duration, keepalive: Duration, grace_period: Duration) -> Self {
+    pub fn new(
+        inner: A,
+        limit: Duration,
+        keepalive: Duration,
+        max_head: usize,
+        grace_period: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(inner),
             limit,
             keepalive,
+            max_head,
             idle_close: grace_period / 2,
             closing_idle: tokio::sync::watch::channel(false).0,
         }
@@ -111,9 +122,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionApp<A> {
             Some(ALPN::H2) | Some(ALPN::Custom(_))
         ) || options.is_some_and(|o| o.h2c || o.force_custom);
         if pingoras_own {
+            // HTTP/2 frames its own requests (its idle connections end by Pingora's
+            // `h2_idle_timeout`); its preface must still come in time.
+            let stream: Stream = if self.limit.is_zero() {
+                stream
+            } else {
+                Box::new(Guarded::h2(stream, self.limit))
+            };
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
-        let mut stream = Box::new(Guarded::new(stream, self.limit));
+        let mut stream = Box::new(Guarded::new(stream, self.limit, self.max_head));
         // `None` for the connection's first request; then what the last one left for the next.
         let mut reused: Option<Option<pingora::apps::HttpPersistentSettings>> = None;
         loop {
@@ -204,6 +222,32 @@ pub struct Guarded {
     ahead: Vec<u8>,
     /// Where the current request line stands.
     line: RequestLine,
+    /// What the current request sent before its head was whole: Pingora buffers up to a MiB
+    /// of head before anything can check its limits.
+    head: HeadSize,
+    /// An HTTP/2 connection: only the client's preface is timed (then h2 frames its own
+    /// requests), no request line is checked.
+    h2: bool,
+}
+
+/// The bytes read of a request while its head is incomplete (the phase `WAITING`): its head,
+/// and at most the one read that completed it. Counting stops when the proxy has the head.
+#[derive(Debug, Clone, Copy)]
+struct HeadSize {
+    bytes: usize,
+    max: usize,
+}
+
+impl HeadSize {
+    fn new(max: usize) -> Self {
+        Self { bytes: 0, max }
+    }
+
+    /// Count `added`; `false` once more than `max` bytes came in before the head was whole.
+    fn feed(&mut self, added: &[u8]) -> bool {
+        self.bytes = self.bytes.saturating_add(added.len());
+        self.bytes <= self.max
+    }
 }
 
 /// The scan of one request line, byte by byte, across reads.
@@ -257,7 +301,7 @@ impl RequestLine {
 }
 
 impl Guarded {
-    fn new(inner: Stream, limit: Duration) -> Self {
+    fn new(inner: Stream, limit: Duration, max_head: usize) -> Self {
         Self {
             inner,
             phase: AtomicU8::new(WAITING),
@@ -269,6 +313,17 @@ impl Guarded {
             reply: None,
             ahead: Vec::new(),
             line: RequestLine::Before,
+            head: HeadSize::new(max_head),
+            h2: false,
+        }
+    }
+
+    /// An HTTP/2 connection: the client's preface (24 bytes) must arrive within `limit`.
+    fn h2(inner: Stream, limit: Duration) -> Self {
+        Self {
+            line: RequestLine::Done,
+            h2: true,
+            ..Self::new(inner, limit, usize::MAX)
         }
     }
 
@@ -285,9 +340,24 @@ impl Guarded {
         }
     }
 
-    /// Check what a read of request-head bytes added; on a bad request line, queue the 400 and
-    /// say the read must fail.
+    /// Check what a read of request-head bytes added: the request line's grammar and the
+    /// head's size. On a bad line (400) or an oversized head (431), queue the answer and say
+    /// the read must fail. On HTTP/2, the preface lifts the deadline for good.
     fn check_line(&mut self, cx: &mut Context<'_>, added: &[u8]) -> bool {
+        if self.h2 {
+            self.head.bytes += added.len();
+            if self.head.bytes >= 24 {
+                self.phase.store(RECEIVED, Ordering::Relaxed);
+            }
+            return false;
+        }
+        if !self.head.feed(added) {
+            self.line = RequestLine::Bad;
+            let err = GatewayError::HeadersTooLarge;
+            self.reply = Some((error_reply(&err, "Request Header Fields Too Large"), 0));
+            self.send_reply(cx);
+            return true;
+        }
         if !matches!(self.line, RequestLine::Before | RequestLine::In { .. }) {
             return false;
         }
@@ -367,6 +437,7 @@ impl AsyncRead for Guarded {
                     this.deadline = Instant::now() + this.limit;
                     this.armed = false;
                     this.line = RequestLine::Before;
+                    this.head = HeadSize::new(this.head.max);
                     if this.check_line(cx, &buf.filled()[before..]) {
                         return Poll::Ready(Err(bad_line()));
                     }
@@ -389,7 +460,8 @@ impl AsyncRead for Guarded {
                 match this.timer.as_mut().poll(cx) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(()) => {
-                        if this.started {
+                        // An HTTP/2 client gets no HTTP/1 answer, only the close.
+                        if this.started && !this.h2 {
                             let err = GatewayError::HeaderTimeout;
                             this.reply = Some((error_reply(&err, "Request Timeout"), 0));
                             this.send_reply(cx);

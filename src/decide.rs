@@ -142,8 +142,10 @@ impl Decider {
         };
         match matched {
             RouteMatch::Redirect(location) => Decided {
+                route: None,
+                workspace: None,
+                check: Check::NONE,
                 outcome: Ok(Action::Answer(Reply::redirect(location))),
-                ..Decided::refused(GatewayError::Internal)
             },
             RouteMatch::Endpoint(endpoint, id) => {
                 let endpoints = Endpoints {
@@ -264,11 +266,10 @@ impl Decider {
             Ok(t) => t,
             Err(e) => return (check, Err(e)),
         };
-        // Credentials stop here: edgegate's cookies always, a Bearer when it was ours.
-        let bearer = auth::bearer(req);
-        let strip_authorization = bearer.is_some_and(|b| {
-            principal.as_ref().is_some_and(|p| p.by_token()) || a.tokens.is_ours(b)
-        });
+        // Credentials stop here: edgegate's cookies always, `Authorization` when any of its
+        // values carried a token of ours (every value goes then).
+        let by_token = principal.as_ref().is_some_and(|p| p.by_token());
+        let strip_authorization = auth::bearers(req).any(|b| by_token || a.tokens.is_ours(b));
         let plan = Plan {
             target,
             principal,

@@ -200,15 +200,20 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
     }
 
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
-    if config.limits.keepalive_requests > 0 {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.keepalive_request_limit = Some(config.limits.keepalive_requests);
-        proxy.server_options = Some(options);
-    }
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.keepalive_request_limit =
+        (config.limits.keepalive_requests > 0).then_some(config.limits.keepalive_requests);
+    // An idle HTTP/2 connection ends as an idle HTTP/1 one does (Pingora's default: never).
+    options.h2_idle_timeout = (config.limits.keepalive_timeout_secs > 0)
+        .then(|| std::time::Duration::from_secs(config.limits.keepalive_timeout_secs));
+    proxy.server_options = Some(options);
     let limit = std::time::Duration::from_millis(config.limits.header_timeout_ms);
     let grace = std::time::Duration::from_secs(config.server.grace_period_seconds);
     let keepalive = std::time::Duration::from_secs(config.limits.keepalive_timeout_secs);
-    let app = connection::ConnectionApp::new(proxy, limit, keepalive, grace);
+    // The request line and headers, room for the line's method and version, and for the one
+    // read that completes a head (it may carry the start of a body).
+    let max_head = config.limits.max_uri_bytes + config.limits.max_header_bytes + 64 * 1024;
+    let app = connection::ConnectionApp::new(proxy, limit, keepalive, max_head, grace);
     let mut service = pingora::services::listening::Service::new("edgegate".to_string(), app);
     // Pingora reads each client connection through a 64 KiB buffer by default; smaller ones
     // keep idle connections (WebSockets above all) cheap.

@@ -212,7 +212,10 @@ impl Tunnels {
         let mut req = browser_req.clone();
         crate::headers::rewrite_upstream_request(&mut req, &ctx.edits(), fwd)
             .map_err(|_| GatewayError::BadPath)?;
-        // The rewrite dropped the client's hop-by-hop headers: only the upgrade itself goes on.
+        // The rewrite dropped the client's hop-by-hop headers: only the upgrade itself goes on,
+        // and no body framing (an upgrade request has no body to frame).
+        req.remove_header("content-length");
+        req.remove_header("transfer-encoding");
         req.insert_header("connection", "Upgrade")
             .and_then(|_| req.insert_header("upgrade", "websocket"))
             .map_err(|_| GatewayError::Internal)?;
@@ -255,8 +258,16 @@ impl Tunnels {
             }
         };
         let rest = Bytes::copy_from_slice(&buf[head_len..]);
-        resp.insert_header("x-request-id", ctx.request_id.as_str())
-            .map_err(|_| GatewayError::Internal)?;
+        // The same hygiene as every response (response_filter never sees this one): the
+        // upstream's hop-by-hop headers stop here, and what a workspace may set in the browser
+        // is confined (a 101 or a declined upgrade could set the app's cookies otherwise).
+        crate::headers::set_response_request_id(&mut resp, &ctx.request_id)
+            .map_err(|_| GatewayError::UpstreamRefused)?;
+        if let Some(t) = ctx.target() {
+            let protected = &env.decider.auth().credential_cookies;
+            crate::headers::confine_response(&mut resp, &t.content, protected)
+                .map_err(|_| GatewayError::UpstreamRefused)?;
+        }
         if resp.status.as_u16() != 101 {
             // The upstream declined the upgrade: pass its answer on, then close.
             session.set_keepalive(None);

@@ -675,3 +675,133 @@ async fn read_one_response(s: &mut TcpStream) -> Resp {
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// An upstream that answers one request with `response` (written as it stands), then holds
+/// the connection a while.
+async fn one_answer_upstream(response: &'static [u8]) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let _ = s.write_all(response).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Found by the attacker's read after the fixes: the answer to a WebSocket upgrade (a 101 or a
+/// declined one) never went through the response filter, so a workspace could set the app's
+/// session cookie for the whole domain with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f12_an_upgrade_answer_cannot_set_what_reaches_beyond_its_workspace() {
+    let w = world("").await;
+    w.redis.wait_for_subscriber("edgegate:invalidate");
+    let host = w.gw.ws_host(ID_A);
+    for (what, response) in [
+        (
+            "101",
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+               Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+               Set-Cookie: session=ATTACKER; Domain=example.test; Path=/; HttpOnly\r\n\
+               Set-Cookie: planted=1; Path=/\r\nClear-Site-Data: \"cookies\"\r\n\
+               Keep-Alive: timeout=5\r\n\r\n"[..],
+        ),
+        (
+            "declined",
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
+               Set-Cookie: session=ATTACKER; Domain=example.test; Path=/\r\n\
+               Set-Cookie: edgegate_ide=forged; Path=/\r\nSet-Cookie: planted=1; Path=/\r\n\
+               Clear-Site-Data: \"cookies\"\r\n\r\nno"[..],
+        ),
+    ] {
+        let up = one_answer_upstream(response).await;
+        w.redis.workspace(ID_A, &up.to_string());
+        w.redis
+            .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+        let r = upgrade(w.gw.addr, &host, &agent_path(ID_A, OWNER), &[]).await;
+        let cookies: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "set-cookie")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(cookies, ["planted=1; Path=/"], "{what}: {:?}", r.headers);
+        assert_eq!(r.header("clear-site-data"), None, "{what}");
+        assert_eq!(r.header("keep-alive"), None, "{what}: hop-by-hop");
+        assert!(r.header("x-request-id").is_some(), "{what}");
+    }
+    // Through the tunnel, on the app's own origin: the cookie's path is the tunnel's.
+    let up = one_answer_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSet-Cookie: planted=1; Path=/\r\n\
+          Service-Worker-Allowed: /\r\n\r\n",
+    )
+    .await;
+    w.redis.dev(ID_A, &up.to_string());
+    let app = w.gw.app_host();
+    let cookie = format!(
+        "edgegate_ide={}; session={OWNER_SESSION}",
+        ide_cookie(ID_A, OWNER, OWNER_SESSION)
+    );
+    let origin = format!("http://{app}");
+    let r = upgrade(
+        w.gw.addr,
+        &app,
+        &format!("/__ide/{ID_A}/socket"),
+        &[("Cookie", &cookie), ("Origin", &origin)],
+    )
+    .await;
+    assert_eq!(r.status, 101, "{}", r.body);
+    assert_eq!(
+        r.header("set-cookie"),
+        Some(format!("planted=1; Path=/__ide/{ID_A}/").as_str())
+    );
+    assert_eq!(r.header("service-worker-allowed"), None);
+}
+
+/// Found by the attacker's read: Pingora buffers up to a MiB of request head before any limit
+/// is checked; the head is refused (431) once it outgrows the limits, as it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f13_an_oversized_request_head_is_refused_as_it_arrives() {
+    let w = world("").await;
+    let mut s = TcpStream::connect(w.gw.addr).await.expect("connect");
+    let start = format!("GET / HTTP/1.1\r\nHost: {}\r\n", w.gw.ws_host(ID_A));
+    s.write_all(start.as_bytes()).await.expect("write");
+    // Never finished: 200 KiB of headers, no blank line.
+    let line = format!("X-Pad: {}\r\n", "p".repeat(1000));
+    let mut refused = Vec::new();
+    for _ in 0..200 {
+        if s.write_all(line.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut refused)).await;
+    let r = parse_response(&refused);
+    assert_eq!(r.status, 431, "{}", r.body);
+    assert_eq!(r.error_code(), "headers_too_large");
+    assert_eq!(w.a.count(), 0);
+}
+
+/// Found by the attacker's read: an edgegate token in a second `Authorization` header reached
+/// the workspace (only the first was looked at).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f14_an_edgegate_token_in_any_authorization_header_stays_here() {
+    let w = world("").await;
+    let bearer = format!("Bearer {}", mint(TokenType::DevIde, ID_A, OWNER));
+    let r =
+        w.gw.get(
+            &w.gw.ws_host(ID_A),
+            "/two",
+            &[("Authorization", "Basic dTpw"), ("Authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(w.a.seen()[0].header("authorization"), None);
+}

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Pki {
@@ -342,4 +343,60 @@ async fn a_route_can_reach_its_upstream_over_verified_tls_with_sni() {
     let r = gw2.get(&gw2.ws_host(ID_A), "/", &[]).await;
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(up.count(), before, "the unverified upstream got nothing");
+}
+
+/// HTTP/2 connections end too (SPEC §8): a client whose preface does not come within the
+/// header deadline is closed, and an idle one after the keep-alive timeout (Pingora's own
+/// default keeps both forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_end_when_their_preface_is_late_or_they_idle() {
+    let pki = pki();
+    let redis = Redis::start();
+    let app = upstream("app").await;
+    let tls_port = free_port();
+    let extra = format!(
+        "[[listen.tls]]\naddr = \"127.0.0.1:{tls_port}\"\n\
+         [[listen.tls.certs]]\ncert_file = {:?}\nkey_file = {:?}\nnames = [\"*.example.test\", \"example.test\"]\n",
+        s(&pki.wild.0),
+        s(&pki.wild.1)
+    );
+    let text = config_text(
+        free_port(),
+        redis.port,
+        app.addr,
+        "[limits]\nheader_timeout_ms = 1000\nkeepalive_timeout_secs = 1\n",
+    )
+    .replacen("[admin]\n", &format!("{extra}[admin]\n"), 1);
+    let _gw = Gateway::start(&text);
+    let gw: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
+    let h2 = client(&pki, &[b"h2"]);
+    // No preface at all: closed by the deadline.
+    let mut silent = connect(gw, &h2, "app.example.test").await;
+    assert_eq!(
+        silent.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "HTTP/2 by ALPN"
+    );
+    let mut buf = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(15), silent.read_to_end(&mut buf)).await;
+    assert!(
+        ended.is_ok(),
+        "a connection without a preface was still open after 15 s"
+    );
+
+    // A preface and settings, then nothing: closed as idle.
+    let mut idle = connect(gw, &h2, "app.example.test").await;
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let mut buf = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(15), idle.read_to_end(&mut buf)).await;
+    assert!(
+        ended.is_ok(),
+        "an idle HTTP/2 connection was still open after 15 s"
+    );
+    assert!(
+        !buf.is_empty(),
+        "the server spoke HTTP/2 (its settings) before it closed"
+    );
 }

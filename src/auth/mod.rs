@@ -502,6 +502,18 @@ pub fn presented_token(req: &RequestHeader) -> Option<String> {
         .or_else(|| crate::query::token(req.uri.query()))
 }
 
+/// Every `Authorization: Bearer` value the request carries (a second header is as much the
+/// client's as the first).
+pub fn bearers(req: &RequestHeader) -> impl Iterator<Item = &str> {
+    req.headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| {
+            let (scheme, token) = v.to_str().ok()?.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+}
+
 pub fn bearer(req: &RequestHeader) -> Option<&str> {
     let v = req
         .headers
