@@ -63,6 +63,12 @@ impl AcceptLoops {
         }
     }
 
+    /// Wait (at most `limit`) until no service accepts any more.
+    pub(crate) async fn stopped_accepting(&self, limit: Duration) {
+        let mut running = self.0.running.subscribe();
+        let _ = tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await;
+    }
+
     /// Tell every accept loop to end, and wait (bounded) until they have.
     async fn end(&self) {
         self.0.stop.send_replace(true);

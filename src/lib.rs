@@ -187,7 +187,7 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
     } = build_gateway_from(config, runtime, true)?;
     server.add_service(pingora::services::background::background_service(
         "edgegate-stopping",
-        StopRelay(stopping),
+        StopRelay(stopping, accept_loops.clone()),
     ));
 
     if !config.admin.listen.is_empty() {
@@ -241,13 +241,21 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
     })
 }
 
-/// Tells the gateway's WebSocket tunnels when Pingora starts to stop (they send 1012).
-struct StopRelay(Arc<tokio::sync::watch::Sender<bool>>);
+/// Tells the gateway's WebSocket tunnels when Pingora starts to stop (they send 1012), once
+/// this process no longer accepts connections: a client that reconnects at the 1012 must not
+/// land on the stopping process (during a graceful upgrade both accept until then).
+struct StopRelay(
+    Arc<tokio::sync::watch::Sender<bool>>,
+    fast_stop::AcceptLoops,
+);
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for StopRelay {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let _ = shutdown.changed().await;
+        self.1
+            .stopped_accepting(std::time::Duration::from_secs(2))
+            .await;
         let _ = self.0.send(true);
     }
 }
