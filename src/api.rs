@@ -145,6 +145,7 @@ impl Endpoints<'_> {
                 session_key_hash: Some(session.key_hash),
                 expires_at: session.expires_at,
                 jti: None,
+                session_key: None,
             }
         };
         Ok(Caller { principal, route })
@@ -196,6 +197,7 @@ impl Endpoints<'_> {
             session_key_hash: Some(session.key_hash),
             expires_at: session.expires_at,
             jti: Some(v.jti),
+            session_key: None,
         })
     }
 
@@ -211,14 +213,14 @@ impl Endpoints<'_> {
         let user = &caller.principal.user;
         match endpoint {
             Endpoint::IdeToken => {
-                let (token, ttl) = self.mint(TokenType::DevIde, id, user)?;
+                let (token, ttl) = self.mint(req, TokenType::DevIde, id, user).await?;
                 let host = crate::headers::browser_host(req)?;
                 let path = self.config.ide_bootstrap.replace("{id}", id.as_str());
                 let url = format!("{proto}://{host}{path}?token={token}");
                 Ok(token_reply(&token, ttl, &url))
             }
             Endpoint::TerminalToken => {
-                let (token, ttl) = self.mint(TokenType::Terminal, id, user)?;
+                let (token, ttl) = self.mint(req, TokenType::Terminal, id, user).await?;
                 let ws_host = caller.route.host_for(id).ok_or(GatewayError::Internal)?;
                 // The workspace host is served on the port the browser reached this one on.
                 let host = crate::headers::browser_host(req)?;
@@ -248,16 +250,32 @@ impl Endpoints<'_> {
         }
     }
 
-    fn mint(
+    /// Mint a token for the caller, and note the app session it is minted under: the token
+    /// opens nothing once that session has ended, and a WebSocket it opened re-checks it (the
+    /// token's client sends no cookie).
+    async fn mint(
         &self,
+        req: &RequestHeader,
         typ: TokenType,
         id: &WorkspaceId,
         user: &str,
     ) -> Result<(String, u64), GatewayError> {
-        self.auth.tokens.mint(typ, id, user).map_err(|e| {
+        let minted = self.auth.tokens.minted(typ, id, user, None).map_err(|e| {
             log::error!("cannot mint a {typ:?} token: {e}");
             GatewayError::Internal
-        })
+        })?;
+        let sid = session::cookie_values(req, &self.auth.session_cookie)
+            .single()?
+            .ok_or(GatewayError::Internal)?;
+        let keep = minted.ttl + self.auth.tokens.leeway() + 1;
+        self.records
+            .put(
+                &self.auth.token_session_note(&minted.jti),
+                &self.auth.session_key_of(sid),
+                keep,
+            )
+            .await?;
+        Ok((minted.token, minted.ttl))
     }
 
     /// The bootstrap's answer: the ide cookie, bound to the session the caller was checked

@@ -405,11 +405,15 @@ impl Tunnel {
         let (recheck_every, token_max) = (auth.recheck_interval, auth.token_tunnel_max);
         let mut next_recheck = last + recheck_every;
         let ends: Option<(Instant, &'static str)> = ctx.principal().and_then(|p| {
-            if p.by_token() {
-                return Some((last + token_max, "max_life"));
+            let session = p.expires_at.map(|exp| {
+                let left = exp.saturating_sub(crate::auth::token::now());
+                (last + Duration::from_secs(left), "revoked")
+            });
+            let life = p.by_token().then_some((last + token_max, "max_life"));
+            match (session, life) {
+                (Some(s), Some(l)) => Some(if s.0 <= l.0 { s } else { l }),
+                (s, l) => s.or(l),
             }
-            let left = p.expires_at?.saturating_sub(crate::auth::token::now());
-            Some((last + Duration::from_secs(left), "revoked"))
         });
         // Which side started a closing handshake.
         let mut first_close: Option<&'static str> = if from_client.saw_close {

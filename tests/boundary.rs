@@ -805,3 +805,57 @@ async fn f14_an_edgegate_token_in_any_authorization_header_stays_here() {
     assert_eq!(r.status, 200);
     assert_eq!(w.a.seen()[0].header("authorization"), None);
 }
+
+/// A token the endpoints mint is bound to the app session that minted it (its client sends
+/// no cookie): once that session has ended the token opens nothing, and a WebSocket it opened
+/// closes (1008) — as a cookie-opened one does. (The attacker's read found token tunnels
+/// outliving the session by up to `auth.token_tunnel_max_secs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f15_a_token_tunnel_ends_with_the_session_that_minted_its_token() {
+    let w = world("").await;
+    w.redis.wait_for_subscriber("edgegate:invalidate");
+    let app = w.gw.app_host();
+    let host = w.gw.ws_host(ID_A);
+    let mint_under = |sid: &'static str| {
+        let w = &w;
+        let app = app.clone();
+        async move {
+            w.redis.hset(&format!("session:{sid}"), &[("user", OWNER)]);
+            let r =
+                w.gw.request(
+                    "POST",
+                    &app,
+                    &format!("/api/workspaces/{ID_A}/terminal-token"),
+                    &[("Cookie", &format!("session={sid}"))],
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.json()["token"].as_str().expect("token").to_string()
+        }
+    };
+    let end = |sid: &str| {
+        let _: () = redis::cmd("DEL")
+            .arg(format!("session:{sid}"))
+            .query(&mut w.redis.conn())
+            .expect("DEL");
+        w.redis
+            .publish("edgegate:invalidate", &format!("session:{sid}"));
+    };
+
+    let token = mint_under("sess-minting").await;
+    let mut ws = ws_connect(w.gw.addr, &host, &format!("/agent/ws?token={token}"), &[])
+        .await
+        .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "hi").await, "upstream-a:hi");
+    end("sess-minting");
+    assert_eq!(expect_close(&mut ws, Duration::from_secs(5)).await, 1008);
+
+    // Minted, then the session ends before the token is used: it opens nothing.
+    let token = mint_under("sess-short").await;
+    end("sess-short");
+    let r = upgrade(w.gw.addr, &host, &format!("/agent/ws?token={token}"), &[]).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    // One minted by the operator (`edgegate token mint`) names no session, and opens.
+    let r = upgrade(w.gw.addr, &host, &agent_path(ID_A, OWNER), &[]).await;
+    assert_eq!(r.status, 101);
+}

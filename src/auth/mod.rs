@@ -67,6 +67,19 @@ pub struct Principal {
     pub expires_at: Option<u64>,
     /// The one-time token's `jti` this request spent.
     pub jti: Option<String>,
+    /// For a token an endpoint minted: the Redis key of the app session it was minted under,
+    /// which its WebSocket re-checks (the token's client sends no session cookie).
+    pub session_key: Option<SessionKey>,
+}
+
+/// A session's Redis key, which embeds the session id: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey(pub String);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
 }
 
 impl Principal {
@@ -230,10 +243,15 @@ impl Auth {
             return Outcome::of(None, Ok(None));
         }
         if let Some(p) = request.established.filter(|p| p.by_token()) {
-            let verdict = if p.user == owner {
-                Ok(Some(p.clone()))
-            } else {
-                Err(GatewayError::Forbidden)
+            let verdict = match &p.session_key {
+                _ if p.user != owner => Err(GatewayError::Forbidden),
+                // The session the token was minted under must still be there, and its user's.
+                Some(key) => match session::session_at(records, &key.0).await {
+                    Ok(Some(s)) if s.user == p.user => Ok(Some(p.clone())),
+                    Ok(_) => Err(GatewayError::Unauthenticated),
+                    Err(e) => Err(e),
+                },
+                None => Ok(Some(p.clone())),
             };
             return Outcome::of(Some(p.method), verdict);
         }
@@ -297,12 +315,23 @@ impl Auth {
             return Err(GatewayError::Forbidden);
         }
         self.spend(records, &v, request.spend).await?;
+        // A token an endpoint minted names the app session it was minted under: once that
+        // session has ended the token opens nothing, and its tunnel ends with it. One minted by
+        // the operator (`edgegate token mint`) names none.
+        let session = match records.note(&self.token_session_note(&v.jti)).await? {
+            Some(key) => match session::session_at(records, &key).await? {
+                Some(s) if s.user == v.sub => Some((SessionKey(key), s)),
+                _ => return Err(GatewayError::Unauthenticated),
+            },
+            None => None,
+        };
         Ok(Some(Principal {
             user: v.sub,
             method,
-            session_key_hash: None,
-            expires_at: None,
+            session_key_hash: session.as_ref().map(|(_, s)| s.key_hash),
+            expires_at: session.as_ref().and_then(|(_, s)| s.expires_at),
             jti: Some(v.jti),
+            session_key: session.map(|(k, _)| k),
         }))
     }
 
@@ -343,6 +372,7 @@ impl Auth {
                     session_key_hash: Some(s.key_hash),
                     expires_at: s.expires_at,
                     jti: None,
+                    session_key: None,
                 }))
             }
             // The session ended, or now names someone else: the cookie died with it.
@@ -366,7 +396,18 @@ impl Auth {
             session_key_hash: Some(s.key_hash),
             expires_at: s.expires_at,
             jti: None,
+            session_key: None,
         }))
+    }
+
+    /// Where an endpoint notes the session a token was minted under (beside its spent mark).
+    pub fn token_session_note(&self, jti: &str) -> String {
+        self.jti_key.key(&format!("{jti}.session"))
+    }
+
+    /// The Redis key of session `sid`.
+    pub fn session_key_of(&self, sid: &str) -> String {
+        self.session_key.key(sid)
     }
 
     /// Spend a one-time token's `jti` (SET NX, kept as long as the token could verify).

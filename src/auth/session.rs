@@ -171,7 +171,12 @@ pub async fn session_user(
     if !plausible_sid(sid) {
         return Ok(None);
     }
-    let key = key_template.key(sid);
+    session_at(records, &key_template.key(sid)).await
+}
+
+/// The session at its Redis `key` (as `session_user`, for a key edgegate noted itself).
+pub async fn session_at(records: &Records, key: &str) -> Result<Option<SessionUser>, GatewayError> {
+    let key = key.to_owned();
     let (found, _) = records.get_secret(&key).await;
     let Some(rec) = found? else { return Ok(None) };
     let Some(user) = rec.get("user").filter(|u| !u.is_empty()) else {

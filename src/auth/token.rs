@@ -54,6 +54,15 @@ struct Claims {
     sb: Option<String>,
 }
 
+/// A freshly minted token.
+#[derive(Debug)]
+pub struct Minted {
+    pub token: String,
+    /// Lifetime in seconds.
+    pub ttl: u64,
+    pub jti: String,
+}
+
 /// A token that passed every check but the owner comparison, which needs the record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
@@ -284,6 +293,18 @@ impl TokenKeys {
         user: &str,
         session_binding: Option<String>,
     ) -> Result<(String, u64), jsonwebtoken::errors::Error> {
+        self.minted(typ, id, user, session_binding)
+            .map(|m| (m.token, m.ttl))
+    }
+
+    /// `mint`, with the token's `jti` (the endpoints note the session it was minted under).
+    pub fn minted(
+        &self,
+        typ: TokenType,
+        id: &WorkspaceId,
+        user: &str,
+        session_binding: Option<String>,
+    ) -> Result<Minted, jsonwebtoken::errors::Error> {
         let iat = now();
         let ttl = self.ttl(typ);
         let scope = Some(id.to_string());
@@ -304,7 +325,11 @@ impl TokenKeys {
             sb: session_binding,
         };
         let token = jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.encoding)?;
-        Ok((token, ttl))
+        Ok(Minted {
+            token,
+            ttl,
+            jti: claims.jti,
+        })
     }
 
     /// Every check of SPEC §4 except `sub` = the record's owner, which the caller makes.

@@ -62,6 +62,12 @@ pub trait RouteStore: Send + Sync {
     /// Set `key` only if absent, expiring after `ttl_secs`; `true` when this call set it.
     async fn spend_once(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreFailure>;
 
+    /// Set the string `key` to `value`, expiring after `ttl_secs` (edgegate's own notes).
+    async fn put(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreFailure>;
+
+    /// The string at `key`, `None` when there is none.
+    async fn get_string(&self, key: &str) -> Result<Option<String>, StoreFailure>;
+
     /// Whether the store answers now (for `/readyz`).
     async fn ping(&self) -> bool;
 
@@ -150,6 +156,25 @@ impl Records {
     }
 
     /// Spend a one-time marker: `true` the first time `key` is set (SET NX with expiry).
+    /// Note `value` at `key` for `ttl_secs` (never cached: each read asks the store).
+    pub async fn put(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), GatewayError> {
+        self.store
+            .put(key, value, ttl_secs.max(1))
+            .await
+            .map_err(|f| {
+                log::warn!("route store cannot keep a note: {f:?}");
+                GatewayError::StoreUnavailable
+            })
+    }
+
+    /// A note `put` wrote, if it is still there.
+    pub async fn note(&self, key: &str) -> Result<Option<String>, GatewayError> {
+        self.store.get_string(key).await.map_err(|f| {
+            log::warn!("route store cannot read a note: {f:?}");
+            GatewayError::StoreUnavailable
+        })
+    }
+
     pub async fn spend_once(&self, key: &str, ttl_secs: u64) -> Result<bool, GatewayError> {
         self.store
             .spend_once(key, ttl_secs.max(1))
@@ -249,10 +274,11 @@ impl Records {
     }
 }
 
-/// Records written in the config file; spent tokens are remembered in memory.
+/// Records written in the config file; spent tokens and notes are remembered in memory.
 pub struct StaticStore {
     records: HashMap<String, Record>,
     spent: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    notes: std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl StaticStore {
@@ -271,6 +297,7 @@ impl StaticStore {
         Self {
             records,
             spent: std::sync::Mutex::new(HashMap::new()),
+            notes: std::sync::Mutex::new(HashMap::new()),
         }
     }
 }
@@ -290,6 +317,25 @@ impl RouteStore for StaticStore {
         }
         spent.insert(key.to_string(), now + Duration::from_secs(ttl_secs));
         Ok(true)
+    }
+
+    async fn put(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreFailure> {
+        let now = std::time::Instant::now();
+        let mut notes = self.notes.lock().unwrap_or_else(|p| p.into_inner());
+        notes.retain(|_, (_, until)| *until > now);
+        notes.insert(
+            key.to_string(),
+            (value.to_string(), now + Duration::from_secs(ttl_secs)),
+        );
+        Ok(())
+    }
+
+    async fn get_string(&self, key: &str) -> Result<Option<String>, StoreFailure> {
+        let notes = self.notes.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(notes
+            .get(key)
+            .filter(|(_, until)| *until > std::time::Instant::now())
+            .map(|(v, _)| v.clone()))
     }
 
     async fn ping(&self) -> bool {
@@ -391,6 +437,20 @@ impl RouteStore for RedisStore {
             .clone();
         let set: Option<String> = self.run("set", &cmd).await?;
         Ok(set.is_some())
+    }
+
+    async fn put(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreFailure> {
+        let cmd = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("EX")
+            .arg(ttl_secs)
+            .clone();
+        self.run::<()>("set", &cmd).await
+    }
+
+    async fn get_string(&self, key: &str) -> Result<Option<String>, StoreFailure> {
+        self.run("get", redis::cmd("GET").arg(key)).await
     }
 
     async fn ping(&self) -> bool {
