@@ -52,6 +52,17 @@ pub struct Config {
     pub activity: ActivityConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub errors: ErrorsConfig,
+}
+
+/// How edgegate's own refusals look to a browser's navigation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErrorsConfig {
+    /// An HTML template for the page a navigation gets (`{{status}}`, `{{title}}`,
+    /// `{{message}}`, `{{code}}`, `{{request_id}}` are filled in, escaped); empty: built in.
+    pub page_template: String,
 }
 
 /// Bounds on what one client may ask.
@@ -922,6 +933,14 @@ impl Config {
             }
             crate::net::UpstreamAddr::parse(&d.upstream, 80)
                 .map_err(|e| bad("default.upstream", format!("{:?} {e}", d.upstream)))?;
+        }
+        if !self.errors.page_template.is_empty() {
+            std::fs::metadata(&self.errors.page_template).map_err(|e| {
+                bad(
+                    "errors.page_template",
+                    format!("{}: {e}", self.errors.page_template),
+                )
+            })?;
         }
         self.validate_routes()?;
         self.validate_api()?;

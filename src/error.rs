@@ -1,9 +1,11 @@
 //! The gateway's own refusals (`GatewayError`) and the one place that turns them into a status
-//! and a JSON body (`respond`). Called from `request_filter` and `fail_to_proxy`.
+//! and a body (`Pages::respond`): the SPEC §7 JSON, or for a browser's navigation an HTML page
+//! with the same status (the operator's template, or the built-in one). Called from
+//! `request_filter` and `fail_to_proxy`.
 //! Internal detail (keys, fields, addresses) goes to the log by the caller, never into the body.
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
@@ -183,28 +185,129 @@ pub fn body(err: &GatewayError, request_id: &str) -> Bytes {
     Bytes::from(v.to_string())
 }
 
-/// Write `err` to the client as its status and JSON body. The connection is kept for the next
-/// request only when the request carried no body that could be left unread.
-pub async fn respond(
-    session: &mut Session,
-    err: &GatewayError,
-    request_id: &str,
-) -> pingora::Result<()> {
-    let body = body(err, request_id);
-    let mut resp = ResponseHeader::build(err.status(), Some(6))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("cache-control", "no-store")?;
-    resp.insert_header("x-request-id", request_id)?;
-    if let Some(secs) = err.retry_after() {
-        resp.insert_header("retry-after", secs)?;
+/// The built-in page for a navigation edgegate refuses. No external asset; every value is
+/// escaped where it goes in.
+const BUILT_IN_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>{{status}} {{title}}</title>
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em;color:#222}
+h1{font-size:1.4em}code{background:#f3f3f3;padding:.1em .3em}small{color:#666}</style></head>
+<body><h1>{{status}} {{title}}</h1><p>{{message}}</p>
+<p><small>Error <code>{{code}}</code> &middot; request <code>{{request_id}}</code></small></p>
+</body></html>
+"#;
+
+/// What a refusal looks like to whom asked: a browser's navigation gets an HTML page, every
+/// other request (fetch, API clients, WebSocket upgrades) the SPEC §7 JSON, same status.
+pub struct Pages {
+    /// The page's template (`errors.page_template`, else the built-in one): `{{status}}`,
+    /// `{{title}}`, `{{message}}`, `{{code}}` and `{{request_id}}` are replaced, escaped.
+    template: String,
+}
+
+impl Default for Pages {
+    fn default() -> Self {
+        Self {
+            template: BUILT_IN_PAGE.to_string(),
+        }
     }
-    if session.is_upgrade_req() {
-        // A refused upgrade must not leave the client half-switched: answer and close.
-        session.set_keepalive(None);
+}
+
+impl Pages {
+    /// Pages from the operator's template (`None`: the built-in one).
+    pub fn new(template: Option<String>) -> Self {
+        template.map_or_else(Pages::default, |template| Pages { template })
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+
+    /// The page for `err`.
+    pub fn html(&self, err: &GatewayError, request_id: &str) -> Bytes {
+        let status = err.status();
+        let title = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let mut page = self.template.clone();
+        for (name, value) in [
+            ("{{status}}", status.to_string()),
+            ("{{title}}", title.to_string()),
+            ("{{message}}", err.to_string()),
+            ("{{code}}", err.code().to_string()),
+            ("{{request_id}}", request_id.to_string()),
+        ] {
+            page = page.replace(name, &escape_html(&value));
+        }
+        Bytes::from(page)
+    }
+
+    /// Write `err` to the client as its status and body (see `Pages`). The connection is kept
+    /// for the next request only when the request carried no body that could be left unread.
+    pub async fn respond(
+        &self,
+        session: &mut Session,
+        err: &GatewayError,
+        request_id: &str,
+    ) -> pingora::Result<()> {
+        let html = !session.is_upgrade_req() && navigation(session.req_header());
+        let (body, content_type) = if html {
+            (self.html(err, request_id), "text/html; charset=utf-8")
+        } else {
+            (body(err, request_id), "application/json")
+        };
+        let mut resp = ResponseHeader::build(err.status(), Some(8))?;
+        resp.insert_header("content-type", content_type)?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header("x-request-id", request_id)?;
+        if html {
+            // The page is edgegate's, on whatever origin the navigation was for: it runs no
+            // script and loads nothing.
+            resp.insert_header(
+                "content-security-policy",
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            )?;
+            resp.insert_header("x-content-type-options", "nosniff")?;
+        }
+        if let Some(secs) = err.retry_after() {
+            resp.insert_header("retry-after", secs)?;
+        }
+        if session.is_upgrade_req() {
+            // A refused upgrade must not leave the client half-switched: answer and close.
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+}
+
+/// Whether a request is a browser's navigation, which can show a page: `Sec-Fetch-Mode:
+/// navigate`, or (browsers without Fetch Metadata) a `GET` whose `Accept` names `text/html`.
+pub fn navigation(req: &RequestHeader) -> bool {
+    match req.headers.get("sec-fetch-mode") {
+        Some(mode) => mode.as_bytes() == b"navigate",
+        None => {
+            req.method == http::Method::GET
+                && req
+                    .headers
+                    .get(http::header::ACCEPT)
+                    .is_some_and(|a| a.as_bytes().windows(9).any(|w| w == b"text/html"))
+        }
+    }
+}
+
+/// `s` with the five characters HTML gives meaning escaped.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -218,6 +321,41 @@ mod tests {
         assert_eq!(v["error"], "workspace_not_running");
         assert_eq!(v["request_id"], "abc");
         assert_eq!(GatewayError::NotRunning.status(), 503);
+    }
+
+    #[test]
+    fn pages_are_escaped_and_navigations_told_apart() {
+        let pages = Pages::new(Some(
+            "<p>{{status}}|{{title}}|{{code}}|{{request_id}}|{{message}}</p>".into(),
+        ));
+        let html = pages.html(&GatewayError::UnknownWorkspace, "a<b>&\"'");
+        assert_eq!(
+            &html[..],
+            b"<p>404|Not Found|unknown_workspace|a&lt;b&gt;&amp;&quot;&#39;|unknown workspace</p>"
+        );
+        let built_in = Pages::default().html(&GatewayError::Forbidden, "0123");
+        let text = std::str::from_utf8(&built_in).expect("utf-8");
+        assert!(
+            text.contains("403 Forbidden") && text.contains("0123"),
+            "{text}"
+        );
+        assert!(!text.contains("{{"), "every placeholder filled");
+        let req = |headers: &[(&str, &str)], method: &str| {
+            let mut r = RequestHeader::build(method, b"/", None).expect("req");
+            for (k, v) in headers {
+                r.append_header(k.to_string(), *v).expect("h");
+            }
+            navigation(&r)
+        };
+        assert!(req(&[("sec-fetch-mode", "navigate")], "GET"));
+        assert!(!req(
+            &[("sec-fetch-mode", "cors"), ("accept", "text/html")],
+            "GET"
+        ));
+        assert!(req(&[("accept", "text/html,application/xhtml+xml")], "GET"));
+        assert!(!req(&[("accept", "text/html")], "POST"));
+        assert!(!req(&[("accept", "*/*")], "GET"), "curl gets JSON");
+        assert!(!req(&[], "GET"));
     }
 
     #[test]

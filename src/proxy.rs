@@ -55,6 +55,8 @@ struct Core {
     limits: LimitsConfig,
     trusted_proxies: Vec<IpNet>,
     in_flight: crate::limits::InFlight,
+    /// How refusals look to whom asked.
+    pages: error::Pages,
     /// Keeps the Redis connection's runtime alive as long as the service.
     _redis_runtime: Option<Arc<RedisRuntime>>,
 }
@@ -62,13 +64,14 @@ struct Core {
 impl Gateway {
     pub fn new(
         config: &Config,
-        runtime: Runtime,
+        mut runtime: Runtime,
         records: Records,
         metrics: Arc<Metrics>,
         redis_runtime: Option<Arc<RedisRuntime>>,
         activity: Option<Arc<Activity>>,
     ) -> std::result::Result<Self, String> {
         let trusted_proxies = runtime.trusted_proxies.clone();
+        let pages = std::mem::take(&mut runtime.pages);
         Ok(Self(Arc::new(Core {
             decider: Arc::new(Decider::new(config, runtime, records)),
             tunnels: Tunnels::new(config),
@@ -81,6 +84,7 @@ impl Gateway {
             limits: config.limits.clone(),
             trusted_proxies,
             in_flight: crate::limits::InFlight::new(config.limits.max_connections_per_workspace),
+            pages,
             _redis_runtime: redis_runtime,
         })))
     }
@@ -249,7 +253,7 @@ impl ProxyHttp for Gateway {
                 };
                 let fwd = self.forwarding(session, ctx);
                 if let Err(e) = Box::pin(self.0.tunnels.open(session, ctx, &fwd, &env)).await {
-                    error::respond(session, &e, &ctx.request_id).await?;
+                    self.0.pages.respond(session, &e, &ctx.request_id).await?;
                     ctx.refusal = Some(e);
                 }
                 Ok(true)
@@ -260,7 +264,7 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Err(e) => {
-                error::respond(session, &e, &ctx.request_id).await?;
+                self.0.pages.respond(session, &e, &ctx.request_id).await?;
                 ctx.refusal = Some(e);
                 Ok(true)
             }
@@ -379,7 +383,7 @@ impl ProxyHttp for Gateway {
                 // Once the upstream's response has started, a clean error cannot follow it:
                 // the connection is closed, so the client sees a truncated response.
                 if session.response_written().is_none() {
-                    if let Err(we) = error::respond(session, &err, &ctx.request_id).await {
+                    if let Err(we) = self.0.pages.respond(session, &err, &ctx.request_id).await {
                         log::debug!("could not send error response: {we}");
                     }
                 }

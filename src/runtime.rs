@@ -17,6 +17,8 @@ pub struct Runtime {
     pub tls: Vec<Arc<SniResolver>>,
     pub trusted_proxies: Vec<IpNet>,
     pub address_policy: AddressPolicy,
+    /// How refusals look (the operator's page template, read here).
+    pub pages: crate::error::Pages,
 }
 
 impl Runtime {
@@ -35,6 +37,14 @@ impl Runtime {
                 .map(|(i, t)| SniResolver::load(&format!("listen.tls[{i}]"), t).map(Arc::new))
                 .collect::<Result<_, _>>()?,
             trusted_proxies: networks("listen.trusted_proxies", &config.listen.trusted_proxies)?,
+            pages: match config.errors.page_template.as_str() {
+                "" => crate::error::Pages::default(),
+                path => {
+                    crate::error::Pages::new(Some(std::fs::read_to_string(path).map_err(|e| {
+                        ConfigError(format!("errors.page_template: cannot read {path}: {e}"))
+                    })?))
+                }
+            },
             address_policy: AddressPolicy::new(
                 networks(
                     "upstream.blocked_networks",

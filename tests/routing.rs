@@ -525,3 +525,70 @@ async fn pooled_upstream_connections_are_never_shared_between_workspaces() {
         "no connection was reused: {ca:?} {cb:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_html_to_navigations_and_json_to_everything_else() {
+    let dir = Scratch::new("eg-pages");
+    let template = dir.join("page.html");
+    std::fs::write(
+        &template,
+        "<html><body data-brand=acme>{{status}} {{title}}: {{message}} [{{code}}] #{{request_id}}</body></html>",
+    )
+    .expect("template");
+    let w = World::start(&format!(
+        "[errors]\npage_template = {:?}\n",
+        template.display().to_string()
+    ))
+    .await;
+    let host = w.gw.ws_host(ID_A);
+
+    let nav =
+        w.gw.get(
+            &host,
+            "/",
+            &[("Sec-Fetch-Mode", "navigate"), ("Accept", "text/html")],
+        )
+        .await;
+    assert_eq!(nav.status, 404, "{nav:?}");
+    assert_eq!(nav.header("content-type"), Some("text/html; charset=utf-8"));
+    let rid = nav.header("x-request-id").expect("request id").to_string();
+    assert_eq!(
+        nav.body,
+        format!(
+            "<html><body data-brand=acme>404 Not Found: unknown workspace [unknown_workspace] #{rid}</body></html>"
+        ),
+        "the operator's template, filled in"
+    );
+    let csp = nav.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert_eq!(nav.header("x-content-type-options"), Some("nosniff"));
+
+    // An old browser without Fetch Metadata still gets the page for a GET asking for HTML.
+    let old = w.gw.get(&host, "/", &[("Accept", "text/html,*/*")]).await;
+    assert_eq!(old.status, 404);
+    assert!(old.body.starts_with("<html>"), "{old:?}");
+
+    // A page's fetch, an API client, curl: the SPEC §7 JSON, same status.
+    for headers in [
+        &[("Sec-Fetch-Mode", "cors"), ("Accept", "text/html")][..],
+        &[("Accept", "*/*")][..],
+        &[][..],
+    ] {
+        let r = w.gw.get(&host, "/", headers).await;
+        assert_eq!(r.status, 404, "{headers:?}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.error_code(), "unknown_workspace", "{headers:?}");
+    }
+
+    // A refused WebSocket upgrade is never a page, whatever it claims to accept.
+    let up = upgrade(
+        w.gw.addr,
+        &host,
+        "/",
+        &[("Sec-Fetch-Mode", "navigate"), ("Accept", "text/html")],
+    )
+    .await;
+    assert_eq!(up.status, 404, "{up:?}");
+    assert_eq!(up.header("content-type"), Some("application/json"));
+    assert!(w.a.seen().is_empty(), "nothing reached an upstream");
+}
