@@ -54,6 +54,38 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub errors: ErrorsConfig,
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+}
+
+/// What a request meets when its workspace is not running, and how it wakes one up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// Status values that mean "stopped, may be started": a request by someone allowed to
+    /// open the workspace publishes a wake request and is told it is starting.
+    pub startable: Vec<String>,
+    /// Status values that mean "on its way somewhere" (starting, stopping): told to retry.
+    pub transitioning: Vec<String>,
+    /// The Redis stream wake requests are added to (`key_prefix` prepended); "" turns waking
+    /// off (a startable workspace is then simply not running).
+    pub wake_stream: String,
+    /// At most one wake request per workspace per this many seconds, across instances.
+    pub wake_interval_secs: u64,
+    /// The stream is trimmed to about this many entries.
+    pub wake_stream_maxlen: u64,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            startable: vec!["stopped".into()],
+            transitioning: vec!["starting".into(), "stopping".into()],
+            wake_stream: "edgegate:wake".into(),
+            wake_interval_secs: 30,
+            wake_stream_maxlen: 10_000,
+        }
+    }
 }
 
 /// How edgegate's own refusals look to a browser's navigation.
@@ -941,6 +973,31 @@ impl Config {
                     format!("{}: {e}", self.errors.page_template),
                 )
             })?;
+        }
+        let lc = &self.lifecycle;
+        if let Some(s) = lc
+            .startable
+            .iter()
+            .chain(&lc.transitioning)
+            .find(|s| s.trim().is_empty() || s.as_str() == crate::route::record::RUNNING)
+        {
+            return Err(bad(
+                "lifecycle.startable",
+                format!("{s:?} cannot mean anything but running or not"),
+            ));
+        }
+        if let Some(s) = lc.startable.iter().find(|s| lc.transitioning.contains(s)) {
+            return Err(bad(
+                "lifecycle.transitioning",
+                format!("{s:?} is also listed as startable"),
+            ));
+        }
+        if !lc.wake_stream.is_empty() && (lc.wake_interval_secs == 0 || lc.wake_stream_maxlen == 0)
+        {
+            return Err(bad(
+                "lifecycle.wake_interval_secs",
+                "wake_interval_secs and wake_stream_maxlen must be at least 1 while waking is on",
+            ));
         }
         self.validate_routes()?;
         self.validate_api()?;

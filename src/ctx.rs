@@ -45,6 +45,9 @@ pub struct RequestCtx {
     /// A WebSocket tunnel took the request (and this state) into a task of its own; what
     /// Pingora still holds is an empty shell that must not be logged.
     pub detached: bool,
+    /// The wake request this request's decision made (its workspace is stopped), until the
+    /// proxy publishes it. Boxed: rare, and every request carries the field.
+    pub wake: Option<Box<crate::lifecycle::Wake>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +89,13 @@ impl RequestCtx {
             refresh: Refresh::No,
             slot: None,
             detached: false,
+            wake: None,
         }
     }
 
     /// Keep a decision: what the log and the later hooks read. Returns what to do now: the
-    /// answer edgegate gives itself, nothing (proxy the plan), or the refusal.
+    /// answer edgegate gives itself, nothing (proxy the plan), or the refusal. A wake is kept
+    /// in `wake` for the proxy to publish, and answered as `Starting`.
     pub fn decided(&mut self, d: Decided) -> Result<Option<Reply>, GatewayError> {
         self.route = d.route.or(self.route.take());
         self.workspace = d.workspace.or(self.workspace);
@@ -103,6 +108,11 @@ impl RequestCtx {
             Ok(Action::Answer(reply)) => {
                 self.plan = None;
                 Ok(Some(reply))
+            }
+            Ok(Action::Wake(wake)) => {
+                self.plan = None;
+                self.wake = Some(Box::new(wake));
+                Err(GatewayError::Starting)
             }
             Err(e) => {
                 self.plan = None;

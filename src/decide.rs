@@ -18,6 +18,7 @@ use crate::auth::{self, Asking, Auth, Check, Principal, Spend};
 use crate::config::{ApiConfig, AuthMethod, Config, LimitsConfig};
 use crate::error::GatewayError;
 use crate::headers::{self, CookieStrip};
+use crate::lifecycle::{Lifecycle, Wake};
 use crate::net::AddressPolicy;
 use crate::route::id::WorkspaceId;
 use crate::route::store::Records;
@@ -37,6 +38,7 @@ pub struct Decider {
     resolver: Resolver,
     address_policy: AddressPolicy,
     limits: LimitsConfig,
+    lifecycle: Lifecycle,
 }
 
 /// What the caller knows of the request besides its header.
@@ -75,6 +77,9 @@ pub enum Action {
     /// edgegate answers itself (an endpoint, a redirect).
     Answer(Reply),
     Proxy(Plan),
+    /// The workspace is stopped and the caller may open it: wake it (the caller publishes
+    /// this, on a request's first decision only) and tell the client it is starting.
+    Wake(Wake),
 }
 
 /// A decision, with what it found on the way (for the log and the metrics, refusals too).
@@ -121,6 +126,7 @@ impl Decider {
             ),
             address_policy: runtime.address_policy,
             limits: config.limits.clone(),
+            lifecycle: Lifecycle::new(config),
         }
     }
 
@@ -179,7 +185,7 @@ impl Decider {
                     route: Some(m.route.name.clone()),
                     workspace: Some(m.id),
                     check,
-                    outcome: outcome.map(Action::Proxy),
+                    outcome,
                 }
             }
         }
@@ -224,13 +230,14 @@ impl Decider {
         })
     }
 
-    /// A workspace route: its record, the caller checked against it, then its upstream.
+    /// A workspace route: its record, the caller checked against it, then its state and
+    /// upstream (told only to a caller auth let through).
     async fn workspace(
         &self,
         req: &RequestHeader,
         facts: &Facts<'_>,
         m: &WorkspaceMatch<'_>,
-    ) -> (Check, Result<Plan, GatewayError>) {
+    ) -> (Check, Result<Action, GatewayError>) {
         let key = m.route.key(&m.id);
         let rec = match self.records.get(&key).await.0 {
             Ok(Some(rec)) => rec,
@@ -261,10 +268,20 @@ impl Decider {
             Ok(p) => p,
             Err(e) => return (check, Err(e)),
         };
-        let target = match self
-            .workspace_target(req, facts, m, &rr.upstream, &key)
-            .await
-        {
+        let upstream = match rr.upstream {
+            Ok(u) => u,
+            Err(GatewayError::NotRunning) => {
+                let wake = || Wake {
+                    key: key.clone(),
+                    workspace: m.id,
+                    route: m.route.name.clone(),
+                    user: principal.as_ref().map(|p| p.user.clone()),
+                };
+                return (check, self.lifecycle.not_running(rr.status, wake));
+            }
+            Err(e) => return (check, Err(e)),
+        };
+        let target = match self.workspace_target(req, facts, m, &upstream, &key).await {
             Ok(t) => t,
             Err(e) => return (check, Err(e)),
         };
@@ -279,7 +296,7 @@ impl Decider {
             strip_authorization,
             record_key: Some(key),
         };
-        (check, Ok(plan))
+        (check, Ok(Action::Proxy(plan)))
     }
 
     /// Where a workspace request goes: the record's upstream resolved and allowed, TLS as the
@@ -359,6 +376,7 @@ mod tests {
     const ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
     const STOPPED: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
     const LOOPBACK: &str = "01C00000000000000000000001";
+    const STARTING: &str = "01C00000000000000000000002";
 
     fn decider() -> Decider {
         let text = format!(
@@ -383,6 +401,10 @@ mod tests {
             backend = "10.0.0.7"
             owner = "owner"
             status = "stopped"
+            [store.records."workspace:{STARTING}"]
+            backend = "10.0.0.8"
+            owner = "owner"
+            status = "starting"
             [store.records."workspace:{LOOPBACK}"]
             backend = "127.0.0.1"
             owner = "owner"
@@ -447,6 +469,12 @@ mod tests {
                 p.record_key.as_deref().unwrap_or("-"),
             ),
             Ok(Action::Answer(r)) => format!("answer {}", r.status),
+            Ok(Action::Wake(w)) => format!(
+                "wake {} {} key={}",
+                w.workspace.as_str(),
+                w.user.as_deref().unwrap_or("-"),
+                w.key
+            ),
             Err(e) => format!("refuse {}", e.code()),
         };
         format!("{what} [{check}]")
@@ -459,6 +487,7 @@ mod tests {
         let port = |p: u16| format!("ws-{}--{p}.example.test", ID.to_ascii_lowercase());
         let stopped = format!("ws-{}.example.test", STOPPED.to_ascii_lowercase());
         let loopback = format!("ws-{}.example.test", LOOPBACK.to_ascii_lowercase());
+        let starting = format!("ws-{}.example.test", STARTING.to_ascii_lowercase());
         let id = WorkspaceId::parse(ID).expect("id");
         let tokens = &d.auth().tokens;
         let terminal = tokens
@@ -652,7 +681,25 @@ mod tests {
                 "a stopped workspace",
                 request("GET", &stopped, "/", &[("cookie", owner)]),
                 false,
-                "refuse workspace_not_running [none/none]".into(),
+                format!("wake {STOPPED} owner key=workspace:{STOPPED} [session/ok]"),
+            ),
+            (
+                "a stopped workspace, no credential: its state is not told",
+                request("GET", &stopped, "/", &[]),
+                false,
+                "refuse unauthenticated [none/unauthenticated]".into(),
+            ),
+            (
+                "a stopped workspace, another user",
+                request("GET", &stopped, "/", &[("cookie", "session=sess-other")]),
+                false,
+                "refuse forbidden [session/forbidden]".into(),
+            ),
+            (
+                "a workspace on its way up",
+                request("GET", &starting, "/", &[("cookie", owner)]),
+                false,
+                "refuse workspace_transitioning [session/ok]".into(),
             ),
             (
                 "a backend on loopback (not allowed here)",

@@ -55,6 +55,10 @@ pub enum GatewayError {
     UpstreamRefused,
     #[error("the workspace is not running")]
     NotRunning,
+    #[error("the workspace is starting")]
+    Starting,
+    #[error("the workspace is changing state")]
+    Transitioning,
     #[error("the route store is unavailable")]
     StoreUnavailable,
     #[error("the workspace upstream timed out")]
@@ -77,7 +81,7 @@ impl GatewayError {
             TooManyConnections => 429,
             HeadersTooLarge => 431,
             BadRecord | UpstreamUnresolvable | UpstreamNotAllowed | UpstreamRefused => 502,
-            NotRunning | StoreUnavailable => 503,
+            NotRunning | Starting | Transitioning | StoreUnavailable => 503,
             UpstreamTimeout => 504,
             Internal => 500,
         }
@@ -109,6 +113,8 @@ impl GatewayError {
             UpstreamUnresolvable => "upstream_unresolvable",
             UpstreamRefused => "upstream_unreachable",
             NotRunning => "workspace_not_running",
+            Starting => "workspace_starting",
+            Transitioning => "workspace_transitioning",
             StoreUnavailable => "store_unavailable",
             UpstreamTimeout => "upstream_timeout",
             Internal => "internal",
@@ -126,10 +132,17 @@ impl GatewayError {
         }
     }
 
+    /// Whether a navigation's page should reload by itself (`Refresh`): the workspace is on
+    /// its way to running, and the page turns into the workspace when it is.
+    pub fn passes_soon(&self) -> bool {
+        matches!(self, GatewayError::Starting | GatewayError::Transitioning)
+    }
+
     /// Seconds a client should wait before retrying, for the refusals that pass by themselves.
     fn retry_after(&self) -> Option<&'static str> {
         match self {
             GatewayError::NotRunning => Some("5"),
+            GatewayError::Starting | GatewayError::Transitioning => Some(WAIT_SECS),
             GatewayError::StoreUnavailable => Some("1"),
             GatewayError::TooManyConnections => Some("1"),
             _ => None,
@@ -185,6 +198,9 @@ pub fn body(err: &GatewayError, request_id: &str) -> Bytes {
     Bytes::from(v.to_string())
 }
 
+/// Seconds between a waiting page's reloads (and the `Retry-After` of a starting workspace).
+const WAIT_SECS: &str = "2";
+
 /// The built-in page for a navigation edgegate refuses. No external asset; every value is
 /// escaped where it goes in.
 const BUILT_IN_PAGE: &str = r#"<!doctype html>
@@ -192,7 +208,7 @@ const BUILT_IN_PAGE: &str = r#"<!doctype html>
 <title>{{status}} {{title}}</title>
 <style>body{font:16px/1.5 system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em;color:#222}
 h1{font-size:1.4em}code{background:#f3f3f3;padding:.1em .3em}small{color:#666}</style></head>
-<body><h1>{{status}} {{title}}</h1><p>{{message}}</p>
+<body><h1>{{status}} {{title}}</h1><p>{{message}}</p><p>{{retry}}</p>
 <p><small>Error <code>{{code}}</code> &middot; request <code>{{request_id}}</code></small></p>
 </body></html>
 "#;
@@ -201,7 +217,8 @@ h1{font-size:1.4em}code{background:#f3f3f3;padding:.1em .3em}small{color:#666}</
 /// other request (fetch, API clients, WebSocket upgrades) the SPEC §7 JSON, same status.
 pub struct Pages {
     /// The page's template (`errors.page_template`, else the built-in one): `{{status}}`,
-    /// `{{title}}`, `{{message}}`, `{{code}}` and `{{request_id}}` are replaced, escaped.
+    /// `{{title}}`, `{{message}}`, `{{code}}`, `{{request_id}}` and `{{retry}}` (a sentence
+    /// when the page reloads by itself, else empty) are replaced, escaped.
     template: String,
 }
 
@@ -233,6 +250,14 @@ impl Pages {
             ("{{message}}", err.to_string()),
             ("{{code}}", err.code().to_string()),
             ("{{request_id}}", request_id.to_string()),
+            (
+                "{{retry}}",
+                if err.passes_soon() {
+                    "This page reloads by itself.".to_string()
+                } else {
+                    String::new()
+                },
+            ),
         ] {
             page = page.replace(name, &escape_html(&value));
         }
@@ -253,7 +278,7 @@ impl Pages {
         } else {
             (body(err, request_id), "application/json")
         };
-        let mut resp = ResponseHeader::build(err.status(), Some(8))?;
+        let mut resp = ResponseHeader::build(err.status(), Some(9))?;
         resp.insert_header("content-type", content_type)?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
@@ -266,6 +291,11 @@ impl Pages {
                 "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
             )?;
             resp.insert_header("x-content-type-options", "nosniff")?;
+            if err.passes_soon() {
+                // The waiting page: reloaded by the browser (no script, which the CSP
+                // forbids) until the workspace answers instead.
+                resp.insert_header("refresh", WAIT_SECS)?;
+            }
         }
         if let Some(secs) = err.retry_after() {
             resp.insert_header("retry-after", secs)?;

@@ -203,6 +203,21 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
                 proxied: false,
             });
         }
+        Ok(crate::decide::Action::Wake(w)) => {
+            line(
+                &mut out,
+                "verdict",
+                &format!(
+                    "the workspace is stopped: a request would publish a wake request for {} \
+                     (not done here) and get 503 workspace_starting",
+                    w.key
+                ),
+            );
+            return Ok(Answer {
+                report: out,
+                proxied: false,
+            });
+        }
         Ok(crate::decide::Action::Answer(_)) => {
             line(&mut out, "verdict", "answered by edgegate");
             return Ok(Answer {

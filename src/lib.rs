@@ -18,6 +18,7 @@ pub mod error;
 pub mod explain;
 mod fast_stop;
 pub mod headers;
+pub mod lifecycle;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -116,6 +116,9 @@ pub struct Metrics {
     pub websockets_open: IntGaugeVec,
     pub websocket_duration: HistogramVec,
     pub websocket_closes: IntCounterVec,
+    /// Wake requests for stopped workspaces: `published`, `repeated` (within the interval,
+    /// here or on another instance), `failed` (the store did not take it).
+    pub wake_requests: IntCounterVec,
 }
 
 fn counter(
@@ -173,6 +176,15 @@ impl Metrics {
         for c in ["records", "sessions"] {
             cache_evictions.with_label_values(&[c]);
         }
+        let wake_requests = counter(
+            &r,
+            "edgegate_wake_requests_total",
+            "Wake requests for stopped workspaces: published, repeated (within the interval), failed",
+            &["result"],
+        )?;
+        for w in ["published", "repeated", "failed"] {
+            wake_requests.with_label_values(&[w]);
+        }
         let cache = CacheCounters {
             hit: cache_lookups.with_label_values(&["hit"]),
             negative_hit: cache_lookups.with_label_values(&["negative_hit"]),
@@ -211,6 +223,7 @@ impl Metrics {
             )?,
             cache_invalidations,
             cache_evictions,
+            wake_requests,
             redis_duration: histogram(
                 &r,
                 "edgegate_redis_command_duration_seconds",

@@ -57,6 +57,8 @@ struct Core {
     in_flight: crate::limits::InFlight,
     /// How refusals look to whom asked.
     pages: error::Pages,
+    /// Publishes the wake requests decisions make.
+    waker: crate::lifecycle::Waker,
     /// Keeps the Redis connection's runtime alive as long as the service.
     _redis_runtime: Option<Arc<RedisRuntime>>,
 }
@@ -72,6 +74,7 @@ impl Gateway {
     ) -> std::result::Result<Self, String> {
         let trusted_proxies = runtime.trusted_proxies.clone();
         let pages = std::mem::take(&mut runtime.pages);
+        let waker = crate::lifecycle::Waker::new(config, metrics.clone());
         Ok(Self(Arc::new(Core {
             decider: Arc::new(Decider::new(config, runtime, records)),
             tunnels: Tunnels::new(config),
@@ -85,6 +88,7 @@ impl Gateway {
             trusted_proxies,
             in_flight: crate::limits::InFlight::new(config.limits.max_connections_per_workspace),
             pages,
+            waker,
             _redis_runtime: redis_runtime,
         })))
     }
@@ -264,6 +268,10 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Err(e) => {
+                if let Some(wake) = ctx.wake.take() {
+                    // Published before the answer: a client told "starting" can count on it.
+                    self.0.waker.wake(self.0.decider.records(), &wake).await;
+                }
                 self.0.pages.respond(session, &e, &ctx.request_id).await?;
                 ctx.refusal = Some(e);
                 Ok(true)

@@ -548,6 +548,13 @@ impl Tunnel {
         match self.env.decider.decide(req, &facts).await.outcome {
             Ok(crate::decide::Action::Proxy(_)) | Err(GatewayError::StoreUnavailable) => false,
             Ok(crate::decide::Action::Answer(_)) => true,
+            Ok(crate::decide::Action::Wake(_)) => {
+                log::info!(
+                    "request {}: closing its WebSocket, its workspace stopped",
+                    ctx.request_id
+                );
+                true
+            }
             Err(e) => {
                 log::info!(
                     "request {}: closing its WebSocket, its credential no longer holds ({})",

@@ -516,24 +516,28 @@ mod tests {
         ]);
         let r = record::read(ws, "k", &both, None).expect("read");
         assert_eq!(
-            (r.upstream.to_string().as_str(), r.owner),
+            (r.upstream.expect("upstream").to_string().as_str(), r.owner),
             ("10.0.0.5:3000", "u1")
         );
         assert!(matches!(both.upstream.get(), Some((s, Ok(_))) if *s == ws.record_shape()));
         // The cached parse, with a port route's port applied on top.
         let r = record::read(ws_port, "k", &both, Some(4000)).expect("read");
-        assert_eq!(r.upstream.to_string(), "10.0.0.5:4000");
+        assert_eq!(r.upstream.expect("upstream").to_string(), "10.0.0.5:4000");
         // Another shape reads its own field, and does not take over the cache.
         let r = record::read(ide, "k", &both, None).expect("read");
-        assert_eq!(r.upstream.to_string(), "10.0.0.6:8080");
+        assert_eq!(r.upstream.expect("upstream").to_string(), "10.0.0.6:8080");
         assert!(matches!(both.upstream.get(), Some((s, _)) if *s == ws.record_shape()));
 
         // A failure is remembered with the record, and still a failure the second time.
         let bad = rec(&[("backend", "10.0.0.5:99999"), ("owner", "u1")]);
         for _ in 0..2 {
             assert_eq!(
-                record::read(ws, "k", &bad, None).err(),
-                Some(GatewayError::BadRecord)
+                record::read(ws, "k", &bad, None)
+                    .expect("owner")
+                    .upstream
+                    .err(),
+                Some(GatewayError::BadRecord),
+                "a bad upstream is told after auth, not before"
             );
         }
         let no_owner = rec(&[("backend", "10.0.0.5")]);

@@ -1,6 +1,7 @@
 //! Reading a workspace or dev record at run time: the upstream field, the owner and the status,
 //! each checked, so a malformed record is a clear 502 (logged with key and field, never the
-//! values) and a stopped workspace a 503, never a panic or a guess. Called by `request_filter`.
+//! values) and a stopped workspace a 503, never a panic or a guess. Called by `decide`, which
+//! tells a caller why a record cannot be proxied only once auth has let the caller through.
 
 use super::store::Cached;
 use super::Route;
@@ -10,8 +11,12 @@ use crate::upstream::UpstreamAddr;
 /// The fields of a record that routing and auth use.
 #[derive(Debug)]
 pub struct RouteRecord<'r> {
-    pub upstream: UpstreamAddr,
+    /// The upstream, or why the record cannot be proxied now (`NotRunning`, `BadRecord`):
+    /// for a caller auth has let through, since it tells the workspace's state.
+    pub upstream: Result<UpstreamAddr, GatewayError>,
     pub owner: &'r str,
+    /// The status field's value, when the route has one.
+    pub status: Option<&'r str>,
 }
 
 /// The state a workspace must be in for its traffic to be proxied.
@@ -26,21 +31,29 @@ pub fn read<'r>(
     port: Option<u16>,
 ) -> Result<RouteRecord<'r>, GatewayError> {
     let upstream = match record.upstream.get() {
-        Some((shape, parsed)) if *shape == route.record_shape() => parsed.clone()?,
+        Some((shape, parsed)) if *shape == route.record_shape() => parsed.clone(),
         _ => {
             let parsed = parse_upstream(route, key, record);
             // Another route shape may have filled it first: then this one parses each time.
             let _ = record.upstream.set((route.record_shape(), parsed.clone()));
-            parsed?
+            parsed
         }
     };
     let owner = field(record, key, &route.owner_field)?;
+    let status = match &route.status_field {
+        Some(f) => Some(field(record, key, f)?),
+        None => None,
+    };
     // A `{port}` route addresses that port on the record's host, whatever port the record names.
     let upstream = match port {
-        Some(p) => upstream.with_port(p),
+        Some(p) => upstream.map(|u| u.with_port(p)),
         None => upstream,
     };
-    Ok(RouteRecord { upstream, owner })
+    Ok(RouteRecord {
+        upstream,
+        owner,
+        status,
+    })
 }
 
 /// A field's value, trimmed; missing or empty is a bad record (logged with the key and the

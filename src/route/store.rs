@@ -74,6 +74,17 @@ pub trait RouteStore: Send + Sync {
     /// Set `field` to the given unix time on each existing record (never creating one).
     async fn mark_activity(&self, field: &str, batch: &[(String, u64)])
         -> Result<(), StoreFailure>;
+
+    /// Add `entry` to the stream `stream` (trimmed to about `maxlen`) unless `once_key` is
+    /// set; `once_key` is then set for `once_ms`. `true` when this call added the entry.
+    async fn add_once(
+        &self,
+        once_key: &str,
+        once_ms: u64,
+        stream: &str,
+        maxlen: u64,
+        entry: &[(&str, &str)],
+    ) -> Result<bool, StoreFailure>;
 }
 
 /// The answer cached per key.
@@ -173,6 +184,24 @@ impl Records {
             log::warn!("route store cannot read a note: {f:?}");
             GatewayError::StoreUnavailable
         })
+    }
+
+    /// Add a stream entry at most once per `once_ms` per `once_key` (see `RouteStore::add_once`).
+    pub async fn add_once(
+        &self,
+        once_key: &str,
+        once_ms: u64,
+        stream: &str,
+        maxlen: u64,
+        entry: &[(&str, &str)],
+    ) -> Result<bool, GatewayError> {
+        self.store
+            .add_once(once_key, once_ms, stream, maxlen, entry)
+            .await
+            .map_err(|f| {
+                log::warn!("route store cannot add to {stream}: {f:?}");
+                GatewayError::StoreUnavailable
+            })
     }
 
     pub async fn spend_once(&self, key: &str, ttl_secs: u64) -> Result<bool, GatewayError> {
@@ -350,6 +379,22 @@ impl RouteStore for StaticStore {
         // Records written in the config file are not updated.
         Ok(())
     }
+
+    async fn add_once(
+        &self,
+        once_key: &str,
+        once_ms: u64,
+        stream: &str,
+        _maxlen: u64,
+        entry: &[(&str, &str)],
+    ) -> Result<bool, StoreFailure> {
+        // Nothing consumes a stream here: the entry goes to the log, once per interval.
+        if !self.spend_once(once_key, once_ms.div_ceil(1000)).await? {
+            return Ok(false);
+        }
+        log::info!("{stream}: {entry:?} (static store: nothing consumes it)");
+        Ok(true)
+    }
 }
 
 /// Redis in any of its `[redis] mode`s (see `redis_conn`). Connections are made lazily so
@@ -494,6 +539,42 @@ impl RouteStore for RedisStore {
             pipe.query_async::<()>(&mut conn).await
         })
         .await
+    }
+
+    async fn add_once(
+        &self,
+        once_key: &str,
+        once_ms: u64,
+        stream: &str,
+        maxlen: u64,
+        entry: &[(&str, &str)],
+    ) -> Result<bool, StoreFailure> {
+        // Two commands, not a script: in a cluster the marker and the stream live in
+        // different slots.
+        let once = redis::cmd("SET")
+            .arg(once_key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(once_ms.max(1))
+            .clone();
+        let set: Option<String> = self.run("set", &once).await?;
+        if set.is_none() {
+            return Ok(false);
+        }
+        let mut add = redis::cmd("XADD");
+        add.arg(stream).arg("MAXLEN").arg("~").arg(maxlen).arg("*");
+        for (field, value) in entry {
+            add.arg(*field).arg(*value);
+        }
+        if let Err(e) = self.run::<String>("xadd", &add).await {
+            // Let the next request try again rather than wait out the interval.
+            let _ = self
+                .run::<i64>("del", redis::cmd("DEL").arg(once_key))
+                .await;
+            return Err(e);
+        }
+        Ok(true)
     }
 }
 

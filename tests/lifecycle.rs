@@ -1,0 +1,248 @@
+//! A workspace that is not running (issue #18): waking a stopped one on request, with real
+//! Redis and two gateway instances; what each kind of client is told; nothing told to a caller
+//! auth refuses.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const STREAM: &str = "edgegate:wake";
+
+fn stopped(w: &World, id: &str, status: &str) {
+    w.redis.hset(
+        &format!("workspace:{id}"),
+        &[
+            ("backend", &w.a.addr.to_string()),
+            ("owner", OWNER),
+            ("status", status),
+        ],
+    );
+}
+
+/// The wake stream's entries, each as its fields.
+fn entries(r: &Redis) -> Vec<Vec<(String, String)>> {
+    let v: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(STREAM)
+        .arg("-")
+        .arg("+")
+        .query(&mut r.conn())
+        .expect("XRANGE");
+    v.into_iter()
+        .map(|(_, flat)| {
+            let mut fields: Vec<(String, String)> = flat
+                .chunks(2)
+                .map(|kv| (kv[0].clone(), kv.get(1).cloned().unwrap_or_default()))
+                .collect();
+            fields.sort();
+            fields
+        })
+        .collect()
+}
+
+fn field<'a>(entry: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    entry
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_workspace_is_woken_once_however_many_requests_and_instances_see_it() {
+    let w = World::start("").await;
+    let second = Gateway::start(&config_text(free_port(), w.redis.port, w.app.addr, ""));
+    stopped(&w, ID_A, "stopped");
+    let cookie = format!("session={OWNER_SESSION}");
+
+    // A burst on both instances: page loads, fetches, WebSocket upgrades.
+    let mut burst = Vec::new();
+    for i in 0..30 {
+        let gw = if i % 2 == 0 { w.gw.addr } else { second.addr };
+        let host = format!("ws-{}.{DOMAIN}:{}", ID_A.to_ascii_lowercase(), gw.port());
+        let cookie = cookie.clone();
+        burst.push(tokio::spawn(async move {
+            let origin = format!("http://{host}");
+            match i % 3 {
+                0 => {
+                    let req = format!(
+                        "GET / HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\
+                         Sec-Fetch-Mode: navigate\r\nAccept: text/html\r\nConnection: close\r\n\r\n"
+                    );
+                    ("navigate", raw(gw, req.as_bytes()).await)
+                }
+                1 => {
+                    let req = format!(
+                        "GET /api HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\
+                         Sec-Fetch-Mode: cors\r\nConnection: close\r\n\r\n"
+                    );
+                    ("fetch", raw(gw, req.as_bytes()).await)
+                }
+                _ => (
+                    "upgrade",
+                    upgrade(
+                        gw,
+                        &host,
+                        "/ws",
+                        &[("Cookie", &cookie), ("Origin", &origin)],
+                    )
+                    .await,
+                ),
+            }
+        }));
+    }
+    for b in burst {
+        let (kind, r) = b.await.expect("request task");
+        assert_eq!(r.status, 503, "{kind}: {r:?}");
+        assert_eq!(r.header("retry-after"), Some("2"), "{kind}");
+        assert!(
+            r.header("location").is_none(),
+            "{kind}: never a redirect: {r:?}"
+        );
+        if kind == "navigate" {
+            assert_eq!(
+                r.header("content-type"),
+                Some("text/html; charset=utf-8"),
+                "{r:?}"
+            );
+            assert_eq!(r.header("refresh"), Some("2"), "the page reloads by itself");
+            assert!(r.body.contains("starting"), "{}", r.body);
+        } else {
+            assert_eq!(r.header("content-type"), Some("application/json"));
+            assert_eq!(r.error_code(), "workspace_starting", "{kind}");
+            assert!(r.header("refresh").is_none());
+        }
+    }
+    assert_eq!(
+        w.a.count(),
+        0,
+        "nothing reached the stopped workspace's backend"
+    );
+
+    let got = entries(&w.redis);
+    assert_eq!(got.len(), 1, "one wake request: {got:?}");
+    let e = &got[0];
+    assert_eq!(field(e, "workspace"), Some(ID_A));
+    assert_eq!(field(e, "key"), Some(format!("workspace:{ID_A}").as_str()));
+    assert_eq!(field(e, "route"), Some("workspace"));
+    assert_eq!(field(e, "user"), Some(OWNER));
+    assert!(field(e, "at").is_some_and(|t| t.parse::<u64>().is_ok()));
+    assert!(
+        !format!("{e:?}").contains(OWNER_SESSION),
+        "no credential in the entry"
+    );
+    // Both instances counted what they did: one published, the rest repeated.
+    let mut published = 0;
+    for admin in [&w.gw, &second] {
+        let m = admin.admin_get("/metrics").await.body;
+        published += metric(&m, "edgegate_wake_requests_total{result=\"published\"}");
+        assert_eq!(
+            metric(&m, "edgegate_wake_requests_total{result=\"failed\"}"),
+            0
+        );
+    }
+    assert_eq!(published, 1);
+
+    // The app starts it: the next request reaches the workspace.
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+    let host = w.gw.ws_host(ID_A);
+    let reached = eventually(Duration::from_secs(5), || async {
+        w.gw.get(&host, "/", &[]).await.status == 200
+    })
+    .await;
+    assert!(reached, "a running workspace is proxied again");
+    assert_eq!(entries(&w.redis).len(), 1);
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_caller_allowed_in_wakes_it_or_learns_its_state() {
+    let w = World::start("").await;
+    stopped(&w, ID_A, "stopped");
+    let host = w.gw.ws_host(ID_A);
+
+    let anonymous = w.gw.request("GET", &host, "/", &[]).await;
+    assert_eq!(
+        (anonymous.status, anonymous.error_code().as_str()),
+        (401, "unauthenticated"),
+        "not 503: a stranger does not learn the workspace is stopped"
+    );
+    let other = format!("session={OTHER_SESSION}");
+    let r = w.gw.request("GET", &host, "/", &[("Cookie", &other)]).await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
+    let token = upgrade(w.gw.addr, &host, &agent_path(ID_A, "user-2"), &[]).await;
+    assert_eq!(token.status, 403, "another user's token: {token:?}");
+    assert!(entries(&w.redis).is_empty(), "nobody allowed in asked");
+
+    // The owner's terminal token on the agent's upgrade is allowed in: it wakes.
+    let r = upgrade(w.gw.addr, &host, &agent_path(ID_A, OWNER), &[]).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "workspace_starting")
+    );
+    let got = entries(&w.redis);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(field(&got[0], "user"), Some(OWNER));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transitioning_and_other_states_are_503_and_wake_nothing() {
+    let w = World::start(
+        "[lifecycle]\nstartable = [\"stopped\"]\ntransitioning = [\"starting\", \"stopping\"]\n",
+    )
+    .await;
+    let host = w.gw.ws_host(ID_A);
+    for (status, code, page_reloads) in [
+        ("starting", "workspace_transitioning", true),
+        ("stopping", "workspace_transitioning", true),
+        ("failed", "workspace_not_running", false),
+    ] {
+        stopped(&w, ID_A, status);
+        w.redis
+            .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = w.gw.get(&host, "/", &[]).await;
+        assert_eq!((r.status, r.error_code().as_str()), (503, code), "{status}");
+        assert!(r.header("retry-after").is_some(), "{status}");
+        let page =
+            w.gw.get(&host, "/", &[("Sec-Fetch-Mode", "navigate")])
+                .await;
+        assert_eq!(page.status, 503);
+        assert_eq!(
+            page.header("refresh").is_some(),
+            page_reloads,
+            "{status}: {page:?}"
+        );
+    }
+    assert!(entries(&w.redis).is_empty());
+    assert_eq!(w.a.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_interval_wakes_again_and_waking_can_be_turned_off() {
+    let w = World::start("[lifecycle]\nwake_interval_secs = 1\n").await;
+    stopped(&w, ID_A, "stopped");
+    let host = w.gw.ws_host(ID_A);
+    assert_eq!(w.gw.get(&host, "/", &[]).await.status, 503);
+    assert_eq!(w.gw.get(&host, "/", &[]).await.status, 503);
+    assert_eq!(entries(&w.redis).len(), 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(w.gw.get(&host, "/", &[]).await.status, 503);
+    assert_eq!(entries(&w.redis).len(), 2, "the workspace is still stopped");
+
+    let off = World::start("[lifecycle]\nwake_stream = \"\"\n").await;
+    stopped(&off, ID_A, "stopped");
+    let r = off.gw.get(&off.gw.ws_host(ID_A), "/", &[]).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "workspace_not_running")
+    );
+    assert!(entries(&off.redis).is_empty());
+}
