@@ -48,6 +48,8 @@ pub struct RequestCtx {
     /// The wake request this request's decision made (its workspace is stopped), until the
     /// proxy publishes it. Boxed: rare, and every request carries the field.
     pub wake: Option<Box<crate::lifecycle::Wake>>,
+    /// This request's hold on its upstream socket, for draining when its workspace stops.
+    pub hold: Option<crate::drain::Hold>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +92,7 @@ impl RequestCtx {
             slot: None,
             detached: false,
             wake: None,
+            hold: None,
         }
     }
 

@@ -67,6 +67,8 @@ pub struct Plan {
     /// The workspace record behind the request: its activity, its in-flight cap, the key
     /// whose invalidation re-checks an open WebSocket. `None` for the app API.
     pub record_key: Option<String>,
+    /// The route's status field: which field of that record says it still runs (`drain`).
+    pub status_field: Option<Arc<str>>,
 }
 
 /// What to do with the request. Not boxed: almost every decision is a `Proxy`, and a box
@@ -227,6 +229,7 @@ impl Decider {
             strip_cookies: CookieStrip::Keep,
             strip_authorization: false,
             record_key: None,
+            status_field: None,
         })
     }
 
@@ -295,6 +298,7 @@ impl Decider {
             strip_cookies: cookies.strip,
             strip_authorization,
             record_key: Some(key),
+            status_field: m.route.status_field.clone(),
         };
         (check, Ok(Action::Proxy(plan)))
     }

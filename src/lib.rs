@@ -14,6 +14,7 @@ pub mod connection;
 pub mod ctx;
 pub mod decide;
 pub mod demo;
+pub mod drain;
 pub mod error;
 pub mod explain;
 mod fast_stop;
@@ -118,13 +119,18 @@ fn build_gateway_from(
     {
         let secrets = gateway.records().secrets_cache().clone();
         let (c, m, tunnels) = (cache, metrics.clone(), gateway.invalidations());
+        let (gw, on) = (gateway.clone(), handle.clone());
         let invalidate: Invalidate = Arc::new(move |key: Option<&str>| match key {
             Some(k) => {
                 m.cache_invalidations.inc();
                 c.invalidate(k);
                 secrets.invalidate(k);
-                // After the caches: a tunnel that re-checks must read the new record.
+                // After the caches: a tunnel that re-checks, and the drain of the requests in
+                // flight, must read the new record.
                 let _ = tunnels.send(auth::key_hash(k));
+                if let Some(drain) = gw.drain_check(k) {
+                    on.spawn(drain);
+                }
             }
             None => {
                 c.clear();

@@ -119,6 +119,8 @@ pub struct Metrics {
     /// Wake requests for stopped workspaces: `published`, `repeated` (within the interval,
     /// here or on another instance), `failed` (the store did not take it).
     pub wake_requests: IntCounterVec,
+    /// Requests and WebSockets ended because their workspace stopped or its record went.
+    pub drained: IntCounterVec,
 }
 
 fn counter(
@@ -224,6 +226,12 @@ impl Metrics {
             cache_invalidations,
             cache_evictions,
             wake_requests,
+            drained: counter(
+                &r,
+                "edgegate_drained_total",
+                "Requests (kind=http) and WebSockets (kind=websocket) ended because their workspace stopped (cause=stopped) or its record went (cause=gone)",
+                &["kind", "cause"],
+            )?,
             redis_duration: histogram(
                 &r,
                 "edgegate_redis_command_duration_seconds",

@@ -59,6 +59,8 @@ struct Core {
     pages: error::Pages,
     /// Publishes the wake requests decisions make.
     waker: crate::lifecycle::Waker,
+    /// The upstream sockets of requests in flight, for draining stopped workspaces.
+    drains: Arc<crate::drain::Drains>,
     /// Keeps the Redis connection's runtime alive as long as the service.
     _redis_runtime: Option<Arc<RedisRuntime>>,
 }
@@ -75,6 +77,7 @@ impl Gateway {
         let trusted_proxies = runtime.trusted_proxies.clone();
         let pages = std::mem::take(&mut runtime.pages);
         let waker = crate::lifecycle::Waker::new(config, metrics.clone());
+        let drains = crate::drain::Drains::new(metrics.clone());
         Ok(Self(Arc::new(Core {
             decider: Arc::new(Decider::new(config, runtime, records)),
             tunnels: Tunnels::new(config),
@@ -89,6 +92,7 @@ impl Gateway {
             in_flight: crate::limits::InFlight::new(config.limits.max_connections_per_workspace),
             pages,
             waker,
+            drains,
             _redis_runtime: redis_runtime,
         })))
     }
@@ -101,6 +105,19 @@ impl Gateway {
     /// The cached records (the invalidation listener drops keys from them).
     pub fn records(&self) -> &Records {
         self.0.decider.records()
+    }
+
+    /// What to run after an invalidation of `key`: the drain of the requests in flight to it,
+    /// when there are any (the listener runs it on the Redis runtime).
+    pub fn drain_check(
+        &self,
+        key: &str,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        if !self.0.drains.holds(crate::auth::key_hash(key)) {
+            return None;
+        }
+        let (core, key) = (self.0.clone(), key.to_string());
+        Some(async move { core.drains.check(core.decider.records(), &key).await })
     }
 
     /// Set when the process starts to stop (WebSocket tunnels then send 1012).
@@ -306,6 +323,28 @@ impl ProxyHttp for Gateway {
         Ok(upstream::peer(target, &self.0.upstream, ctx.is_upgrade))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // Held for draining (`drain`): a retry's new connection replaces the first one's hold.
+        if let Some(plan) = &ctx.plan {
+            if let Some(key) = &plan.record_key {
+                let status_field = plan.status_field.clone();
+                ctx.hold = self
+                    .0
+                    .drains
+                    .hold(crate::auth::key_hash(key), fd, status_field);
+            }
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -380,14 +419,28 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         // The retry's own refusal when there is one (kept whole, not decoded from a status),
         // else what the proxy error means for the client.
-        let refusal = ctx
-            .refusal
-            .take()
-            .or_else(|| GatewayError::from_proxy_error(e));
+        let drained = ctx.hold.as_ref().and_then(|h| h.cut());
+        let refusal = match drained {
+            // Its workspace stopped while it was in flight (`drain`): that is the answer.
+            Some(cause) => {
+                log::info!(
+                    "request {}: ended, its workspace {}",
+                    ctx.request_id,
+                    cause.as_str()
+                );
+                Some(GatewayError::NotRunning)
+            }
+            None => ctx
+                .refusal
+                .take()
+                .or_else(|| GatewayError::from_proxy_error(e)),
+        };
         let code = match refusal {
             Some(err) => {
                 let status = err.status();
-                self.0.log.upstream_failure(ctx, e);
+                if drained.is_none() {
+                    self.0.log.upstream_failure(ctx, e);
+                }
                 // Once the upstream's response has started, a clean error cannot follow it:
                 // the connection is closed, so the client sees a truncated response.
                 if session.response_written().is_none() {

@@ -39,6 +39,9 @@ use tokio::sync::{broadcast, watch};
 const CLOSE_1012: [u8; 4] = [0x88, 0x02, 0x03, 0xF4];
 /// The close frame sent when the tunnel's credential is revoked: 1008 (policy violation).
 const CLOSE_1008: [u8; 4] = [0x88, 0x02, 0x03, 0xF0];
+/// The close frame sent when the tunnel's workspace stopped or its record went: 1001 (going
+/// away), as a server going down says it.
+const CLOSE_1001: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
 /// Longest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
 /// Room for one read from the upstream: small while a tunnel idles, larger during a burst.
@@ -520,55 +523,70 @@ impl Tunnel {
                     }
                 }
             };
-            if recheck && self.revoked(req, ctx).await {
-                closing = Some((
-                    &CLOSE_1008,
-                    "revoked",
-                    Instant::now() + Duration::from_secs(1),
-                ));
+            if recheck {
+                let ends = match self.recheck(req, ctx).await {
+                    Recheck::Holds => None,
+                    Recheck::Revoked => Some((&CLOSE_1008, "revoked")),
+                    Recheck::Drained(cause) => {
+                        self.env
+                            .log
+                            .metrics()
+                            .drained
+                            .with_label_values(&["websocket", cause.as_str()])
+                            .inc();
+                        Some((&CLOSE_1001, cause.ws_close_cause()))
+                    }
+                };
+                if let Some((frame, cause)) = ends {
+                    closing = Some((frame, cause, Instant::now() + Duration::from_secs(1)));
+                }
             }
         }
     }
 
-    /// Whether the tunnel's credential no longer holds: the request, decided again as every
-    /// request is (`decide`), is refused now — its record is gone, stopped or owned by someone
-    /// else, or (for a session or an ide cookie) the app session behind it ended or names
-    /// someone else. The token that opened a tunnel is not verified again (see
-    /// `auth::Auth::authorize`). A store outage revokes nothing.
-    async fn revoked(&self, req: &RequestHeader, ctx: &RequestCtx) -> bool {
-        let Some(principal) = ctx.principal() else {
-            return false;
-        };
+    /// Whether the tunnel may go on: the request, decided again as every request is
+    /// (`decide`), is refused now — its record is gone or stopped (drained, 1001), or owned by
+    /// someone else, or (for a session or an ide cookie) the app session behind it ended or
+    /// names someone else (revoked, 1008). The token that opened a tunnel is not verified
+    /// again (see `auth::Auth::authorize`). A store outage ends nothing.
+    async fn recheck(&self, req: &RequestHeader, ctx: &RequestCtx) -> Recheck {
         let facts = Facts {
             is_upgrade: true,
             proto: ctx.proto,
             spend: Spend::DryRun,
-            established: Some(principal),
+            established: ctx.principal(),
         };
-        match self.env.decider.decide(req, &facts).await.outcome {
-            Ok(crate::decide::Action::Proxy(_)) | Err(GatewayError::StoreUnavailable) => false,
-            Ok(crate::decide::Action::Answer(_)) => true,
-            Ok(crate::decide::Action::Wake(_)) => {
-                log::info!(
-                    "request {}: closing its WebSocket, its workspace stopped",
-                    ctx.request_id
-                );
-                true
+        let outcome = self.env.decider.decide(req, &facts).await.outcome;
+        let verdict = match &outcome {
+            Ok(crate::decide::Action::Proxy(_)) | Err(GatewayError::StoreUnavailable) => {
+                Recheck::Holds
             }
-            Err(e) => {
-                log::info!(
-                    "request {}: closing its WebSocket, its credential no longer holds ({})",
-                    ctx.request_id,
-                    e.code()
-                );
-                true
-            }
+            Ok(crate::decide::Action::Wake(_))
+            | Err(
+                GatewayError::NotRunning | GatewayError::Starting | GatewayError::Transitioning,
+            ) => Recheck::Drained(crate::drain::Cause::Stopped),
+            Err(GatewayError::UnknownWorkspace) => Recheck::Drained(crate::drain::Cause::Gone),
+            Ok(crate::decide::Action::Answer(_)) | Err(_) => Recheck::Revoked,
+        };
+        if verdict != Recheck::Holds {
+            let why = match &outcome {
+                Err(e) => e.code(),
+                _ => "workspace_stopped",
+            };
+            log::info!("request {}: closing its WebSocket ({why})", ctx.request_id);
         }
+        verdict
     }
 }
 
-/// The body of a declined upgrade, bounded: by its Content-Length, else until the upstream
-/// closes (at most 64 KiB and `timeout`).
+/// What a re-check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recheck {
+    Holds,
+    Revoked,
+    Drained(crate::drain::Cause),
+}
+
 async fn read_rest(
     upstream: &mut pingora::protocols::Stream,
     mut have: Bytes,

@@ -246,3 +246,251 @@ async fn a_new_interval_wakes_again_and_waking_can_be_turned_off() {
     );
     assert!(entries(&off.redis).is_empty());
 }
+
+/// An upstream that holds every request open: `/stream` gets a chunked head and one chunk,
+/// anything else nothing at all. Counts the connections its peer closed.
+async fn holding_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let closed = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let closed = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.starts_with(b"GET /stream") {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n",
+                        )
+                        .await;
+                }
+                // Hold until the other side goes (bounded: the test ends well before).
+                let _ = tokio::time::timeout(Duration::from_secs(120), async {
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await;
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, closed)
+}
+
+/// Open a request through the gateway and return the connection once `until` was read.
+async fn open_request(
+    gw: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    until: &[u8],
+) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw).await.expect("connect");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: session={OWNER_SESSION}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !until.is_empty() && !got.windows(until.len()).any(|w| w == until) {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the response starts")
+            .expect("read");
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    (s, got)
+}
+
+/// Everything the gateway still sends, up to its close (bounded well below the upstream read
+/// timeout, which would end the request anyway).
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the gateway ended the request (not the 60 s upstream timeout)")
+        .ok();
+    rest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_end_when_their_workspace_stops_on_every_instance() {
+    let w = World::start("[upstream]\nread_timeout_ms = 60000\n").await;
+    let second = Gateway::start(&config_text(
+        free_port(),
+        w.redis.port,
+        w.app.addr,
+        "[upstream]\nread_timeout_ms = 60000\n",
+    ));
+    w.redis.wait_for_subscriber("edgegate:invalidate");
+    let (held_a, closed_a) = holding_upstream().await;
+    let (held_b, closed_b) = holding_upstream().await;
+    w.redis.workspace(ID_A, &held_a.to_string());
+    w.redis.workspace(ID_B, &held_b.to_string());
+    let host = |gw: &Gateway, id: &str| gw.ws_host(id);
+
+    // In flight on both instances: a long poll (nothing answered yet) and a stream (started).
+    let (mut poll, _) = open_request(w.gw.addr, &host(&w.gw, ID_A), "/poll", b"").await;
+    let (mut stream, head) =
+        open_request(second.addr, &host(&second, ID_A), "/stream", b"first\n").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    // Another workspace's request, on the first instance: it must not end.
+    let (mut other, _) = open_request(w.gw.addr, &host(&w.gw, ID_B), "/stream", b"first\n").await;
+    // The app stops A and says so.
+    w.redis.hset(
+        &format!("workspace:{ID_A}"),
+        &[
+            ("backend", &held_a.to_string()),
+            ("owner", OWNER),
+            ("status", "stopped"),
+        ],
+    );
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+    // B changed too, but still runs: nothing of it ends.
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_B}"));
+
+    let answer = read_to_close(&mut poll).await;
+    let r = parse_response(&answer);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "workspace_not_running"),
+        "the long poll is told why"
+    );
+    let rest = read_to_close(&mut stream).await;
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("0\r\n\r\n"),
+        "the started stream is cut, not completed: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            closed_a.load(std::sync::atomic::Ordering::SeqCst) == 2
+        })
+        .await,
+        "both upstream connections to A were closed"
+    );
+
+    // B's stream is still open: its upstream holds it, and the client has read nothing more.
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let still = tokio::time::timeout(Duration::from_millis(300), other.read(&mut buf)).await;
+    assert!(still.is_err(), "B's request goes on: {still:?}");
+    assert_eq!(closed_b.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let mut drained = 0;
+    for gw in [&w.gw, &second] {
+        let m = gw.admin_get("/metrics").await.body;
+        drained += metric(
+            &m,
+            "edgegate_drained_total{cause=\"stopped\",kind=\"http\"}",
+        );
+    }
+    assert_eq!(drained, 2, "one drained request per instance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_close_with_1001_when_their_workspace_stops_or_goes() {
+    let w = World::start("").await;
+    w.redis.wait_for_subscriber("edgegate:invalidate");
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    w.redis.workspace(ID_B, &w.a.addr.to_string());
+    let cookie = format!("session={OWNER_SESSION}");
+    let open = |id: &'static str| {
+        let host = w.gw.ws_host(id);
+        let cookie = cookie.clone();
+        let gw = w.gw.addr;
+        async move {
+            let origin = format!("http://{host}");
+            ws_connect(
+                gw,
+                &host,
+                "/ws",
+                &[("Cookie", &cookie), ("Origin", &origin)],
+            )
+            .await
+            .expect("websocket opens")
+        }
+    };
+    let mut a = open(ID_A).await;
+    let mut b = open(ID_B).await;
+    assert_eq!(ws_roundtrip(&mut a, "hi").await, "upstream-a:hi");
+
+    // A stops; B's record is deleted.
+    w.redis.hset(
+        &format!("workspace:{ID_A}"),
+        &[
+            ("backend", &w.a.addr.to_string()),
+            ("owner", OWNER),
+            ("status", "stopping"),
+        ],
+    );
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+    assert_eq!(expect_close(&mut a, Duration::from_secs(10)).await, 1001);
+    let _: () = redis::cmd("DEL")
+        .arg(format!("workspace:{ID_B}"))
+        .query(&mut w.redis.conn())
+        .expect("DEL");
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_B}"));
+    assert_eq!(expect_close(&mut b, Duration::from_secs(10)).await, 1001);
+
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let m = w.gw.admin_get("/metrics").await.body;
+            metric(
+                &m,
+                "edgegate_drained_total{cause=\"gone\",kind=\"websocket\"}",
+            ) == 1
+                && metric(
+                    &m,
+                    "edgegate_drained_total{cause=\"stopped\",kind=\"websocket\"}",
+                ) == 1
+        })
+        .await,
+        "drained WebSockets counted by cause"
+    );
+    let m = w.gw.admin_get("/metrics").await.body;
+    assert_eq!(
+        metric(
+            &m,
+            "edgegate_websocket_closes_total{cause=\"workspace_stopped\",route=\"workspace\"}"
+        ),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "edgegate_websocket_closes_total{cause=\"workspace_gone\",route=\"workspace\"}"
+        ),
+        1
+    );
+}
