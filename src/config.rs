@@ -56,6 +56,33 @@ pub struct Config {
     pub errors: ErrorsConfig,
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+}
+
+/// Rate limits, per instance (docs/DECISIONS.md). A count of 0 turns a limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Token minting and IDE bootstrap requests per client address (IPv6: per /64) per minute.
+    pub endpoints_per_minute: u32,
+    /// How many of those may come at once.
+    pub endpoints_burst: u32,
+    /// Proxied requests and WebSocket upgrades per verified user per second.
+    pub user_requests_per_second: u32,
+    /// How many of those may come at once.
+    pub user_burst: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            endpoints_per_minute: 120,
+            endpoints_burst: 60,
+            user_requests_per_second: 200,
+            user_burst: 2000,
+        }
+    }
 }
 
 /// What a request meets when its workspace is not running, and how it wakes one up.

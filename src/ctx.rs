@@ -50,6 +50,8 @@ pub struct RequestCtx {
     pub wake: Option<Box<crate::lifecycle::Wake>>,
     /// This request's hold on its upstream socket, for draining when its workspace stops.
     pub hold: Option<crate::drain::Hold>,
+    /// The client's address (through trusted proxies), for per-address rate limits.
+    pub client: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,7 @@ impl RequestCtx {
             detached: false,
             wake: None,
             hold: None,
+            client: None,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::error::GatewayError;
 use crate::headers::{self, CookieStrip};
 use crate::lifecycle::{Lifecycle, Wake};
 use crate::net::AddressPolicy;
+use crate::ratelimit::RateLimits;
 use crate::route::id::WorkspaceId;
 use crate::route::store::Records;
 use crate::route::{record, DefaultRoute, RouteMatch, RouteTable, WorkspaceMatch};
@@ -39,6 +40,8 @@ pub struct Decider {
     address_policy: AddressPolicy,
     limits: LimitsConfig,
     lifecycle: Lifecycle,
+    /// The per-address limit of the token endpoints (`None`: none, as in `explain`).
+    rate_limits: Option<Arc<RateLimits>>,
 }
 
 /// What the caller knows of the request besides its header.
@@ -52,6 +55,9 @@ pub struct Facts<'a> {
     /// An open WebSocket's principal, when the decision re-checks it: a token that opened the
     /// tunnel is not verified again (see `auth::Auth::authorize`).
     pub established: Option<&'a Principal>,
+    /// The client's address (`ratelimit::client_address`), for the per-address limit of the
+    /// token endpoints; `None` where there is no client (re-checks, `explain`).
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// Where a proxied request goes and what it carries.
@@ -129,7 +135,14 @@ impl Decider {
             address_policy: runtime.address_policy,
             limits: config.limits.clone(),
             lifecycle: Lifecycle::new(config),
+            rate_limits: None,
         }
+    }
+
+    /// Limit the token endpoints per client address.
+    pub fn with_rate_limits(mut self, limits: Arc<RateLimits>) -> Decider {
+        self.rate_limits = Some(limits);
+        self
     }
 
     pub fn records(&self) -> &Records {
@@ -158,6 +171,20 @@ impl Decider {
                 outcome: Ok(Action::Answer(Reply::redirect(location))),
             },
             RouteMatch::Endpoint(endpoint, id) => {
+                // Minting and the bootstrap are limited per client address, before anything
+                // is read or written (a real request only: not `explain`).
+                if endpoint.mints() && facts.spend == Spend::Yes {
+                    if let Some(limits) = &self.rate_limits {
+                        if let Err(e) = limits.endpoint(facts.client) {
+                            return Decided {
+                                route: Some(endpoint.name().into()),
+                                workspace: Some(id),
+                                check: Check::NONE,
+                                outcome: Err(e),
+                            };
+                        }
+                    }
+                }
                 let endpoints = Endpoints {
                     routes: &self.routes,
                     records: &self.records,
@@ -752,6 +779,7 @@ mod tests {
                 proto: "http",
                 spend: Spend::Yes,
                 established: None,
+                client: None,
             };
             let got = summary(&d.decide(&req, &facts).await);
             assert_eq!(got, want, "{name}");
@@ -779,6 +807,7 @@ mod tests {
             proto: "http",
             spend,
             established: None,
+            client: None,
         };
         let first = d.decide(&req, &facts(Spend::Yes)).await;
         let principal = first

@@ -31,6 +31,9 @@ pub enum GatewayError {
     HeaderTimeout,
     #[error("too many concurrent connections to this workspace")]
     TooManyConnections,
+    /// Over a rate limit; the seconds to wait.
+    #[error("too many requests; retry later")]
+    RateLimited(u32),
     #[error("no route for this host")]
     NoRoute,
     #[error("unknown workspace")]
@@ -78,7 +81,7 @@ impl GatewayError {
             MethodNotAllowed => 405,
             HeaderTimeout => 408,
             UriTooLong => 414,
-            TooManyConnections => 429,
+            TooManyConnections | RateLimited(_) => 429,
             HeadersTooLarge => 431,
             BadRecord | UpstreamUnresolvable | UpstreamNotAllowed | UpstreamRefused => 502,
             NotRunning | Starting | Transitioning | StoreUnavailable => 503,
@@ -109,6 +112,7 @@ impl GatewayError {
             HeadersTooLarge => "headers_too_large",
             HeaderTimeout => "request_timeout",
             TooManyConnections => "too_many_connections",
+            RateLimited(_) => "rate_limited",
             BadRecord => "bad_route_record",
             UpstreamUnresolvable => "upstream_unresolvable",
             UpstreamRefused => "upstream_unreachable",
@@ -139,14 +143,16 @@ impl GatewayError {
     }
 
     /// Seconds a client should wait before retrying, for the refusals that pass by themselves.
-    fn retry_after(&self) -> Option<&'static str> {
-        match self {
-            GatewayError::NotRunning => Some("5"),
-            GatewayError::Starting | GatewayError::Transitioning => Some(WAIT_SECS),
-            GatewayError::StoreUnavailable => Some("1"),
-            GatewayError::TooManyConnections => Some("1"),
-            _ => None,
-        }
+    fn retry_after(&self) -> Option<std::borrow::Cow<'static, str>> {
+        let fixed = match self {
+            GatewayError::NotRunning => "5",
+            GatewayError::Starting | GatewayError::Transitioning => WAIT_SECS,
+            GatewayError::StoreUnavailable => "1",
+            GatewayError::TooManyConnections => "1",
+            GatewayError::RateLimited(secs) => return Some(secs.to_string().into()),
+            _ => return None,
+        };
+        Some(fixed.into())
     }
 
     /// What a Pingora error met while proxying means for the client (used by `fail_to_proxy`).
@@ -298,7 +304,7 @@ impl Pages {
             }
         }
         if let Some(secs) = err.retry_after() {
-            resp.insert_header("retry-after", secs)?;
+            resp.insert_header("retry-after", &*secs)?;
         }
         if session.is_upgrade_req() {
             // A refused upgrade must not leave the client half-switched: answer and close.

@@ -179,6 +179,7 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
         },
         spend: crate::auth::Spend::DryRun,
         established: None,
+        client: None,
     };
     let decided = gw.decider().decide(&req, &facts).await;
     let check = decided.check;

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod query;
+pub mod ratelimit;
 pub mod route;
 pub mod runtime;
 pub mod tls;

@@ -121,6 +121,9 @@ pub struct Metrics {
     pub wake_requests: IntCounterVec,
     /// Requests and WebSockets ended because their workspace stopped or its record went.
     pub drained: IntCounterVec,
+    /// Requests refused by a rate limit, by scope (`endpoint`: per client address on token
+    /// minting and the bootstrap; `user`: per verified user on proxied requests).
+    pub rate_limited: IntCounterVec,
 }
 
 fn counter(
@@ -187,6 +190,15 @@ impl Metrics {
         for w in ["published", "repeated", "failed"] {
             wake_requests.with_label_values(&[w]);
         }
+        let rate_limited = counter(
+            &r,
+            "edgegate_rate_limited_total",
+            "Requests refused with 429 by a rate limit: scope=endpoint (per client address), scope=user",
+            &["scope"],
+        )?;
+        for s in ["endpoint", "user"] {
+            rate_limited.with_label_values(&[s]);
+        }
         let cache = CacheCounters {
             hit: cache_lookups.with_label_values(&["hit"]),
             negative_hit: cache_lookups.with_label_values(&["negative_hit"]),
@@ -226,6 +238,7 @@ impl Metrics {
             cache_invalidations,
             cache_evictions,
             wake_requests,
+            rate_limited,
             drained: counter(
                 &r,
                 "edgegate_drained_total",

@@ -61,6 +61,8 @@ struct Core {
     waker: crate::lifecycle::Waker,
     /// The upstream sockets of requests in flight, for draining stopped workspaces.
     drains: Arc<crate::drain::Drains>,
+    /// Per-address (token endpoints, in the decider) and per-user (here) rate limits.
+    rate_limits: Arc<crate::ratelimit::RateLimits>,
     /// Keeps the Redis connection's runtime alive as long as the service.
     _redis_runtime: Option<Arc<RedisRuntime>>,
 }
@@ -78,8 +80,11 @@ impl Gateway {
         let pages = std::mem::take(&mut runtime.pages);
         let waker = crate::lifecycle::Waker::new(config, metrics.clone());
         let drains = crate::drain::Drains::new(metrics.clone());
+        let rate_limits = Arc::new(crate::ratelimit::RateLimits::new(config, metrics.clone()));
         Ok(Self(Arc::new(Core {
-            decider: Arc::new(Decider::new(config, runtime, records)),
+            decider: Arc::new(
+                Decider::new(config, runtime, records).with_rate_limits(rate_limits.clone()),
+            ),
             tunnels: Tunnels::new(config),
             log: Arc::new(RequestLog::new(
                 metrics,
@@ -93,6 +98,7 @@ impl Gateway {
             pages,
             waker,
             drains,
+            rate_limits,
             _redis_runtime: redis_runtime,
         })))
     }
@@ -165,6 +171,7 @@ impl Gateway {
             proto: ctx.proto,
             spend: spent.map_or(Spend::Yes, Spend::Already),
             established: None,
+            client: ctx.client,
         }
     }
 
@@ -262,7 +269,31 @@ impl ProxyHttp for Gateway {
             // an idle WebSocket is not a stalled request.
             session.set_read_timeout(Some(self.0.tunnels.idle()));
         }
-        match self.decide(session.req_header(), ctx).await {
+        ctx.client = crate::ratelimit::client_address(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            session.req_header(),
+            &self.0.trusted_proxies,
+        );
+        let decided = self.decide(session.req_header(), ctx).await;
+        // A verified user's requests are limited per user (the first decision only: a retry
+        // is the same request).
+        let limited = match (&decided, ctx.principal()) {
+            (Ok(None), Some(p)) => self.0.rate_limits.user(&p.user).err(),
+            _ => None,
+        };
+        let decided = match limited {
+            Some(e) => {
+                // Refused after all: nothing of the plan goes on (nor into the log).
+                ctx.plan = None;
+                ctx.slot = None;
+                Err(e)
+            }
+            None => decided,
+        };
+        match decided {
             Ok(None) if ctx.is_upgrade => {
                 // WebSockets are tunnelled here, so a stopping process can close them cleanly.
                 // Boxed: the tunnel's state would otherwise be part of (and copied with) every

@@ -195,6 +195,7 @@ impl Tunnels {
                             proto: ctx.proto,
                             spend: jti.as_deref().map_or(Spend::Yes, Spend::Already),
                             established: None,
+                            client: None,
                         };
                         let decided = env.decider.decide(req, &facts).await;
                         env.log.checked(decided.check);
@@ -555,6 +556,7 @@ impl Tunnel {
             proto: ctx.proto,
             spend: Spend::DryRun,
             established: ctx.principal(),
+            client: None,
         };
         let outcome = self.env.decider.decide(req, &facts).await.outcome;
         let verdict = match &outcome {

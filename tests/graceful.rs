@@ -69,7 +69,9 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     let app = upstream("app").await;
     let dir = Scratch::new("eg-graceful");
     let port = free_port();
-    let text = config_text(port, redis.port, app.addr, "").replacen(
+    // One user sends thousands of requests a second here: no per-user limit.
+    let extra = "[rate_limits]\nuser_requests_per_second = 0\n";
+    let text = config_text(port, redis.port, app.addr, extra).replacen(
         "grace_period_seconds = 1\n",
         &format!(
             "grace_period_seconds = 1\npid_file = {:?}\nupgrade_sock = {:?}\n",

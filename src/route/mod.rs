@@ -72,6 +72,11 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Whether it mints a credential (a token, or the ide cookie): rate limited per address.
+    pub fn mints(&self) -> bool {
+        !matches!(self, Endpoint::AgentStatus)
+    }
+
     /// The route name used in logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
