@@ -176,6 +176,9 @@ pub struct ActivityConfig {
     pub interval_secs: u64,
     /// The record field that receives the unix time of the last activity.
     pub field: String,
+    /// A request carrying this header (any value) is background traffic: it, and the frames of
+    /// a WebSocket it opens, do not count as activity. "" turns the opt-out off.
+    pub background_header: String,
 }
 
 impl Default for ActivityConfig {
@@ -183,6 +186,7 @@ impl Default for ActivityConfig {
         Self {
             interval_secs: 30,
             field: "last_activity".into(),
+            background_header: "x-edgegate-background".into(),
         }
     }
 }
@@ -1000,6 +1004,14 @@ impl Config {
                     format!("{}: {e}", self.errors.page_template),
                 )
             })?;
+        }
+        if !self.activity.background_header.is_empty()
+            && http::HeaderName::from_bytes(self.activity.background_header.as_bytes()).is_err()
+        {
+            return Err(bad(
+                "activity.background_header",
+                format!("{:?} is not a header name", self.activity.background_header),
+            ));
         }
         let lc = &self.lifecycle;
         if let Some(s) = lc

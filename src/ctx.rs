@@ -52,6 +52,8 @@ pub struct RequestCtx {
     pub hold: Option<crate::drain::Hold>,
     /// The client's address (through trusted proxies), for per-address rate limits.
     pub client: Option<std::net::IpAddr>,
+    /// Background traffic (`activity.background_header`): not counted as activity.
+    pub background: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +98,7 @@ impl RequestCtx {
             wake: None,
             hold: None,
             client: None,
+            background: false,
         }
     }
 
@@ -147,6 +150,9 @@ impl RequestCtx {
 
     /// Mark the request's workspace active (at most once a second per request).
     pub fn touch(&mut self, activity: &crate::activity::Activity) {
+        if self.background {
+            return;
+        }
         if let Some(key) = self.plan.as_ref().and_then(|p| p.record_key.as_deref()) {
             activity.touch_request(key, &mut self.activity_marked);
         }

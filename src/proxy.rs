@@ -61,6 +61,8 @@ struct Core {
     waker: crate::lifecycle::Waker,
     /// The upstream sockets of requests in flight, for draining stopped workspaces.
     drains: Arc<crate::drain::Drains>,
+    /// Marks background traffic, which is not activity (`activity.background_header`).
+    background_header: Option<http::HeaderName>,
     /// Per-address (token endpoints, in the decider) and per-user (here) rate limits.
     rate_limits: Arc<crate::ratelimit::RateLimits>,
     /// Keeps the Redis connection's runtime alive as long as the service.
@@ -99,6 +101,10 @@ impl Gateway {
             waker,
             drains,
             rate_limits,
+            background_header: http::HeaderName::from_bytes(
+                config.activity.background_header.as_bytes(),
+            )
+            .ok(),
             _redis_runtime: redis_runtime,
         })))
     }
@@ -269,6 +275,11 @@ impl ProxyHttp for Gateway {
             // an idle WebSocket is not a stalled request.
             session.set_read_timeout(Some(self.0.tunnels.idle()));
         }
+        ctx.background = self
+            .0
+            .background_header
+            .as_ref()
+            .is_some_and(|h| session.req_header().headers.contains_key(h));
         ctx.client = crate::ratelimit::client_address(
             session
                 .client_addr()

@@ -424,3 +424,97 @@ async fn activity_is_written_per_interval_from_requests_and_websocket_frames() {
         .expect("EXISTS");
     assert_eq!(exists, 0);
 }
+
+/// A WebSocket upstream that only pushes: a text frame every 200 ms, reads nothing.
+async fn pushing_upstream() -> std::net::SocketAddr {
+    use futures_util::SinkExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                // Bounded: the test is over long before.
+                for i in 0..300 {
+                    let msg = tokio_tungstenite::tungstenite::Message::text(format!("push {i}"));
+                    if ws.send(msg).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_frames_count_as_activity_and_background_traffic_does_not() {
+    use futures_util::StreamExt;
+    let w = World::start("[activity]\ninterval_secs = 1\n").await;
+    let pusher = pushing_upstream().await;
+    w.redis.workspace(ID_A, &pusher.to_string());
+    w.redis.workspace(ID_B, &pusher.to_string());
+    let (key_a, key_b) = (format!("workspace:{ID_A}"), format!("workspace:{ID_B}"));
+    let cookie = format!("session={OWNER_SESSION}");
+    let open = |id: &str, background: bool| {
+        let host = w.gw.ws_host(id);
+        let (gw, cookie) = (w.gw.addr, cookie.clone());
+        async move {
+            let origin = format!("http://{host}");
+            let mut headers = vec![("Cookie", cookie.as_str()), ("Origin", origin.as_str())];
+            if background {
+                headers.push(("X-Edgegate-Background", "1"));
+            }
+            ws_connect(gw, &host, "/", &headers).await.expect("upgrade")
+        }
+    };
+
+    // Background traffic first: plain requests and a pushing WebSocket on B. Nothing counts.
+    for _ in 0..3 {
+        let r =
+            w.gw.get(&w.gw.ws_host(ID_B), "/", &[("X-Edgegate-Background", "1")])
+                .await;
+        // The pusher answers HTTP with nothing useful; the request still went through.
+        assert_ne!(r.status, 401);
+    }
+    let mut quiet = open(ID_B, true).await;
+    let mut pushed = 0;
+    while pushed < 8 {
+        if let Some(Ok(_)) = quiet.next().await {
+            pushed += 1;
+        }
+    }
+
+    // The client of A sends nothing; the upstream's frames alone keep A active.
+    let mut ws = open(ID_A, false).await;
+    assert!(ws.next().await.is_some_and(|m| m.is_ok()));
+    let first = eventually(Duration::from_secs(3), || async {
+        last_activity(&w.redis, &key_a).is_some()
+    })
+    .await;
+    assert!(first, "A marked active");
+    let _: () = redis::cmd("HDEL")
+        .arg(&key_a)
+        .arg("last_activity")
+        .query(&mut w.redis.conn())
+        .expect("HDEL");
+    let again = eventually(Duration::from_secs(4), || async {
+        last_activity(&w.redis, &key_a).is_some()
+    })
+    .await;
+    assert!(
+        again,
+        "frames from the upstream, none from the client, count"
+    );
+    // By now B's background WebSocket has pushed for seconds, over several flushes.
+    assert_eq!(
+        last_activity(&w.redis, &key_b),
+        None,
+        "background traffic is not activity"
+    );
+}
