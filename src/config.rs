@@ -506,8 +506,14 @@ pub struct UpstreamConfig {
     pub write_timeout_ms: u64,
     /// How long an idle pooled upstream connection is kept.
     pub pool_idle_timeout_ms: u64,
-    /// How long an upgraded (WebSocket) connection may stay silent in both directions.
+    /// How long an upgraded (WebSocket) connection may carry no data frame in either
+    /// direction (pings and pongs do not count).
     pub ws_idle_timeout_secs: u64,
+    /// A WebSocket client that sent nothing for this long is pinged (keeps NATs and load
+    /// balancers from dropping an idle tunnel); 0 turns pinging off.
+    pub ws_ping_interval_ms: u64,
+    /// A pinged client that sends nothing for this long after the ping is closed.
+    pub ws_pong_timeout_ms: u64,
     /// PEM bundle of CAs for TLS upstreams, used instead of the system roots.
     pub ca_file: Option<String>,
     /// Networks a record's upstream may not resolve into (SSRF guard): this host, link-local
@@ -525,6 +531,8 @@ impl Default for UpstreamConfig {
             write_timeout_ms: 60_000,
             pool_idle_timeout_ms: 60_000,
             ws_idle_timeout_secs: 3600,
+            ws_ping_interval_ms: 15_000,
+            ws_pong_timeout_ms: 15_000,
             ca_file: None,
             blocked_networks: crate::net::DEFAULT_BLOCKED
                 .iter()
@@ -968,6 +976,10 @@ impl Config {
             (
                 "upstream.ws_idle_timeout_secs",
                 self.upstream.ws_idle_timeout_secs,
+            ),
+            (
+                "upstream.ws_pong_timeout_ms",
+                self.upstream.ws_pong_timeout_ms,
             ),
         ] {
             if v == 0 {

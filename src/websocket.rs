@@ -42,6 +42,8 @@ const CLOSE_1008: [u8; 4] = [0x88, 0x02, 0x03, 0xF0];
 /// The close frame sent when the tunnel's workspace stopped or its record went: 1001 (going
 /// away), as a server going down says it.
 const CLOSE_1001: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
+/// The ping sent to a client that has been silent (server to client: unmasked, no payload).
+const PING: [u8; 2] = [0x89, 0x00];
 /// Longest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
 /// Room for one read from the upstream: small while a tunnel idles, larger during a burst.
@@ -53,8 +55,13 @@ const READ_LARGE: usize = 16 * 1024;
 pub struct FrameTracker {
     header: Vec<u8>,
     remaining: u64,
+    /// The frame being passed is a data frame (text, binary, continuation), not control.
+    in_data: bool,
     /// A close frame went by: this side started (or answered) the closing handshake.
     pub saw_close: bool,
+    /// Bytes of a data frame went by since `took_data` was last asked: pings and pongs keep
+    /// a tunnel alive, only data makes it not idle.
+    saw_data: bool,
 }
 
 impl FrameTracker {
@@ -67,6 +74,7 @@ impl FrameTracker {
             if self.remaining > 0 {
                 let n = (self.remaining as usize).min(data.len());
                 self.remaining -= n as u64;
+                self.saw_data |= self.in_data;
                 data = &data[n..];
                 continue;
             }
@@ -74,11 +82,19 @@ impl FrameTracker {
             data = &data[1..];
             if let Some((len, header_len)) = frame_header(&self.header) {
                 debug_assert_eq!(header_len, self.header.len());
-                self.saw_close |= self.header[0] & 0x0F == 0x8;
+                let opcode = self.header[0] & 0x0F;
+                self.saw_close |= opcode == 0x8;
+                self.in_data = opcode < 0x8;
+                self.saw_data |= self.in_data;
                 self.header.clear();
                 self.remaining = len;
             }
         }
+    }
+
+    /// Whether data-frame bytes went by since the last call.
+    pub fn took_data(&mut self) -> bool {
+        std::mem::take(&mut self.saw_data)
     }
 }
 
@@ -129,6 +145,10 @@ pub struct TunnelEnv {
 struct Tunnel {
     env: TunnelEnv,
     idle: Duration,
+    /// Ping a client silent this long (`None`: never), and close it if it stays silent for
+    /// `pong_timeout` after the ping.
+    ping_every: Option<Duration>,
+    pong_timeout: Duration,
     write_timeout: Duration,
     stopping: watch::Receiver<bool>,
     invalidations: broadcast::Receiver<u64>,
@@ -321,6 +341,9 @@ impl Tunnels {
         let tunnel = Tunnel {
             env: env.clone(),
             idle: self.idle,
+            ping_every: (self.upstream.ws_ping_interval_ms > 0)
+                .then(|| Duration::from_millis(self.upstream.ws_ping_interval_ms)),
+            pong_timeout: Duration::from_millis(self.upstream.ws_pong_timeout_ms),
             write_timeout: Duration::from_millis(self.upstream.write_timeout_ms),
             stopping: self.stopping.subscribe(),
             invalidations: self.invalidations.subscribe(),
@@ -401,7 +424,13 @@ impl Tunnel {
         // larger while a side sends in bulk.
         let mut down = BytesMut::with_capacity(READ_SMALL);
         let mut up = BytesMut::with_capacity(READ_SMALL);
+        // The last data frame either way (idleness), and the last byte from the client with
+        // the ping it was sent since (liveness).
         let mut last = Instant::now();
+        let mut heard = last;
+        let mut pinged: Option<Instant> = None;
+        let mut ping_pending = false;
+        let (ping_every, pong_timeout) = (self.ping_every, self.pong_timeout);
         // The credential is re-checked every `recheck_interval` (a session deleted without an
         // invalidation message, a record changed behind the cache), and ends by itself: a
         // session at its `expires_at`, a token's tunnel after `token_tunnel_max`.
@@ -448,6 +477,13 @@ impl Tunnel {
             }
             let idle_at = last + idle;
             let mut wake = idle_at;
+            if closing.is_none() {
+                match (ping_every, pinged) {
+                    (_, Some(at)) => wake = wake.min(at + pong_timeout),
+                    (Some(every), None) if !ping_pending => wake = wake.min(heard + every),
+                    _ => {}
+                }
+            }
             if closing.is_none() && ctx.principal().is_some() {
                 wake = wake.min(next_recheck);
                 if let Some((at, _)) = ends {
@@ -463,10 +499,15 @@ impl Tunnel {
                             first_close.get_or_insert("client");
                         }
                         ctx.bytes_in += n as u64;
-                        if let Some(a) = &self.env.activity {
-                            ctx.touch(a);
+                        // Anything from the client (a pong included) says it is there.
+                        heard = Instant::now();
+                        pinged = None;
+                        if from_client.took_data() {
+                            if let Some(a) = &self.env.activity {
+                                ctx.touch(a);
+                            }
+                            last = heard;
                         }
-                        last = Instant::now();
                         // Bounded: an upstream that stops reading must not freeze the tunnel.
                         if !write_to(upstream, &down, write_timeout).await {
                             return "upstream";
@@ -483,13 +524,23 @@ impl Tunnel {
                             first_close.get_or_insert("upstream");
                         }
                         ctx.bytes_out += n as u64;
-                        if let Some(a) = &self.env.activity {
-                            ctx.touch(a);
+                        if to_client.took_data() {
+                            if let Some(a) = &self.env.activity {
+                                ctx.touch(a);
+                            }
+                            last = Instant::now();
                         }
-                        last = Instant::now();
                         // Bounded: a client that stops reading must not freeze the tunnel.
                         if !write_to(client, &up, write_timeout).await {
                             return "client";
+                        }
+                        if ping_pending && to_client.at_boundary() {
+                            // The ping waited for the upstream's frame to end.
+                            ping_pending = false;
+                            pinged = Some(Instant::now());
+                            if !write_to(client, &PING, write_timeout).await {
+                                return "client";
+                            }
                         }
                         resize_after(&mut up, n);
                         false
@@ -506,6 +557,28 @@ impl Tunnel {
                     let now = Instant::now();
                     if now >= idle_at {
                         return "idle_timeout";
+                    }
+                    if closing.is_none() {
+                        if let Some(at) = pinged {
+                            if now >= at + pong_timeout {
+                                // Silent since the ping: gone, or stuck. A close frame if it
+                                // fits at once, then the connection ends.
+                                if to_client.at_boundary() {
+                                    write_to(client, &CLOSE_1001, Duration::from_millis(100)).await;
+                                }
+                                return "ping_timeout";
+                            }
+                        } else if ping_every.is_some_and(|every| now >= heard + every) && !ping_pending {
+                            if to_client.at_boundary() {
+                                pinged = Some(now);
+                                if !write_to(client, &PING, write_timeout).await {
+                                    return "client";
+                                }
+                            } else {
+                                ping_pending = true;
+                            }
+                            continue;
+                        }
                     }
                     match ends {
                         Some((at, cause)) if now >= at && closing.is_none() => {
@@ -670,6 +743,22 @@ fn resize_after(buf: &mut BytesMut, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_data_frames_count_as_data() {
+        let mut t = FrameTracker::default();
+        // A ping, then a masked pong with a 2-byte payload: control only.
+        t.feed(&[0x89, 0x00, 0x8A, 0x82, 1, 2, 3, 4, 9, 9]);
+        assert!(!t.took_data());
+        // A text frame split in two: its payload counts, once asked.
+        t.feed(&[0x81, 0x02, b'h']);
+        assert!(t.took_data());
+        t.feed(b"i");
+        assert!(t.took_data(), "the rest of a data frame is data");
+        assert!(!t.took_data(), "asked again: nothing new");
+        t.feed(&[0x8A, 0x00]);
+        assert!(!t.took_data() && t.at_boundary());
+    }
 
     #[test]
     fn frame_boundaries_are_tracked_across_chunks() {

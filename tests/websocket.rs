@@ -177,7 +177,8 @@ async fn websocket_idle_for_70s_still_round_trips() {
     .await
     .expect("upgrade");
     assert_eq!(ws_roundtrip(&mut ws, "before").await, "upstream-a:before");
-    tokio::time::sleep(Duration::from_secs(70)).await;
+    let pings = ws_idle(&mut ws, Duration::from_secs(70)).await;
+    assert!(pings >= 3, "pinged every 15 s while idle: {pings}");
     assert_eq!(ws_roundtrip(&mut ws, "after").await, "upstream-a:after");
 }
 
@@ -389,4 +390,176 @@ async fn a_frame_sent_right_behind_the_upgrade_request_reaches_the_upstream() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     assert!(found, "the upstream's echo of the early frame: {text:?}");
+}
+
+/// A load balancer that drops a connection after `idle` without a byte either way.
+async fn idle_dropping_relay(to: std::net::SocketAddr, idle: Duration) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut u) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let (mut a, mut b) = ([0u8; 4096], [0u8; 4096]);
+                loop {
+                    tokio::select! {
+                        r = c.read(&mut a) => match r {
+                            Ok(n) if n > 0 => { if u.write_all(&a[..n]).await.is_err() { return; } }
+                            _ => return,
+                        },
+                        r = u.read(&mut b) => match r {
+                            Ok(n) if n > 0 => { if c.write_all(&b[..n]).await.is_err() { return; } }
+                            _ => return,
+                        },
+                        _ = tokio::time::sleep(idle) => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn open_through(w: &World, via: std::net::SocketAddr) -> Ws {
+    let host = w.gw.ws_host(ID_A);
+    let origin = format!("http://{host}");
+    let cookie = format!("session={OWNER_SESSION}");
+    ws_connect(via, &host, "/", &[("origin", &origin), ("cookie", &cookie)])
+        .await
+        .expect("upgrade")
+}
+
+/// Issue #18: pings every 15 s keep an idle WebSocket through a balancer that drops idle
+/// connections after 60 s, for the hour of the idle timeout. Scaled: pings every 100 ms, a
+/// balancer that drops after 1 s, and 240 ping intervals (an hour at 15 s) of silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_keep_an_idle_websocket_through_a_balancer_for_a_simulated_hour() {
+    let w =
+        World::start("[upstream]\nws_ping_interval_ms = 100\nws_pong_timeout_ms = 2000\n").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let relay = idle_dropping_relay(w.gw.addr, Duration::from_secs(1)).await;
+    let mut ws = open_through(&w, relay).await;
+    assert_eq!(ws_roundtrip(&mut ws, "before").await, "upstream-a:before");
+    let pings = ws_idle(&mut ws, Duration::from_secs(24)).await;
+    assert!(pings >= 100, "pinged while idle: {pings}");
+    assert_eq!(ws_roundtrip(&mut ws, "after").await, "upstream-a:after");
+    // The pongs went on to the workspace, which ignores them as RFC 6455 lets it.
+    assert_eq!(ws_roundtrip(&mut ws, "again").await, "upstream-a:again");
+
+    // The control: without pings the balancer drops the same idle WebSocket.
+    let quiet = World::start("[upstream]\nws_ping_interval_ms = 0\n").await;
+    quiet.redis.workspace(ID_A, &quiet.a.addr.to_string());
+    let relay = idle_dropping_relay(quiet.gw.addr, Duration::from_secs(1)).await;
+    let mut ws = open_through(&quiet, relay).await;
+    use futures_util::StreamExt;
+    let ended = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    assert!(
+        matches!(ended, Ok(None) | Ok(Some(Err(_)))),
+        "dropped by the balancer: {ended:?}"
+    );
+}
+
+/// A client that stops answering is closed once the pong timeout passes after a ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_answering_pings_is_closed() {
+    let w = World::start("[upstream]\nws_ping_interval_ms = 200\nws_pong_timeout_ms = 300\n").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    let origin = format!("http://{host}");
+    let cookie = format!("session={OWNER_SESSION}");
+    let mut s = tokio::net::TcpStream::connect(w.gw.addr)
+        .await
+        .expect("connect");
+    let req = upgrade_request(&host, "/", &[("Origin", &origin), ("Cookie", &cookie)]);
+    s.write_all(req.as_bytes()).await.expect("write");
+    // Reads everything until the gateway closes; never answers.
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the gateway closed the silent client")
+        .expect("read");
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head")
+        + 4;
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let frames = &got[head_end..];
+    assert!(
+        frames.starts_with(&[0x89, 0x00]),
+        "a ping first: {frames:?}"
+    );
+    assert!(
+        frames.ends_with(&[0x88, 0x02, 0x03, 0xE9]),
+        "then a 1001 close: {frames:?}"
+    );
+    let m = w.gw.admin_get("/metrics").await.body;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            w.gw.admin_get("/metrics").await.body.contains(
+                "edgegate_websocket_closes_total{cause=\"ping_timeout\",route=\"workspace\"} 1",
+            )
+        })
+        .await,
+        "{m}"
+    );
+}
+
+/// Pongs keep a tunnel alive for the network, not from its idle timeout: a WebSocket whose
+/// client answers every ping but sends no data still ends when the idle timeout passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pongs_do_not_hold_a_websocket_past_its_idle_timeout() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let w = World::start("[upstream]\nws_idle_timeout_secs = 2\nws_ping_interval_ms = 200\n").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let mut ws = open_through(&w, w.gw.addr).await;
+    let mut pings = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(other)) => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "closed by the idle timeout");
+    assert!(pings >= 3, "answered pings meanwhile: {pings}");
+    let m = w.gw.admin_get("/metrics").await.body;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            w.gw.admin_get("/metrics").await.body.contains(
+                "edgegate_websocket_closes_total{cause=\"idle_timeout\",route=\"workspace\"} 1",
+            )
+        })
+        .await,
+        "{m}"
+    );
+}
+
+/// The default settings for real (issue #18): pings every 15 s keep a WebSocket that is idle
+/// for 10 minutes through a balancer that drops connections idle for 60 s (an AWS ALB's
+/// default). Ten minutes long, so not in the suite: `scripts/soak` runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a 10-minute soak: scripts/soak"]
+async fn soak_default_pings_keep_a_websocket_idle_for_ten_minutes_through_a_60s_balancer() {
+    let w = World::start("").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let relay = idle_dropping_relay(w.gw.addr, Duration::from_secs(60)).await;
+    let mut ws = open_through(&w, relay).await;
+    assert_eq!(ws_roundtrip(&mut ws, "before").await, "upstream-a:before");
+    let pings = ws_idle(&mut ws, Duration::from_secs(600)).await;
+    eprintln!("soak: {pings} pings in 600 s of silence");
+    assert!(pings >= 35, "a ping every 15 s: {pings}");
+    assert_eq!(ws_roundtrip(&mut ws, "after").await, "upstream-a:after");
 }

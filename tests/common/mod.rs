@@ -603,6 +603,23 @@ where
     }
 }
 
+/// Stay on an open WebSocket for `time` as a browser does while nothing happens: reading,
+/// so that pings are answered (tungstenite queues the pong and sends it on the next read),
+/// and sending nothing. Returns the pings seen; panics on anything else.
+pub async fn ws_idle(ws: &mut Ws, time: Duration) -> usize {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let until = tokio::time::Instant::now() + time;
+    let mut pings = 0;
+    loop {
+        match tokio::time::timeout_at(until, ws.next()).await {
+            Err(_) => return pings,
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            other => panic!("while idle: {other:?}"),
+        }
+    }
+}
+
 /// Wait (at most `limit`) for the peer's close frame and return its code.
 pub async fn expect_close(ws: &mut Ws, limit: Duration) -> u16 {
     use futures_util::StreamExt;
