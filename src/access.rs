@@ -14,11 +14,20 @@ use std::sync::{Arc, Mutex};
 pub struct RequestLog {
     metrics: Arc<Metrics>,
     access: AccessLog,
+    audit: Option<crate::audit::Audit>,
 }
 
 impl RequestLog {
-    pub fn new(metrics: Arc<Metrics>, access: AccessLog) -> Self {
-        Self { metrics, access }
+    pub fn new(
+        metrics: Arc<Metrics>,
+        access: AccessLog,
+        audit: Option<crate::audit::Audit>,
+    ) -> Self {
+        Self {
+            metrics,
+            access,
+            audit,
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -79,6 +88,9 @@ impl RequestLog {
             m.websocket_closes.with_label_values(&[route, cause]).inc();
             cause
         });
+        if let Some(a) = &self.audit {
+            a.finished(ctx, status);
+        }
         if self.access.enabled() {
             let time_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -151,6 +163,15 @@ impl AccessLog {
 
     pub fn enabled(&self) -> bool {
         self.out.is_some()
+    }
+
+    /// Append one line that is already JSON (the audit trail's events).
+    pub fn write_line(&self, line: &str) {
+        let Some(out) = &self.out else { return };
+        if let Ok(mut o) = out.lock() {
+            let _ = o.write_all(line.as_bytes());
+            let _ = o.write_all(b"\n");
+        }
     }
 
     /// Append one line; a failing destination is not the request's problem.

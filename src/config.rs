@@ -58,6 +58,33 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The audit trail: who opened what, with which credential, for how long (`src/audit.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// JSON events appended to this file; "" writes none.
+    pub file: String,
+    /// The Redis stream events are also added to (`key_prefix` prepended); "" adds none.
+    pub redis_stream: String,
+    /// The stream is trimmed to about this many entries.
+    pub redis_stream_maxlen: u64,
+    /// One HTTP access event per user, workspace, port and route per this many seconds.
+    pub http_interval_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            file: String::new(),
+            redis_stream: String::new(),
+            redis_stream_maxlen: 100_000,
+            http_interval_secs: 300,
+        }
+    }
 }
 
 /// Rate limits, per instance (docs/DECISIONS.md). A count of 0 turns a limit off.
@@ -981,6 +1008,8 @@ impl Config {
                 "upstream.ws_pong_timeout_ms",
                 self.upstream.ws_pong_timeout_ms,
             ),
+            ("audit.redis_stream_maxlen", self.audit.redis_stream_maxlen),
+            ("audit.http_interval_secs", self.audit.http_interval_secs),
         ] {
             if v == 0 {
                 return Err(bad(field, "must be greater than 0"));

@@ -8,6 +8,7 @@ pub mod access;
 pub mod activity;
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod connection;

@@ -124,6 +124,8 @@ pub struct Metrics {
     /// Requests refused by a rate limit, by scope (`endpoint`: per client address on token
     /// minting and the bootstrap; `user`: per verified user on proxied requests).
     pub rate_limited: IntCounterVec,
+    /// Audit events the stream writer could not keep up with (the file still has them).
+    pub audit_dropped: IntCounter,
 }
 
 fn counter(
@@ -199,6 +201,11 @@ impl Metrics {
         for s in ["endpoint", "user"] {
             rate_limited.with_label_values(&[s]);
         }
+        let audit_dropped = IntCounter::new(
+            "edgegate_audit_dropped_total",
+            "Audit events not queued for the Redis stream (the writer fell behind); the file has them",
+        )?;
+        r.register(Box::new(audit_dropped.clone()))?;
         let cache = CacheCounters {
             hit: cache_lookups.with_label_values(&["hit"]),
             negative_hit: cache_lookups.with_label_values(&["negative_hit"]),
@@ -239,6 +246,7 @@ impl Metrics {
             cache_evictions,
             wake_requests,
             rate_limited,
+            audit_dropped,
             drained: counter(
                 &r,
                 "edgegate_drained_total",

@@ -82,6 +82,12 @@ impl Gateway {
         let pages = std::mem::take(&mut runtime.pages);
         let waker = crate::lifecycle::Waker::new(config, metrics.clone());
         let drains = crate::drain::Drains::new(metrics.clone());
+        let audit = crate::audit::Audit::open(
+            config,
+            metrics.clone(),
+            records.store(),
+            redis_runtime.as_ref().and_then(|r| r.handle()),
+        )?;
         let rate_limits = Arc::new(crate::ratelimit::RateLimits::new(config, metrics.clone()));
         Ok(Self(Arc::new(Core {
             decider: Arc::new(
@@ -91,6 +97,7 @@ impl Gateway {
             log: Arc::new(RequestLog::new(
                 metrics,
                 AccessLog::open(&config.log.access_log)?,
+                audit,
             )),
             activity,
             upstream: config.upstream.clone(),

@@ -75,6 +75,15 @@ pub trait RouteStore: Send + Sync {
     async fn mark_activity(&self, field: &str, batch: &[(String, u64)])
         -> Result<(), StoreFailure>;
 
+    /// Add each of `events` to the stream `stream` as its field `event`, trimming the stream
+    /// to about `maxlen` entries. One round trip.
+    async fn append(
+        &self,
+        stream: &str,
+        maxlen: u64,
+        events: &[String],
+    ) -> Result<(), StoreFailure>;
+
     /// Add `entry` to the stream `stream` (trimmed to about `maxlen`) unless `once_key` is
     /// set; `once_key` is then set for `once_ms`. `true` when this call added the entry.
     async fn add_once(
@@ -271,6 +280,11 @@ impl Records {
         (res, outcome)
     }
 
+    /// The store itself (for writers that outlive a request: the audit trail).
+    pub fn store(&self) -> Arc<dyn RouteStore> {
+        self.store.clone()
+    }
+
     pub fn cache(&self) -> &Arc<Cache<Lookup>> {
         &self.cache
     }
@@ -377,6 +391,16 @@ impl RouteStore for StaticStore {
         _batch: &[(String, u64)],
     ) -> Result<(), StoreFailure> {
         // Records written in the config file are not updated.
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        _stream: &str,
+        _maxlen: u64,
+        _events: &[String],
+    ) -> Result<(), StoreFailure> {
+        // No Redis: the audit file is the only destination.
         Ok(())
     }
 
@@ -536,6 +560,32 @@ impl RouteStore for RedisStore {
             for (key, at) in batch {
                 pipe.add_command(eval(key, *at)).ignore();
             }
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        stream: &str,
+        maxlen: u64,
+        events: &[String],
+    ) -> Result<(), StoreFailure> {
+        // One key: a pipeline stays in one slot, in a cluster too.
+        let mut pipe = redis::pipe();
+        for e in events {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(maxlen)
+                .arg("*")
+                .arg("event")
+                .arg(e)
+                .ignore();
+        }
+        self.deadline("xadd", self.command_timeout * 4, async {
+            let mut conn = self.backend.conn().await?;
             pipe.query_async::<()>(&mut conn).await
         })
         .await
