@@ -24,6 +24,11 @@ fn bad(field: impl std::fmt::Display, msg: impl std::fmt::Display) -> ConfigErro
 pub struct Config {
     /// The domain under which workspaces live (`ws-{id}.{base_domain}`).
     pub base_domain: String,
+    /// A registrable domain of its own for workspace content (SPEC §8), e.g.
+    /// `example-workspaces.net` beside the app's `example.com`: host routes written with
+    /// `{content_domain}` serve shared ports there (`[ports]`). Empty: none.
+    #[serde(default)]
+    pub content_domain: String,
     #[serde(default)]
     pub listen: ListenConfig,
     #[serde(default)]
@@ -60,6 +65,108 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub ports: PortsConfig,
+}
+
+/// Sharing a workspace's ports on the content site (`content_domain`, `src/ports/`):
+/// visibility per port, the sign-in through the app domain, port tokens and share links.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortsConfig {
+    /// The workspace record field that holds port `{port}`'s settings (JSON, docs/CONFIG.md).
+    pub field: String,
+    /// The field of the workspace record, and of the app session, that names its organization.
+    pub org_field: String,
+    /// The most open visibility a port may have (`private`, `organization`,
+    /// `authenticated`, `public`): a record asking for more gets this.
+    pub max_visibility: Visibility,
+    /// Share links may be minted (`POST {api_prefix}{id}/{port}/share`).
+    pub share_links: bool,
+    /// The host-only credential cookie on the content site. Its `__Host-` prefix keeps any
+    /// other host, a sibling workspace included, from setting it.
+    pub cookie: String,
+    /// Longest life of that cookie (and no longer than the app session it came from).
+    pub cookie_ttl_secs: u64,
+    /// Life of the one-time code the app domain hands the content site.
+    pub code_ttl_secs: u64,
+    /// The path, on a content host, where a code or a share link is exchanged for the cookie.
+    pub callback_path: String,
+    /// On the `[default]` hosts: `{api_prefix}{id}/{port}/authorize` (GET: the sign-in),
+    /// `…/token` (POST: a port token), `…/share` (POST: a share link).
+    pub api_prefix: String,
+    /// The app host the content site sends browsers to for the sign-in (default: the first of
+    /// `[default].hosts`).
+    pub app_host: String,
+    /// Where the sign-in sends a browser with no app session (`?return_to=` is appended);
+    /// empty: it gets 401.
+    pub login_url: String,
+    /// Life of a port token (`X-Edgegate-Port-Token`, for non-browser clients).
+    pub token_ttl_secs: u64,
+    /// Longest life of a share link.
+    pub share_max_ttl_secs: u64,
+    /// Redis key of a grant (what a port cookie, token or share link stands for); `{jti}` is
+    /// its id. Deleting it revokes that credential.
+    pub grant_key: String,
+    /// The route (by name) the port endpoints use; empty: the first route on `content_domain`.
+    pub route: String,
+}
+
+impl Default for PortsConfig {
+    fn default() -> Self {
+        Self {
+            field: "port.{port}".into(),
+            org_field: "org".into(),
+            max_visibility: Visibility::Public,
+            share_links: true,
+            cookie: "__Host-edgegate_port".into(),
+            cookie_ttl_secs: 12 * 3600,
+            code_ttl_secs: 60,
+            callback_path: "/__edgegate/auth".into(),
+            api_prefix: "/api/ports/".into(),
+            app_host: String::new(),
+            login_url: String::new(),
+            token_ttl_secs: 24 * 3600,
+            share_max_ttl_secs: 7 * 24 * 3600,
+            grant_key: "edgegate:grant:{jti}".into(),
+            route: String::new(),
+        }
+    }
+}
+
+/// Who may open a shared port, from the narrowest to the widest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    /// Its workspace's owner.
+    Private,
+    /// Users whose session's organization is the workspace's.
+    Organization,
+    /// Any user signed in to the app.
+    Authenticated,
+    /// Anyone, without a credential (every credential is stripped before the upstream).
+    Public,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Private => "private",
+            Visibility::Organization => "organization",
+            Visibility::Authenticated => "authenticated",
+            Visibility::Public => "public",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Visibility> {
+        match s {
+            "private" => Some(Visibility::Private),
+            "organization" => Some(Visibility::Organization),
+            "authenticated" => Some(Visibility::Authenticated),
+            "public" => Some(Visibility::Public),
+            _ => None,
+        }
+    }
 }
 
 /// The audit trail: who opened what, with which credential, for how long (`src/audit.rs`).
@@ -628,6 +735,15 @@ pub struct RouteConfig {
     pub upstream_verify: bool,
 }
 
+impl RouteConfig {
+    /// Whether the route serves the content site (its host names `{content_domain}`).
+    pub fn on_content_domain(&self) -> bool {
+        self.host
+            .as_ref()
+            .is_some_and(|h| h.contains("{content_domain}"))
+    }
+}
+
 /// One entry of `allowed_ports`: a port, or an inclusive range written `"low-high"`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
@@ -665,6 +781,13 @@ pub enum AuthMethod {
     DevIdeToken,
     /// No credential: the upstream does its own auth.
     None,
+    /// On the content site: the host-only port cookie the sign-in through the app domain sets,
+    /// its user checked against the port's visibility.
+    PortCookie,
+    /// On the content site: a port token in `X-Edgegate-Port-Token` (non-browser clients).
+    PortToken,
+    /// On the content site: the cookie a share link was exchanged for.
+    ShareLink,
 }
 
 impl AuthMethod {
@@ -675,6 +798,9 @@ impl AuthMethod {
             AuthMethod::IdeCookie => "ide_cookie",
             AuthMethod::DevIdeToken => "dev_ide_token",
             AuthMethod::None => "none",
+            AuthMethod::PortCookie => "port_cookie",
+            AuthMethod::PortToken => "port_token",
+            AuthMethod::ShareLink => "share_link",
         }
     }
 }
@@ -1081,6 +1207,7 @@ impl Config {
         }
         self.validate_routes()?;
         self.validate_api()?;
+        self.validate_ports()?;
         self.validate_auth()
     }
 
@@ -1088,8 +1215,7 @@ impl Config {
     /// with), ports, key template, credentials.
     fn validate_routes(&self) -> Result<(), ConfigError> {
         use crate::route::pattern;
-        let bd = self.base_domain.to_ascii_lowercase();
-        let expand = |s: &str| s.replace("{base_domain}", &bd).to_ascii_lowercase();
+        let expand = |s: &str| self.expand_host(s);
         let default_hosts = self.default.as_ref().is_some_and(|d| !d.hosts.is_empty());
         for (i, rc) in self.routes.iter().enumerate() {
             let err = |field: &str, msg: String| route_error(i, field, msg);
@@ -1151,6 +1277,41 @@ impl Config {
             pattern::key(&rc.key, "{id}").map_err(|e| err("key", e))?;
             let is_host = rc.host.is_some();
             let auth = &rc.auth;
+            let content = rc.on_content_domain();
+            let port_methods = [
+                AuthMethod::PortCookie,
+                AuthMethod::PortToken,
+                AuthMethod::ShareLink,
+            ];
+            if content {
+                if self.content_domain.is_empty() {
+                    return Err(err(
+                        "host",
+                        "uses {content_domain}, which is not set".into(),
+                    ));
+                }
+                if !has_port {
+                    return Err(err(
+                        "host",
+                        "a route on {content_domain} serves ports: it needs \"{port}\"".into(),
+                    ));
+                }
+                if let Some(m) = auth.iter().find(|m| !port_methods.contains(m)) {
+                    return Err(err(
+                        "auth",
+                        format!(
+                            "{:?} cannot work on the content site (the app's cookies never \
+                             reach it): list port_cookie, port_token, share_link",
+                            m.as_str()
+                        ),
+                    ));
+                }
+            } else if let Some(m) = auth.iter().find(|m| port_methods.contains(m)) {
+                return Err(err(
+                    "auth",
+                    format!("{:?} is for routes on {{content_domain}}", m.as_str()),
+                ));
+            }
             if auth.is_empty() {
                 return Err(err(
                     "auth",
@@ -1300,6 +1461,125 @@ impl Config {
             return Err(bad(
                 field("issuer"),
                 "issuer and audience must not be empty",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A host pattern with `{base_domain}` and `{content_domain}` filled in, lower case.
+    pub fn expand_host(&self, pattern: &str) -> String {
+        pattern
+            .replace("{base_domain}", &self.base_domain)
+            .replace("{content_domain}", &self.content_domain)
+            .to_ascii_lowercase()
+    }
+
+    /// The route the port endpoints use (`ports.route`, else the first on the content domain).
+    pub fn ports_route(&self) -> Option<&RouteConfig> {
+        let p = &self.ports;
+        if p.route.is_empty() {
+            self.routes.iter().find(|r| r.on_content_domain())
+        } else {
+            self.routes.iter().find(|r| r.name == p.route)
+        }
+    }
+
+    /// `content_domain` and `[ports]`: a domain of its own, and settings that hold together.
+    fn validate_ports(&self) -> Result<(), ConfigError> {
+        let p = &self.ports;
+        let cd = self.content_domain.to_ascii_lowercase();
+        if !cd.is_empty() {
+            let bd = self.base_domain.to_ascii_lowercase();
+            let under = |a: &str, b: &str| a == b || a.ends_with(&format!(".{b}"));
+            // The point of the content site is that no cookie of the app's reaches it and
+            // none of its pages is same-site with the app.
+            if under(&cd, &bd) || under(&bd, &cd) {
+                return Err(bad(
+                    "content_domain",
+                    format!(
+                        "{cd:?} must be a registrable domain of its own, not {bd:?} nor \
+                         above or below it"
+                    ),
+                ));
+            }
+            if cd.contains('{') || cd.starts_with('.') || cd.ends_with('.') || !cd.contains('.') {
+                return Err(bad(
+                    "content_domain",
+                    format!("{cd:?} is not a domain name"),
+                ));
+            }
+        }
+        if p.cookie.is_empty()
+            || !p
+                .cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            return Err(bad(
+                "ports.cookie",
+                "a cookie name of letters, digits, - and _",
+            ));
+        }
+        if p.cookie.starts_with("__Host-") && !self.auth.cookie_secure {
+            return Err(bad(
+                "ports.cookie",
+                "a __Host- cookie must be Secure, and auth.cookie_secure is false: use a name \
+                 without the prefix for plain-HTTP local runs",
+            ));
+        }
+        for (field, v) in [
+            ("ports.cookie_ttl_secs", p.cookie_ttl_secs),
+            ("ports.code_ttl_secs", p.code_ttl_secs),
+            ("ports.token_ttl_secs", p.token_ttl_secs),
+            ("ports.share_max_ttl_secs", p.share_max_ttl_secs),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "must be greater than 0"));
+            }
+        }
+        if p.code_ttl_secs > 300 {
+            return Err(bad(
+                "ports.code_ttl_secs",
+                "at most 300: it travels in a URL",
+            ));
+        }
+        if !p.callback_path.starts_with('/') || p.callback_path.contains(['?', '#', '{']) {
+            return Err(bad("ports.callback_path", "a plain path starting with '/'"));
+        }
+        if !p.api_prefix.starts_with('/')
+            || !p.api_prefix.ends_with('/')
+            || p.api_prefix.contains('{')
+        {
+            return Err(bad(
+                "ports.api_prefix",
+                "a path that starts and ends with '/'",
+            ));
+        }
+        if !p.field.contains("{port}") {
+            return Err(bad("ports.field", "\"{port}\" is missing"));
+        }
+        if p.org_field.is_empty() {
+            return Err(bad("ports.org_field", "must not be empty"));
+        }
+        let login_ok = p.login_url.is_empty()
+            || ["https://", "http://", "/"]
+                .iter()
+                .any(|s| p.login_url.starts_with(s));
+        if !login_ok {
+            return Err(bad("ports.login_url", "an absolute URL or a path"));
+        }
+        crate::route::pattern::key(&p.grant_key, "{jti}").map_err(|e| bad("ports.grant_key", e))?;
+        if !p.route.is_empty() {
+            match self.routes.iter().find(|r| r.name == p.route) {
+                Some(r) if r.on_content_domain() => {}
+                Some(_) => return Err(bad("ports.route", "must name a route on {content_domain}")),
+                None => return Err(bad("ports.route", format!("no route named {:?}", p.route))),
+            }
+        }
+        if self.ports_route().is_some() && self.default.is_none() {
+            return Err(bad(
+                "ports.app_host",
+                "the content site signs browsers in through the app's hosts: [default] is needed",
             ));
         }
         Ok(())

@@ -185,7 +185,10 @@ impl RequestCtx {
         Edits {
             request_id: &self.request_id,
             workspace: self.workspace.as_ref().map(|w| w.as_str()),
-            user: self.principal().map(|p| p.user.as_str()),
+            user: self
+                .principal()
+                .filter(|p| p.identifies())
+                .map(|p| p.user.as_str()),
             strip_cookies: plan.map(|p| p.strip_cookies).unwrap_or_default(),
             strip_authorization: plan.is_some_and(|p| p.strip_authorization),
             host_header: self.target().and_then(|t| t.host_header.as_deref()),

@@ -15,11 +15,14 @@
 use crate::api::{Endpoints, Reply};
 use crate::auth::session::Cookies;
 use crate::auth::{self, Asking, Auth, Check, Principal, Spend};
+use crate::config::Visibility;
 use crate::config::{ApiConfig, AuthMethod, Config, LimitsConfig};
 use crate::error::GatewayError;
 use crate::headers::{self, CookieStrip};
 use crate::lifecycle::{Lifecycle, Wake};
 use crate::net::AddressPolicy;
+use crate::ports::auth::PortAsk;
+use crate::ports::{self, Access, Cors, PortRules, PortSettings, Protocol};
 use crate::ratelimit::RateLimits;
 use crate::route::id::WorkspaceId;
 use crate::route::store::Records;
@@ -40,6 +43,7 @@ pub struct Decider {
     address_policy: AddressPolicy,
     limits: LimitsConfig,
     lifecycle: Lifecycle,
+    ports: PortRules,
     /// The per-address limit of the token endpoints (`None`: none, as in `explain`).
     rate_limits: Option<Arc<RateLimits>>,
 }
@@ -75,6 +79,11 @@ pub struct Plan {
     pub record_key: Option<String>,
     /// The route's status field: which field of that record says it still runs (`drain`).
     pub status_field: Option<Arc<str>>,
+    /// On the content site: the port, and how the caller passed its visibility (a tightened
+    /// port drains the requests that no longer pass, `drain`).
+    pub access: Option<(u16, Access)>,
+    /// What the response's CORS headers become (`ports::apply_cors`).
+    pub cors: Cors,
 }
 
 /// What to do with the request. Not boxed: almost every decision is a `Proxy`, and a box
@@ -97,7 +106,16 @@ pub struct Decided {
     pub route: Option<Arc<str>>,
     pub workspace: Option<WorkspaceId>,
     pub check: Check,
+    /// On the content site: the port's visibility and the rule that decided.
+    pub port: Option<PortVerdict>,
     pub outcome: Result<Action, GatewayError>,
+}
+
+/// What a port's visibility made of a request (`edgegate explain` names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortVerdict {
+    pub visibility: Visibility,
+    pub rule: &'static str,
 }
 
 impl Decided {
@@ -106,7 +124,18 @@ impl Decided {
             route: None,
             workspace: None,
             check: Check::NONE,
+            port: None,
             outcome: Err(e),
+        }
+    }
+
+    fn answered(route: &str, id: WorkspaceId, answered: crate::api::Answered) -> Decided {
+        Decided {
+            route: Some(route.into()),
+            workspace: Some(id),
+            check: answered.check,
+            port: None,
+            outcome: answered.reply.map(Action::Answer),
         }
     }
 
@@ -135,6 +164,7 @@ impl Decider {
             address_policy: runtime.address_policy,
             limits: config.limits.clone(),
             lifecycle: Lifecycle::new(config),
+            ports: runtime.ports,
             rate_limits: None,
         }
     }
@@ -157,6 +187,10 @@ impl Decider {
         &self.routes
     }
 
+    pub fn ports(&self) -> &PortRules {
+        &self.ports
+    }
+
     /// Decide about `req`.
     pub async fn decide(&self, req: &RequestHeader, facts: &Facts<'_>) -> Decided {
         let matched = match self.route(req, facts) {
@@ -168,21 +202,40 @@ impl Decider {
                 route: None,
                 workspace: None,
                 check: Check::NONE,
+                port: None,
                 outcome: Ok(Action::Answer(Reply::redirect(location))),
             },
+            RouteMatch::PortEndpoint(ep, id, port) => {
+                if let Err(e) = self.limit_minting(facts) {
+                    return Decided {
+                        outcome: Err(e),
+                        ..Decided::answered(ep.name(), id, no_answer())
+                    };
+                }
+                let endpoints = self.port_endpoints();
+                let answered = Box::pin(endpoints.answer(req, ep, id, port, facts.proto)).await;
+                Decided::answered(ep.name(), id, answered)
+            }
+            RouteMatch::PortCallback(route, id, port) => {
+                if let Err(e) = self.limit_minting(facts) {
+                    return Decided {
+                        outcome: Err(e),
+                        ..Decided::answered(&route.name, id, no_answer())
+                    };
+                }
+                let endpoints = self.port_endpoints();
+                let answered = Box::pin(endpoints.callback(req, id, port)).await;
+                Decided::answered(&route.name, id, answered)
+            }
             RouteMatch::Endpoint(endpoint, id) => {
                 // Minting and the bootstrap are limited per client address, before anything
                 // is read or written (a real request only: not `explain`).
-                if endpoint.mints() && facts.spend == Spend::Yes {
-                    if let Some(limits) = &self.rate_limits {
-                        if let Err(e) = limits.endpoint(facts.client) {
-                            return Decided {
-                                route: Some(endpoint.name().into()),
-                                workspace: Some(id),
-                                check: Check::NONE,
-                                outcome: Err(e),
-                            };
-                        }
+                if endpoint.mints() {
+                    if let Err(e) = self.limit_minting(facts) {
+                        return Decided {
+                            outcome: Err(e),
+                            ..Decided::answered(endpoint.name(), id, no_answer())
+                        };
                     }
                 }
                 let endpoints = Endpoints {
@@ -195,28 +248,43 @@ impl Decider {
                 let answered =
                     Box::pin(endpoints.answer(req, endpoint, id, facts.is_upgrade, facts.proto))
                         .await;
-                Decided {
-                    route: Some(endpoint.name().into()),
-                    workspace: Some(id),
-                    check: answered.check,
-                    outcome: answered.reply.map(Action::Answer),
-                }
+                Decided::answered(endpoint.name(), id, answered)
             }
             RouteMatch::Default(d) => Decided {
                 route: Some(d.name.clone()),
                 workspace: None,
                 check: Check::NONE,
+                port: None,
                 outcome: self.app(d).await.map(Action::Proxy),
             },
             RouteMatch::Workspace(m) => {
-                let (check, outcome) = self.workspace(req, facts, &m).await;
+                let (check, port, outcome) = self.workspace(req, facts, &m).await;
                 Decided {
                     route: Some(m.route.name.clone()),
                     workspace: Some(m.id),
                     check,
+                    port,
                     outcome,
                 }
             }
+        }
+    }
+
+    /// Endpoints that mint a credential are limited per client address, before anything is
+    /// read or written (a real request only: not `explain`).
+    fn limit_minting(&self, facts: &Facts<'_>) -> Result<(), GatewayError> {
+        match (&self.rate_limits, facts.spend) {
+            (Some(limits), Spend::Yes) => limits.endpoint(facts.client),
+            _ => Ok(()),
+        }
+    }
+
+    fn port_endpoints(&self) -> ports::api::PortEndpoints<'_> {
+        ports::api::PortEndpoints {
+            routes: &self.routes,
+            records: &self.records,
+            auth: &self.auth,
+            rules: &self.ports,
         }
     }
 
@@ -251,12 +319,15 @@ impl Decider {
                 upstream_path: None,
                 tls: None,
                 content: Content::App,
+                h2c: false,
             },
             principal: None,
             strip_cookies: CookieStrip::Keep,
             strip_authorization: false,
             record_key: None,
             status_field: None,
+            access: None,
+            cors: Cors::Untouched,
         })
     }
 
@@ -267,36 +338,104 @@ impl Decider {
         req: &RequestHeader,
         facts: &Facts<'_>,
         m: &WorkspaceMatch<'_>,
-    ) -> (Check, Result<Action, GatewayError>) {
+    ) -> (Check, Option<PortVerdict>, Result<Action, GatewayError>) {
         let key = m.route.key(&m.id);
         let rec = match self.records.get(&key).await.0 {
             Ok(Some(rec)) => rec,
-            Ok(None) => return (Check::NONE, Err(GatewayError::UnknownWorkspace)),
-            Err(e) => return (Check::NONE, Err(e)),
+            Ok(None) => return (Check::NONE, None, Err(GatewayError::UnknownWorkspace)),
+            Err(e) => return (Check::NONE, None, Err(e)),
         };
         let rr = match record::read(m.route, &key, &rec, m.port) {
             Ok(rr) => rr,
-            Err(e) => return (Check::NONE, Err(e)),
+            Err(e) => return (Check::NONE, None, Err(e)),
+        };
+        let settings = match m.port {
+            Some(p) => match self.ports.settings(&rec, &key, p, m.route.content) {
+                Ok(s) => s,
+                Err(e) => return (Check::NONE, None, Err(e)),
+            },
+            None => PortSettings::PRIVATE,
         };
         // Auth decides before anything is resolved or connected: a refusal returns here. The
         // cookies are read once, for auth and for what the rewrite strips.
         let a = &self.auth;
         let cookies = Cookies::read(req, &a.session_cookie, &a.ide_cookie, &a.app_cookies);
-        let asking = Asking {
-            req,
-            cookies: &cookies,
-            is_upgrade: facts.is_upgrade,
-            proto: facts.proto,
-            spend: facts.spend,
-            established: facts.established,
-        };
-        let outcome = a
-            .authorize(&self.records, &asking, m.route, &m.id, rr.owner)
-            .await;
-        let check = Check::of(outcome.method, &outcome.verdict);
-        let principal = match outcome.verdict {
-            Ok(p) => p,
-            Err(e) => return (check, Err(e)),
+        let (check, verdict, principal, access, cors) = match (m.route.content, m.port) {
+            (true, Some(port)) => {
+                let sibling = ports::sibling_origin(req, m.route, &m.id, port, facts.proto);
+                let verdict = |rule| {
+                    Some(PortVerdict {
+                        visibility: settings.visibility,
+                        rule,
+                    })
+                };
+                // Preflights carry no credential: edgegate answers the workspace's own ports.
+                if let (ports::CorsMode::Edgegate, true, Some(origin)) =
+                    (settings.cors, ports::is_preflight(req), sibling)
+                {
+                    let reply = ports::preflight_reply(req, origin);
+                    let rule = verdict("cors preflight from another port of the workspace");
+                    return (Check::NONE, rule, Ok(Action::Answer(reply)));
+                }
+                let ask = PortAsk {
+                    req,
+                    proto: facts.proto,
+                    is_upgrade: facts.is_upgrade,
+                    route: m.route,
+                    id: &m.id,
+                    port,
+                    owner: rr.owner,
+                    org: self.ports.org(&rec),
+                    settings,
+                };
+                let out = ports::auth::authorize(a, &self.ports, &self.records, &ask).await;
+                let (principal, access) = match out.verdict {
+                    Ok(pa) => pa,
+                    Err(e) => {
+                        let check = Check {
+                            method: out.method,
+                            result: e.auth_result(),
+                        };
+                        let rule = verdict("no credential that passes this visibility");
+                        // A browser without a credential is sent to sign in through the app.
+                        if e == GatewayError::Unauthenticated && self.sign_in_applies(req, facts) {
+                            let to = self.sign_in(req, facts, &m.id, port);
+                            return (check, rule, Ok(Action::Answer(to)));
+                        }
+                        return (check, rule, Err(e));
+                    }
+                };
+                let check = Check::of(out.method, &Ok(principal.clone()));
+                let cors = match (settings.cors, sibling) {
+                    (ports::CorsMode::Edgegate, Some(o)) => Cors::Allow(o.to_string()),
+                    _ => Cors::App,
+                };
+                (
+                    check,
+                    verdict(access.rule()),
+                    principal,
+                    Some((port, access)),
+                    cors,
+                )
+            }
+            _ => {
+                let asking = Asking {
+                    req,
+                    cookies: &cookies,
+                    is_upgrade: facts.is_upgrade,
+                    proto: facts.proto,
+                    spend: facts.spend,
+                    established: facts.established,
+                };
+                let outcome = a
+                    .authorize(&self.records, &asking, m.route, &m.id, rr.owner)
+                    .await;
+                let check = Check::of(outcome.method, &outcome.verdict);
+                match outcome.verdict {
+                    Ok(p) => (check, None, p, None, Cors::Untouched),
+                    Err(e) => return (check, None, Err(e)),
+                }
+            }
         };
         let upstream = match rr.upstream {
             Ok(u) => u,
@@ -305,15 +444,21 @@ impl Decider {
                     key: key.clone(),
                     workspace: m.id,
                     route: m.route.name.clone(),
-                    user: principal.as_ref().map(|p| p.user.clone()),
+                    user: principal
+                        .as_ref()
+                        .filter(|p| p.identifies())
+                        .map(|p| p.user.clone()),
                 };
-                return (check, self.lifecycle.not_running(rr.status, wake));
+                return (check, verdict, self.lifecycle.not_running(rr.status, wake));
             }
-            Err(e) => return (check, Err(e)),
+            Err(e) => return (check, verdict, Err(e)),
         };
-        let target = match self.workspace_target(req, facts, m, &upstream, &key).await {
+        let target = match self
+            .workspace_target(req, facts, m, &upstream, &key, &settings)
+            .await
+        {
             Ok(t) => t,
-            Err(e) => return (check, Err(e)),
+            Err(e) => return (check, verdict, Err(e)),
         };
         // Credentials stop here: edgegate's cookies always, `Authorization` when any of its
         // values carried a token of ours (every value goes then).
@@ -326,8 +471,54 @@ impl Decider {
             strip_authorization,
             record_key: Some(key),
             status_field: m.route.status_field.clone(),
+            access,
+            cors,
         };
-        (check, Ok(Action::Proxy(plan)))
+        (check, verdict, Ok(Action::Proxy(plan)))
+    }
+
+    /// Whether a refused content-site request goes to sign in: a browser's navigation
+    /// (`GET`), never an upgrade or a fetch (those get their 401).
+    fn sign_in_applies(&self, req: &RequestHeader, facts: &Facts<'_>) -> bool {
+        !facts.is_upgrade
+            && matches!(req.method, http::Method::GET | http::Method::HEAD)
+            && crate::error::navigation(req)
+            && !self.ports.app_host.is_empty()
+    }
+
+    /// The redirect to the sign-in on the app's host, which comes back to this very URL (any
+    /// `token` parameter left out).
+    fn sign_in(
+        &self,
+        req: &RequestHeader,
+        facts: &Facts<'_>,
+        id: &WorkspaceId,
+        port: u16,
+    ) -> Reply {
+        let listen = headers::browser_host(req)
+            .ok()
+            .and_then(headers::host_port)
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        let mut back = req.uri.path().to_string();
+        if let Some(q) = req.uri.query() {
+            let q = crate::query::strip_token(q).unwrap_or_else(|| q.to_string());
+            if !q.is_empty() {
+                back.push('?');
+                back.push_str(&q);
+            }
+        }
+        let location = format!(
+            "{}://{}{listen}{}{id}/{port}/authorize?path={}",
+            facts.proto,
+            self.ports.app_host,
+            self.ports.api_prefix,
+            ports::api::encode(&back)
+        );
+        let mut reply = Reply::redirect(location);
+        reply.status = 303;
+        reply.headers.push(("cache-control", "no-store".into()));
+        reply
     }
 
     /// Where a workspace request goes: the record's upstream resolved and allowed, TLS as the
@@ -340,7 +531,12 @@ impl Decider {
         m: &WorkspaceMatch<'_>,
         upstream: &crate::net::UpstreamAddr,
         key: &str,
+        settings: &PortSettings,
     ) -> Result<Target, GatewayError> {
+        if settings.protocol == Protocol::H2c && facts.is_upgrade {
+            // An HTTP/2 upstream takes no HTTP/1.1 upgrade.
+            return Err(GatewayError::BadUpgrade);
+        }
         let addr = self.resolver.resolve(upstream).await?;
         if !self.address_policy.permits(addr.ip()) {
             log::warn!(
@@ -372,7 +568,8 @@ impl Decider {
                 Some(p)
             }
         };
-        let tls = route.upstream_tls.then(|| UpstreamTls {
+        let port_tls = settings.protocol == Protocol::Https;
+        let tls = (route.upstream_tls || port_tls).then(|| UpstreamTls {
             sni: route
                 .upstream_sni
                 .clone()
@@ -380,11 +577,23 @@ impl Decider {
                     upstream::UpstreamHost::Name(n) => n.clone(),
                     upstream::UpstreamHost::Ip(_) => String::new(),
                 }),
-            verify: route.upstream_verify,
+            verify: if port_tls {
+                settings.verify
+            } else {
+                route.upstream_verify
+            },
         });
+        // A pool per workspace, and per way of speaking to it: an unverified TLS peer never
+        // shares a connection with a verified one, nor h2c with HTTP/1.1.
+        let scope = match (&tls, settings.protocol) {
+            (Some(t), _) if !t.verify => std::borrow::Cow::Owned(format!("{key}\0tls-unverified")),
+            (Some(_), _) => std::borrow::Cow::Owned(format!("{key}\0tls")),
+            (None, Protocol::H2c) => std::borrow::Cow::Owned(format!("{key}\0h2c")),
+            (None, _) => std::borrow::Cow::Borrowed(key),
+        };
         Ok(Target {
             addr,
-            group_key: upstream::group_key(key, &addr),
+            group_key: upstream::group_key(&scope, &addr),
             host_header: (!route.preserve_host).then(|| upstream.to_string()),
             upstream_path,
             tls,
@@ -392,7 +601,16 @@ impl Decider {
                 Some(prefix) => Content::Tunnel(prefix),
                 None => Content::Workspace,
             },
+            h2c: settings.protocol == Protocol::H2c,
         })
+    }
+}
+
+/// The answer slot of a request refused before its endpoint ran.
+fn no_answer() -> crate::api::Answered {
+    crate::api::Answered {
+        check: Check::NONE,
+        reply: Err(GatewayError::Internal),
     }
 }
 

@@ -15,6 +15,7 @@
 //! WebSocket tunnels have their own loop and re-check there (`websocket`), closing with 1001.
 
 use crate::metrics::Metrics;
+use crate::ports::{Access, PortRules};
 use crate::route::record::RUNNING;
 use crate::route::store::Records;
 use crate::FastMap;
@@ -29,6 +30,8 @@ pub enum Cause {
     Stopped,
     /// The record is gone.
     Gone,
+    /// A shared port's visibility was tightened past what let the request in (`ports`).
+    AccessChanged,
 }
 
 impl Cause {
@@ -36,6 +39,7 @@ impl Cause {
         match self {
             Cause::Stopped => "stopped",
             Cause::Gone => "gone",
+            Cause::AccessChanged => "access_changed",
         }
     }
 
@@ -44,6 +48,7 @@ impl Cause {
         match self {
             Cause::Stopped => "workspace_stopped",
             Cause::Gone => "workspace_gone",
+            Cause::AccessChanged => "revoked",
         }
     }
 }
@@ -55,6 +60,8 @@ struct Held {
     sock: std::net::TcpStream,
     /// The route's status field (`None`: the record only drains when it is gone).
     status_field: Option<Arc<str>>,
+    /// On the content site: the port, and how the request passed its visibility.
+    access: Option<(u16, Access)>,
     cut: AtomicU8,
 }
 
@@ -83,6 +90,7 @@ impl Hold {
         match self.held.cut.load(Ordering::Acquire) {
             1 => Some(Cause::Stopped),
             2 => Some(Cause::Gone),
+            3 => Some(Cause::AccessChanged),
             _ => None,
         }
     }
@@ -117,6 +125,7 @@ impl Drains {
         key_hash: u64,
         fd: RawFd,
         status_field: Option<Arc<str>>,
+        access: Option<(u16, Access)>,
     ) -> Option<Hold> {
         // SAFETY: `fd` is the upstream connection Pingora hands `connected_to_upstream`, open
         // for the duration of that call; it is only borrowed to be duplicated.
@@ -127,6 +136,7 @@ impl Drains {
         let held = Arc::new(Held {
             sock: std::net::TcpStream::from(owned),
             status_field,
+            access,
             cut: AtomicU8::new(NOT_CUT),
         });
         self.held
@@ -152,8 +162,9 @@ impl Drains {
     }
 
     /// After an invalidation of `key`: read the record afresh and end the requests held under
-    /// it whose workspace is gone or stopped. A store that does not answer drains nothing.
-    pub async fn check(&self, records: &Records, key: &str) {
+    /// it whose workspace is gone or stopped, or whose port no longer lets them in. A store
+    /// that does not answer drains nothing.
+    pub async fn check(&self, records: &Records, ports: &PortRules, key: &str) {
         let key_hash = crate::auth::key_hash(key);
         let record = match records.get(key).await.0 {
             Ok(r) => r,
@@ -172,15 +183,24 @@ impl Drains {
         for h in list {
             let cause = match (&record, &h.status_field) {
                 (None, _) => Cause::Gone,
-                (Some(rec), Some(field)) => match rec.get(&**field) {
-                    Some(s) if s.trim() == RUNNING => continue,
-                    _ => Cause::Stopped,
+                (Some(rec), Some(field))
+                    if rec.get(&**field).map(|s| s.trim()) != Some(RUNNING) =>
+                {
+                    Cause::Stopped
+                }
+                (Some(rec), _) => match h.access {
+                    // A record that no longer parses lets nobody in.
+                    Some((port, access)) => match ports.settings(rec, key, port, true) {
+                        Ok(s) if access.passes(s.visibility) => continue,
+                        _ => Cause::AccessChanged,
+                    },
+                    None => continue,
                 },
-                (Some(_), None) => continue,
             };
             let code = match cause {
                 Cause::Stopped => 1,
                 Cause::Gone => 2,
+                Cause::AccessChanged => 3,
             };
             if h.cut
                 .compare_exchange(NOT_CUT, code, Ordering::AcqRel, Ordering::Acquire)
@@ -197,7 +217,8 @@ impl Drains {
         }
         if ended > 0 {
             log::info!(
-                "drained {ended} request(s) in flight to {key}: the workspace stopped or is gone"
+                "drained {ended} request(s) in flight to {key}: the workspace stopped or is \
+                 gone, or a port's visibility was tightened"
             );
         }
     }
@@ -214,8 +235,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let conn =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let a = drains.hold(7, conn.as_raw_fd(), None).expect("hold");
-        let b = drains.hold(7, conn.as_raw_fd(), None).expect("hold");
+        let a = drains.hold(7, conn.as_raw_fd(), None, None).expect("hold");
+        let b = drains.hold(7, conn.as_raw_fd(), None, None).expect("hold");
         assert!(drains.holds(7));
         drop(a);
         assert!(drains.holds(7));

@@ -127,6 +127,35 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
                 proxied: false,
             });
         }
+        Ok(RouteMatch::PortEndpoint(ep, id, port)) => {
+            line(
+                &mut out,
+                "route",
+                &format!("{} (answered by edgegate, not executed)", ep.name()),
+            );
+            line(&mut out, "id", id.as_str());
+            line(&mut out, "port", &port.to_string());
+            return Ok(Answer {
+                report: out,
+                proxied: false,
+            });
+        }
+        Ok(RouteMatch::PortCallback(route, id, port)) => {
+            line(
+                &mut out,
+                "route",
+                &format!(
+                    "{}: the port cookie exchange (answered by edgegate, not executed)",
+                    route.name
+                ),
+            );
+            line(&mut out, "id", id.as_str());
+            line(&mut out, "port", &port.to_string());
+            return Ok(Answer {
+                report: out,
+                proxied: false,
+            });
+        }
         Ok(RouteMatch::Endpoint(ep, id)) => {
             line(
                 &mut out,
@@ -192,6 +221,17 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
         (None, None) => check.result.to_string(),
     };
     line(&mut out, "auth", &auth);
+    if let Some(p) = decided.port {
+        line(
+            &mut out,
+            "access",
+            &format!(
+                "port visibility {}; rule: {}",
+                p.visibility.as_str(),
+                p.rule
+            ),
+        );
+    }
     let target = match decided.outcome {
         Err(e) => {
             line(

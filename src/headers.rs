@@ -82,6 +82,7 @@ fn dropped(name: &str) -> bool {
             | "x-request-id"
             | "x-edgegate-user"
             | "x-edgegate-workspace"
+            | "x-edgegate-port-token"
             | "forwarded"
             | "x-real-ip"
             | "connection"

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod ports;
 pub mod proxy;
 pub mod query;
 pub mod ratelimit;

@@ -136,7 +136,10 @@ impl Gateway {
             return None;
         }
         let (core, key) = (self.0.clone(), key.to_string());
-        Some(async move { core.drains.check(core.decider.records(), &key).await })
+        Some(async move {
+            let d = &core.decider;
+            core.drains.check(d.records(), d.ports(), &key).await
+        })
     }
 
     /// Set when the process starts to stop (WebSocket tunnels then send 1012).
@@ -385,10 +388,10 @@ impl ProxyHttp for Gateway {
         if let Some(plan) = &ctx.plan {
             if let Some(key) = &plan.record_key {
                 let status_field = plan.status_field.clone();
-                ctx.hold = self
-                    .0
-                    .drains
-                    .hold(crate::auth::key_hash(key), fd, status_field);
+                ctx.hold =
+                    self.0
+                        .drains
+                        .hold(crate::auth::key_hash(key), fd, status_field, plan.access);
             }
         }
         Ok(())
@@ -416,6 +419,9 @@ impl ProxyHttp for Gateway {
         if let Some(t) = ctx.target() {
             let protected = &self.0.decider.auth().credential_cookies;
             headers::confine_response(upstream_response, &t.content, protected)?;
+        }
+        if let Some(plan) = &ctx.plan {
+            crate::ports::apply_cors(upstream_response, &plan.cors)?;
         }
         Ok(())
     }

@@ -31,6 +31,15 @@ pub fn token(query: Option<&str>) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// The value of the first parameter named `name` (name and value percent-decoded).
+pub fn param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter(|p| param_name(p) == name)
+        .find_map(|p| p.split_once('='))
+        .map(|(_, v)| percent_decode(v))
+}
+
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

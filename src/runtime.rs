@@ -19,6 +19,8 @@ pub struct Runtime {
     pub address_policy: AddressPolicy,
     /// How refusals look (the operator's page template, read here).
     pub pages: crate::error::Pages,
+    /// `[ports]`: sharing ports on the content site.
+    pub ports: crate::ports::PortRules,
 }
 
 impl Runtime {
@@ -29,6 +31,7 @@ impl Runtime {
         Ok(Runtime {
             routes: RouteTable::new(config)?,
             auth: Auth::new(config)?,
+            ports: crate::ports::PortRules::new(config)?,
             tls: config
                 .listen
                 .tls

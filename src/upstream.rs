@@ -76,6 +76,8 @@ pub struct Target {
     pub tls: Option<UpstreamTls>,
     /// On whose origin the upstream's responses land (what they may set there).
     pub content: Content,
+    /// Speak HTTP/2 without TLS (a port with `protocol = "h2c"`, for gRPC).
+    pub h2c: bool,
 }
 
 /// Where an upstream's responses are rendered, and so what they may set in the browser
@@ -119,6 +121,10 @@ pub fn peer(target: &Target, cfg: &UpstreamConfig, is_upgrade: bool) -> Box<Http
         o.verify_hostname = t.verify;
         // WebSockets and these HTTP/1 semantics stay on HTTP/1.1 upstream.
         o.set_http_version(1, 1);
+    }
+    if target.h2c {
+        // Prior knowledge: there is no ALPN without TLS (Pingora trusts the caller here).
+        o.set_http_version(2, 2);
     }
     o.connection_timeout = Some(Duration::from_millis(cfg.connect_timeout_ms));
     o.write_timeout = Some(Duration::from_millis(cfg.write_timeout_ms));
@@ -165,6 +171,7 @@ mod tests {
             upstream_path: None,
             tls: None,
             content: Content::Workspace,
+            h2c: false,
         };
         let mut cfg = UpstreamConfig::default();
         assert_eq!(

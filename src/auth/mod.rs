@@ -83,6 +83,12 @@ impl std::fmt::Debug for SessionKey {
 }
 
 impl Principal {
+    /// Whether the principal is a user the upstream may be told about (`X-Edgegate-User`): a
+    /// share link's holder is nobody in particular.
+    pub fn identifies(&self) -> bool {
+        self.method != AuthMethod::ShareLink
+    }
+
     /// Whether this principal's proof was a token (its WebSocket has a maximum life).
     pub fn by_token(&self) -> bool {
         matches!(
@@ -174,7 +180,7 @@ impl Credential {
 }
 
 /// Why a credential was refused, for the access log (never the credential itself).
-fn token_refusal(e: TokenError) -> GatewayError {
+pub fn token_refusal(e: TokenError) -> GatewayError {
     match e {
         TokenError::Invalid => GatewayError::Unauthenticated,
         TokenError::WrongType | TokenError::WrongScope => GatewayError::Forbidden,
@@ -192,14 +198,22 @@ impl Auth {
                 .map_err(|e| ConfigError(format!("{field}: {e}")))
         };
         Ok(Auth {
-            tokens: TokenKeys::from_config(&a.tokens, a.ide_cookie_ttl_secs)?,
+            tokens: TokenKeys::from_config(&a.tokens, a.ide_cookie_ttl_secs)?
+                .with_port_ttls(&config.ports),
             session_cookie: a.session_cookie.clone(),
             session_key: template("auth.session_key", &a.session_key, "{sid}")?,
             ide_cookie: a.ide_cookie.clone(),
-            app_cookies: a.app_cookies.clone(),
+            // The content site's port cookie is stripped and protected as the app's are.
+            app_cookies: a
+                .app_cookies
+                .iter()
+                .chain(std::iter::once(&config.ports.cookie))
+                .cloned()
+                .collect(),
             credential_cookies: [&a.session_cookie, &a.ide_cookie]
                 .into_iter()
                 .chain(&a.app_cookies)
+                .chain(std::iter::once(&config.ports.cookie))
                 .cloned()
                 .collect(),
             ide_cookie_ttl: a.ide_cookie_ttl_secs,

@@ -201,6 +201,21 @@ pub async fn session_at(records: &Records, key: &str) -> Result<Option<SessionUs
     }))
 }
 
+/// Another field of the session at `key` (its organization, for a port's visibility), read
+/// from the same cached record.
+pub async fn session_field(
+    records: &Records,
+    key: &str,
+    field: &str,
+) -> Result<Option<String>, GatewayError> {
+    let (found, _) = records.get_secret(key).await;
+    Ok(found?.and_then(|rec| {
+        rec.get(field)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,18 @@ pub enum TokenType {
     /// The value of the ide cookie the bootstrap sets.
     #[serde(rename = "ide-session")]
     IdeSession,
+    /// The one-time code the app domain hands a content host (`ports`), scoped to a port.
+    #[serde(rename = "port-code")]
+    PortCode,
+    /// The value of the content site's port cookie, scoped to a port.
+    #[serde(rename = "port-cookie")]
+    PortCookie,
+    /// A port token for non-browser clients (`X-Edgegate-Port-Token`), scoped to a port.
+    #[serde(rename = "port-token")]
+    PortToken,
+    /// A share link's token, scoped to a port.
+    #[serde(rename = "port-share")]
+    PortShare,
 }
 
 impl TokenType {
@@ -29,6 +41,10 @@ impl TokenType {
             "dev-ide" => Some(TokenType::DevIde),
             "terminal" => Some(TokenType::Terminal),
             "ide-session" => Some(TokenType::IdeSession),
+            "port-code" => Some(TokenType::PortCode),
+            "port-cookie" => Some(TokenType::PortCookie),
+            "port-token" => Some(TokenType::PortToken),
+            "port-share" => Some(TokenType::PortShare),
             _ => None,
         }
     }
@@ -52,6 +68,9 @@ struct Claims {
     /// (`session_binding`), so the cookie stops working when that session ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sb: Option<String>,
+    /// For the port types: the port of the workspace the token opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
 }
 
 /// A freshly minted token.
@@ -71,6 +90,8 @@ pub struct Verified {
     pub exp: u64,
     /// The app session an ide cookie is bound to (`session_binding` of its id).
     pub session_binding: Option<String>,
+    /// The port a port-scoped token opens (checked by `verify_port`).
+    pub port: Option<u16>,
 }
 
 /// What an ide cookie carries to name the app session it was minted under: the first 128 bits
@@ -117,6 +138,8 @@ pub struct TokenKeys {
     dev_ide_ttl: u64,
     terminal_ttl: u64,
     ide_session_ttl: u64,
+    /// Longest lives of the port types: code, cookie, token, share link (`[ports]`).
+    port_ttls: [u64; 4],
 }
 
 /// Shortest HS256 secret accepted.
@@ -246,6 +269,15 @@ impl TokenKeys {
             dev_ide_ttl: cfg.dev_ide_ttl_secs,
             terminal_ttl: cfg.terminal_ttl_secs,
             ide_session_ttl,
+            port_ttls: {
+                let p = crate::config::PortsConfig::default();
+                [
+                    p.code_ttl_secs,
+                    p.cookie_ttl_secs,
+                    p.token_ttl_secs,
+                    p.share_max_ttl_secs,
+                ]
+            },
         };
         // A key pair that does not sign and verify together is a config error, not a 401 later.
         let probe = WorkspaceId::parse("00000000000000000000000000")
@@ -262,6 +294,17 @@ impl TokenKeys {
         Ok(keys)
     }
 
+    /// The longest lives of the port types, from `[ports]`: code, cookie, token, share link.
+    pub fn with_port_ttls(mut self, ports: &crate::config::PortsConfig) -> TokenKeys {
+        self.port_ttls = [
+            ports.code_ttl_secs,
+            ports.cookie_ttl_secs,
+            ports.token_ttl_secs,
+            ports.share_max_ttl_secs,
+        ];
+        self
+    }
+
     /// Clock skew allowed on `exp`, in seconds.
     pub fn leeway(&self) -> u64 {
         self.leeway
@@ -272,7 +315,54 @@ impl TokenKeys {
             TokenType::DevIde => self.dev_ide_ttl,
             TokenType::Terminal => self.terminal_ttl,
             TokenType::IdeSession => self.ide_session_ttl,
+            TokenType::PortCode => self.port_ttls[0],
+            TokenType::PortCookie => self.port_ttls[1],
+            TokenType::PortToken => self.port_ttls[2],
+            TokenType::PortShare => self.port_ttls[3],
         }
+    }
+
+    /// A port-scoped token of `typ` for `user` (empty for a share link), with its id `jti`
+    /// (a grant's id, `ports`) and a life of `ttl` seconds (at most the type's).
+    pub fn mint_port(
+        &self,
+        typ: TokenType,
+        id: &WorkspaceId,
+        port: u16,
+        user: &str,
+        jti: &str,
+        ttl: u64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let iat = now();
+        let claims = Claims {
+            sub: user.to_string(),
+            vmid: None,
+            ws: Some(id.to_string()),
+            typ,
+            exp: iat + ttl.min(self.ttl(typ)),
+            iat,
+            jti: jti.to_string(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sb: None,
+            port: Some(port),
+        };
+        jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.encoding)
+    }
+
+    /// `verify` for a port-scoped token: its port must be `port` too.
+    pub fn verify_port(
+        &self,
+        token: &str,
+        want: TokenType,
+        id: &WorkspaceId,
+        port: u16,
+    ) -> Result<Verified, TokenError> {
+        let v = self.verify(token, want, id)?;
+        if v.port != Some(port) {
+            return Err(TokenError::WrongScope);
+        }
+        Ok(v)
     }
 
     /// A fresh token of `typ` for `user`, scoped to `id`; returns it with its lifetime in seconds.
@@ -309,8 +399,8 @@ impl TokenKeys {
         let ttl = self.ttl(typ);
         let scope = Some(id.to_string());
         let (vmid, ws) = match typ {
-            TokenType::Terminal => (None, scope),
             TokenType::DevIde | TokenType::IdeSession => (scope, None),
+            _ => (None, scope),
         };
         let claims = Claims {
             sub: user.to_string(),
@@ -323,6 +413,7 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             sb: session_binding,
+            port: None,
         };
         let token = jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.encoding)?;
         Ok(Minted {
@@ -350,7 +441,8 @@ impl TokenKeys {
             || claims.exp < claims.iat
             || claims.exp - claims.iat > self.ttl(claims.typ)
             || claims.jti.is_empty()
-            || claims.sub.is_empty()
+            // A share link stands for nobody: its `sub` is empty.
+            || (claims.sub.is_empty() && claims.typ != TokenType::PortShare)
         {
             return Err(TokenError::Invalid);
         }
@@ -370,6 +462,7 @@ impl TokenKeys {
             jti: claims.jti,
             exp: claims.exp,
             session_binding: claims.sb,
+            port: claims.port,
         })
     }
 
@@ -386,7 +479,7 @@ impl TokenKeys {
 }
 
 /// 128 random bits, hex.
-fn new_jti() -> String {
+pub fn new_jti() -> String {
     let mut b = [0u8; 16];
     if getrandom::fill(&mut b).is_err() {
         // No OS randomness is a broken machine; a time-and-counter jti is still unique.

@@ -37,6 +37,8 @@ pub struct Route {
     pub upstream_tls: bool,
     pub upstream_sni: Option<String>,
     pub upstream_verify: bool,
+    /// On `{content_domain}`: its ports are shared by visibility (`ports`).
+    pub content: bool,
     record_shape: u64,
 }
 
@@ -97,6 +99,10 @@ pub struct RouteTable {
     endpoints: Vec<(Endpoint, String, String)>,
     ide_route: Option<usize>,
     workspace_route: Option<usize>,
+    /// The content route the port endpoints serve (`ports.route`).
+    ports_route: Option<usize>,
+    /// `ports.api_prefix` and `ports.callback_path`, when there is a content route.
+    ports_api: Option<(String, String)>,
 }
 
 /// What the table says about one request.
@@ -108,6 +114,31 @@ pub enum RouteMatch<'a> {
     Endpoint(Endpoint, WorkspaceId),
     /// `/__ide/{id}` without its slash: send the browser to the canonical prefix.
     Redirect(String),
+    /// A port endpoint on the app's hosts (`ports::api`).
+    PortEndpoint(PortEndpoint, WorkspaceId, u16),
+    /// The exchange of a code or share link for the port cookie, on a content host.
+    PortCallback(&'a Route, WorkspaceId, u16),
+}
+
+/// The port endpoints edgegate answers on the app's hosts (`{ports.api_prefix}{id}/{port}/…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortEndpoint {
+    /// `GET …/authorize`: the content site's sign-in.
+    Authorize,
+    /// `POST …/token`: a port token.
+    Token,
+    /// `POST …/share`: a share link.
+    Share,
+}
+
+impl PortEndpoint {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PortEndpoint::Authorize => "port_authorize",
+            PortEndpoint::Token => "port_token",
+            PortEndpoint::Share => "port_share",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -129,6 +160,11 @@ impl Route {
 
     /// For a host route without `{port}`: the host for `id` (lower case), e.g. for token URLs.
     pub fn host_for(&self, id: &WorkspaceId) -> Option<String> {
+        self.host_for_port(id, None)
+    }
+
+    /// The host for `id` and, on a `{port}` route, `port` (lower case).
+    pub fn host_for_port(&self, id: &WorkspaceId, port: Option<u16>) -> Option<String> {
         let RouteKind::Host { pattern, .. } = &self.kind else {
             return None;
         };
@@ -137,10 +173,35 @@ impl Route {
             match t {
                 Token::Lit(l) => h.push_str(l),
                 Token::Id => h.push_str(&id.as_str().to_ascii_lowercase()),
-                Token::Port => return None,
+                Token::Port => h.push_str(&port?.to_string()),
             }
         }
         Some(h)
+    }
+
+    /// Whether a `{port}` route's allow-list has `port`.
+    pub fn allows_port(&self, port: u16) -> bool {
+        match &self.kind {
+            RouteKind::Host { ports, .. } => {
+                ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port))
+            }
+            RouteKind::Path { .. } => false,
+        }
+    }
+
+    /// The workspace and port a normalised host names on this host route, when it matches and
+    /// the port is allowed.
+    pub fn parse_host(&self, host: &str) -> Option<(WorkspaceId, Option<u16>)> {
+        let RouteKind::Host { pattern, .. } = &self.kind else {
+            return None;
+        };
+        let (raw_id, raw_port) = match_host(pattern, host)?;
+        let id = WorkspaceId::parse(raw_id)?;
+        let port = match raw_port {
+            Some(p) => Some(p.parse().ok().filter(|p| self.allows_port(*p))?),
+            None => None,
+        };
+        Some((id, port))
     }
 
     /// For a path route: its prefix for `id`, e.g. `/__ide/{ID}/`.
@@ -161,8 +222,7 @@ impl RouteTable {
     /// Compile the table from a validated config (`Config::validate` checked every rule this
     /// relies on; what could still fail is reported with its field all the same).
     pub fn new(config: &Config) -> Result<RouteTable, ConfigError> {
-        let bd = config.base_domain.to_ascii_lowercase();
-        let expand = |s: &str| s.replace("{base_domain}", &bd).to_ascii_lowercase();
+        let expand = |s: &str| config.expand_host(s);
         let default_hosts: Vec<String> = config
             .default
             .as_ref()
@@ -187,6 +247,13 @@ impl RouteTable {
         let find = |name: &str| routes.iter().position(|r| &*r.name == name);
         let ide_route = find(&api.ide_route);
         let workspace_route = find(&api.workspace_route);
+        let ports_route = config.ports_route().and_then(|r| find(&r.name));
+        let ports_api = ports_route.map(|_| {
+            (
+                config.ports.api_prefix.clone(),
+                config.ports.callback_path.clone(),
+            )
+        });
         let mut endpoints = Vec::new();
         for (field, template, reads) in api.endpoints() {
             let enabled = match reads {
@@ -213,7 +280,14 @@ impl RouteTable {
             endpoints,
             ide_route,
             workspace_route,
+            ports_route,
+            ports_api,
         })
+    }
+
+    /// The content route the port endpoints serve.
+    pub fn ports_route(&self) -> Option<&Route> {
+        self.ports_route.map(|i| &self.routes[i])
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -255,6 +329,13 @@ impl RouteTable {
                         }
                         None => None,
                     };
+                    if let (true, Some(port), Some((_, callback))) =
+                        (route.content, port, &self.ports_api)
+                    {
+                        if path == callback {
+                            return Ok(RouteMatch::PortCallback(route, id, port));
+                        }
+                    }
                     return Ok(RouteMatch::Workspace(WorkspaceMatch {
                         route,
                         id,
@@ -286,11 +367,44 @@ impl RouteTable {
                     return Ok(RouteMatch::Endpoint(*ep, id));
                 }
             }
+            if let Some(m) = self.port_endpoint(path) {
+                return m;
+            }
             if let Some(d) = &self.default {
                 return Ok(RouteMatch::Default(d));
             }
         }
         Err(GatewayError::NoRoute)
+    }
+}
+
+impl RouteTable {
+    /// `{api_prefix}{id}/{port}/(authorize|token|share)`, when `path` is under the prefix.
+    fn port_endpoint(&self, path: &str) -> Option<Result<RouteMatch<'_>, GatewayError>> {
+        let (prefix, _) = self.ports_api.as_ref()?;
+        let rest = path.strip_prefix(prefix.as_str())?;
+        let mut parts = rest.split('/');
+        let (raw_id, raw_port, action) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let ep = match action {
+            "authorize" => PortEndpoint::Authorize,
+            "token" => PortEndpoint::Token,
+            "share" => PortEndpoint::Share,
+            _ => return None,
+        };
+        let Some(id) = WorkspaceId::parse(raw_id) else {
+            return Some(Err(GatewayError::BadId));
+        };
+        let port = raw_port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| self.ports_route().is_some_and(|r| r.allows_port(*p)));
+        Some(match port {
+            Some(p) => Ok(RouteMatch::PortEndpoint(ep, id, p)),
+            None => Err(GatewayError::PortNotAllowed),
+        })
     }
 }
 
@@ -432,6 +546,7 @@ fn compile(
         upstream_tls: rc.upstream_tls,
         upstream_sni: rc.upstream_sni.clone(),
         upstream_verify: rc.upstream_verify,
+        content: rc.on_content_domain(),
         record_shape: crate::stable_hash(&(&rc.status_field, &rc.upstream_field, rc.port)),
     })
 }
@@ -486,6 +601,8 @@ mod tests {
             RouteMatch::Default(_) => "default".into(),
             RouteMatch::Endpoint(e, id) => format!("endpoint:{e:?}:{id}"),
             RouteMatch::Redirect(l) => format!("redirect:{l}"),
+            RouteMatch::PortEndpoint(e, id, p) => format!("port_endpoint:{e:?}:{id}:{p}"),
+            RouteMatch::PortCallback(r, id, p) => format!("port_callback:{}:{id}:{p}", r.name),
         }
     }
 

@@ -65,6 +65,15 @@ pub trait RouteStore: Send + Sync {
     /// Set the string `key` to `value`, expiring after `ttl_secs` (edgegate's own notes).
     async fn put(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreFailure>;
 
+    /// Write the hash `key` (replacing what was there), expiring after `ttl_secs`: edgegate's
+    /// own records (the grants behind port cookies, tokens and share links).
+    async fn put_record(
+        &self,
+        key: &str,
+        fields: &[(&str, &str)],
+        ttl_secs: u64,
+    ) -> Result<(), StoreFailure>;
+
     /// The string at `key`, `None` when there is none.
     async fn get_string(&self, key: &str) -> Result<Option<String>, StoreFailure>;
 
@@ -183,6 +192,22 @@ impl Records {
             .await
             .map_err(|f| {
                 log::warn!("route store cannot keep a note: {f:?}");
+                GatewayError::StoreUnavailable
+            })
+    }
+
+    /// Write a record of edgegate's own (`RouteStore::put_record`); read it with `get_secret`.
+    pub async fn put_record(
+        &self,
+        key: &str,
+        fields: &[(&str, &str)],
+        ttl_secs: u64,
+    ) -> Result<(), GatewayError> {
+        self.store
+            .put_record(key, fields, ttl_secs.max(1))
+            .await
+            .map_err(|f| {
+                log::warn!("route store cannot keep a grant: {f:?}");
                 GatewayError::StoreUnavailable
             })
     }
@@ -322,6 +347,8 @@ pub struct StaticStore {
     records: HashMap<String, Record>,
     spent: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     notes: std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// Records edgegate wrote itself (grants), until they expire.
+    written: std::sync::Mutex<HashMap<String, (Record, std::time::Instant)>>,
 }
 
 impl StaticStore {
@@ -341,6 +368,7 @@ impl StaticStore {
             records,
             spent: std::sync::Mutex::new(HashMap::new()),
             notes: std::sync::Mutex::new(HashMap::new()),
+            written: std::sync::Mutex::new(HashMap::new()),
         }
     }
 }
@@ -348,7 +376,34 @@ impl StaticStore {
 #[async_trait]
 impl RouteStore for StaticStore {
     async fn fetch(&self, key: &str) -> Result<Option<Record>, StoreFailure> {
-        Ok(self.records.get(key).cloned())
+        if let Some(r) = self.records.get(key) {
+            return Ok(Some(r.clone()));
+        }
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(written
+            .get(key)
+            .filter(|(_, until)| *until > std::time::Instant::now())
+            .map(|(r, _)| r.clone()))
+    }
+
+    async fn put_record(
+        &self,
+        key: &str,
+        fields: &[(&str, &str)],
+        ttl_secs: u64,
+    ) -> Result<(), StoreFailure> {
+        let now = std::time::Instant::now();
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.retain(|_, (_, until)| *until > now);
+        let record = fields
+            .iter()
+            .map(|(f, v)| (f.to_string(), v.to_string()))
+            .collect();
+        written.insert(
+            key.to_string(),
+            (record, now + Duration::from_secs(ttl_secs)),
+        );
+        Ok(())
     }
 
     async fn spend_once(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreFailure> {
@@ -520,6 +575,28 @@ impl RouteStore for RedisStore {
 
     async fn get_string(&self, key: &str) -> Result<Option<String>, StoreFailure> {
         self.run("get", redis::cmd("GET").arg(key)).await
+    }
+
+    async fn put_record(
+        &self,
+        key: &str,
+        fields: &[(&str, &str)],
+        ttl_secs: u64,
+    ) -> Result<(), StoreFailure> {
+        // One key, so one slot: DEL, HSET and EXPIRE as one transaction.
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("DEL").arg(key).ignore();
+        let hset = pipe.cmd("HSET").arg(key);
+        for (f, v) in fields {
+            hset.arg(*f).arg(*v);
+        }
+        hset.ignore();
+        pipe.cmd("EXPIRE").arg(key).arg(ttl_secs).ignore();
+        self.deadline("hset", self.command_timeout, async {
+            let mut conn = self.backend.conn().await?;
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
     }
 
     async fn ping(&self) -> bool {
