@@ -1,0 +1,940 @@
+//! Shared ports on a content site of their own (issue #17, SPEC §8): the sign-in through the
+//! app's host and back with a host-only cookie, each visibility against each kind of
+//! visitor, tightening a port while its requests and WebSockets are open, CORS between a
+//! workspace's ports, port tokens and share links. Real Redis, real upstreams, the real
+//! gateway; assertions on what the visitor got and on what the upstream received.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const CONTENT: &str = "example-content.test";
+/// Sessions beside `OWNER_SESSION` (user-1) and `OTHER_SESSION` (user-2, no organization).
+const MEMBER_SESSION: &str = "sess-member";
+const OUTSIDER_SESSION: &str = "sess-outsider";
+const ORG: &str = "acme";
+
+/// The content route and `[ports]` for plain-HTTP tests (no `__Host-` prefix without Secure).
+const PORTS: &str = r#"
+[[route]]
+name = "port"
+host = "ws-{id}--{port}.{content_domain}"
+key = "workspace:{id}"
+status_field = "status"
+allowed_ports = ["1024-65535"]
+auth = ["port_cookie", "port_token", "share_link"]
+
+[ports]
+cookie = "edgegate_port"
+"#;
+
+struct Site {
+    w: World,
+    /// The gateway's config (a second instance runs the same).
+    text: String,
+}
+
+impl Site {
+    async fn start(extra: &str) -> Site {
+        Self::start_with(extra, PORTS).await
+    }
+
+    /// With another content route and `[ports]` table than `PORTS`.
+    async fn start_with(extra: &str, ports: &str) -> Site {
+        let redis = Redis::start();
+        let a = upstream("upstream-a").await;
+        let b = upstream("upstream-b").await;
+        let app = upstream("app").await;
+        // Records are read afresh on each request (a 1 ms cache): a test that rewrites one
+        // sees the change on its next request, without racing the invalidation message.
+        let cache = "[cache]\nttl_ms = 1\nnegative_ttl_ms = 1\n";
+        let text = config_text(
+            free_port(),
+            redis.port,
+            app.addr,
+            &format!("{cache}{extra}{ports}"),
+        )
+        .replacen(
+            &format!("base_domain = \"{DOMAIN}\"\n"),
+            &format!("base_domain = \"{DOMAIN}\"\ncontent_domain = \"{CONTENT}\"\n"),
+            1,
+        );
+        let gw = Gateway::start(&text);
+        redis.wait_for_subscriber("edgegate:invalidate");
+        redis.sessions();
+        redis.hset(
+            &format!("session:{MEMBER_SESSION}"),
+            &[("user", "user-3"), ("org", ORG)],
+        );
+        redis.hset(
+            &format!("session:{OUTSIDER_SESSION}"),
+            &[("user", "user-4"), ("org", "globex")],
+        );
+        Site {
+            w: World {
+                redis,
+                a,
+                b,
+                app,
+                gw,
+            },
+            text,
+        }
+    }
+
+    /// Workspace `id` on upstream A, owned by user-1 of `ORG`, with `settings` (JSON) for A's
+    /// port when given.
+    fn workspace(&self, id: &str, settings: Option<&str>) {
+        let backend = self.w.a.addr.to_string();
+        let field = format!("port.{}", self.w.a.addr.port());
+        let mut fields = vec![
+            ("backend", backend.as_str()),
+            ("owner", OWNER),
+            ("status", "running"),
+            ("org", ORG),
+        ];
+        if let Some(s) = settings {
+            fields.push((field.as_str(), s));
+        }
+        self.w.redis.hset(&format!("workspace:{id}"), &fields);
+        self.w
+            .redis
+            .publish("edgegate:invalidate", &format!("workspace:{id}"));
+    }
+
+    fn set_visibility(&self, id: &str, visibility: &str) {
+        let _: () = redis::cmd("HSET")
+            .arg(format!("workspace:{id}"))
+            .arg(format!("port.{}", self.w.a.addr.port()))
+            .arg(format!("{{\"visibility\":\"{visibility}\"}}"))
+            .query(&mut self.w.redis.conn())
+            .expect("HSET");
+        self.w
+            .redis
+            .publish("edgegate:invalidate", &format!("workspace:{id}"));
+    }
+
+    /// The content host of `id`'s port `port`, as a browser sends it.
+    fn host(&self, id: &str, port: u16) -> String {
+        format!(
+            "ws-{}--{port}.{CONTENT}:{}",
+            id.to_ascii_lowercase(),
+            self.w.gw.port
+        )
+    }
+
+    fn a_port(&self) -> u16 {
+        self.w.a.addr.port()
+    }
+
+    /// A browser's navigation, with extra headers.
+    async fn navigate(&self, host: &str, target: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut all = vec![("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Site", "none")];
+        all.extend_from_slice(headers);
+        self.w.gw.request("GET", host, target, &all).await
+    }
+
+    /// The whole sign-in of a browser holding the app session `session` (or none) for `id`'s
+    /// A port, starting at `target`: the port cookie's value, or the response that refused.
+    async fn sign_in(&self, id: &str, session: Option<&str>, target: &str) -> Result<String, Resp> {
+        let host = self.host(id, self.a_port());
+        let first = self.navigate(&host, target, &[]).await;
+        assert_eq!(first.status, 303, "sent to sign in: {first:?}");
+        let to_app = first.header("location").expect("location").to_string();
+        let app_prefix = format!("http://{DOMAIN}:{}", self.w.gw.port);
+        let app_target = to_app
+            .strip_prefix(&app_prefix)
+            .unwrap_or_else(|| panic!("the sign-in is on the app's host: {to_app}"));
+        let cookie = session.map(|s| format!("session={s}"));
+        let mut headers = vec![
+            ("Sec-Fetch-Mode", "navigate"),
+            ("Sec-Fetch-Site", "cross-site"),
+        ];
+        if let Some(c) = &cookie {
+            headers.push(("Cookie", c));
+        }
+        let app = self
+            .w
+            .gw
+            .request(
+                "GET",
+                &format!("{DOMAIN}:{}", self.w.gw.port),
+                app_target,
+                &headers,
+            )
+            .await;
+        if app.status != 303 {
+            return Err(app);
+        }
+        let back = app.header("location").expect("location").to_string();
+        let back_target = back
+            .strip_prefix(&format!("http://{host}"))
+            .unwrap_or_else(|| panic!("back on the content host: {back}"));
+        assert!(back_target.starts_with("/__edgegate/auth?token="), "{back}");
+        let exchanged = self.navigate(&host, back_target, &[]).await;
+        assert_eq!(exchanged.status, 303, "{exchanged:?}");
+        assert_eq!(
+            exchanged.header("location"),
+            Some(target),
+            "back where the visitor started"
+        );
+        let set = exchanged.header("set-cookie").expect("the port cookie");
+        Ok(cookie_value(set, "edgegate_port"))
+    }
+}
+
+/// The value a `Set-Cookie` sets for `name`.
+fn cookie_value(set_cookie: &str, name: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .and_then(|p| p.trim().strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("{name} in {set_cookie}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_without_a_port_credential_signs_in_through_the_app_and_gets_a_host_only_cookie()
+{
+    let s = Site::start("").await;
+    s.workspace(ID_A, None);
+    let port = s.a_port();
+    let host = s.host(ID_A, port);
+
+    // No credential: sent to the app's host (where the app session lives), never proxied.
+    let first = s.navigate(&host, "/x?y=1&token=leak", &[]).await;
+    assert_eq!(first.status, 303);
+    assert_eq!(
+        first.header("location"),
+        Some(
+            format!(
+                "http://{DOMAIN}:{}/api/ports/{ID_A}/{port}/authorize?path=/x%3Fy%3D1",
+                s.w.gw.port
+            )
+            .as_str()
+        ),
+        "the way back, without any token parameter"
+    );
+    // A fetch is told 401 (a redirect would be followed blindly), an upgrade too.
+    let fetch = s.w.gw.request("GET", &host, "/x", &[]).await;
+    assert_eq!(
+        (fetch.status, fetch.error_code().as_str()),
+        (401, "unauthenticated")
+    );
+    assert_eq!(s.w.a.count(), 0, "nothing reached the upstream");
+
+    // The whole sign-in, then the port with its cookie.
+    let cookie = s
+        .sign_in(ID_A, Some(OWNER_SESSION), "/x?y=1")
+        .await
+        .expect("owner");
+    let r =
+        s.w.gw
+            .request(
+                "GET",
+                &host,
+                "/x?y=1",
+                &[("Cookie", &format!("edgegate_port={cookie}; theirs=1"))],
+            )
+            .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.w.a.seen();
+    let last = seen.last().expect("the upstream saw it");
+    assert_eq!(last.target, "/x?y=1");
+    assert_eq!(
+        last.header("cookie"),
+        Some("theirs=1"),
+        "the port cookie stays here"
+    );
+    assert_eq!(last.header("x-edgegate-user"), Some(OWNER));
+    assert_eq!(
+        last.header("host"),
+        Some(host.as_str()),
+        "the browser's Host"
+    );
+
+    // The cookie: host-only (no Domain), HttpOnly, for the whole host.
+    let app =
+        s.w.gw
+            .request(
+                "GET",
+                &format!("{DOMAIN}:{}", s.w.gw.port),
+                &format!("/api/ports/{ID_A}/{port}/authorize?path=%2F"),
+                &[("Cookie", &format!("session={OWNER_SESSION}"))],
+            )
+            .await;
+    let back = app.header("location").expect("location").to_string();
+    let back_target = back.strip_prefix(&format!("http://{host}")).expect("host");
+    let exchanged = s.navigate(&host, back_target, &[]).await;
+    let set = exchanged
+        .header("set-cookie")
+        .expect("set-cookie")
+        .to_string();
+    assert!(!set.to_ascii_lowercase().contains("domain"), "{set}");
+    assert!(set.contains("Path=/;") && set.contains("HttpOnly"), "{set}");
+    assert_eq!(exchanged.header("referrer-policy"), Some("no-referrer"));
+    // The code is spent: the same URL again signs nobody in.
+    let replay = s.w.gw.request("GET", &host, back_target, &[]).await;
+    assert_eq!(
+        (replay.status, replay.error_code().as_str()),
+        (401, "token_spent")
+    );
+    // A code for one port opens no other (nor another workspace).
+    let app =
+        s.w.gw
+            .request(
+                "GET",
+                &format!("{DOMAIN}:{}", s.w.gw.port),
+                &format!("/api/ports/{ID_A}/{port}/authorize"),
+                &[("Cookie", &format!("session={OWNER_SESSION}"))],
+            )
+            .await;
+    let back = app.header("location").expect("location").to_string();
+    let code_target = back.strip_prefix(&format!("http://{host}")).expect("host");
+    let elsewhere = s.navigate(&s.host(ID_A, port + 1), code_target, &[]).await;
+    assert_eq!(elsewhere.status, 403, "{elsewhere:?}");
+    // A port cookie of one port is no credential on another.
+    let other_port =
+        s.w.gw
+            .request(
+                "GET",
+                &s.host(ID_A, port + 1),
+                "/",
+                &[("Cookie", &format!("edgegate_port={cookie}"))],
+            )
+            .await;
+    assert_eq!(other_port.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_visibility_lets_in_exactly_its_visitors() {
+    let s = Site::start("").await;
+    let port = s.a_port();
+    let host = s.host(ID_A, port);
+    // (visibility, [owner, member of the org, user of another org, signed-in user with no
+    // org, anonymous]): whether each gets the port.
+    let table = [
+        ("private", [true, false, false, false, false]),
+        ("organization", [true, true, false, false, false]),
+        ("authenticated", [true, true, true, true, false]),
+        ("public", [true, true, true, true, true]),
+    ];
+    let visitors = [
+        Some(OWNER_SESSION),
+        Some(MEMBER_SESSION),
+        Some(OUTSIDER_SESSION),
+        Some(OTHER_SESSION),
+        None,
+    ];
+    for (visibility, want) in table {
+        s.workspace(ID_A, Some(&format!("{{\"visibility\":\"{visibility}\"}}")));
+        for (visitor, want) in visitors.iter().zip(want) {
+            let before = s.w.a.count();
+            let got = if visibility == "public" {
+                // No credential needed, none asked for.
+                let mut headers = vec![];
+                let c = visitor.map(|v| format!("session={v}"));
+                if let Some(c) = &c {
+                    headers.push(("Cookie", c.as_str()));
+                }
+                let r = s.navigate(&host, "/", &headers).await;
+                assert_eq!(r.status, 200, "{visibility} {visitor:?}: {r:?}");
+                let seen = s.w.a.seen();
+                let last = seen.last().expect("seen");
+                assert_eq!(last.header("x-edgegate-user"), None, "nobody in particular");
+                assert_eq!(last.header("cookie"), None, "no credential of any kind");
+                true
+            } else {
+                match s.sign_in(ID_A, *visitor, "/").await {
+                    Ok(cookie) => {
+                        let r =
+                            s.w.gw
+                                .request(
+                                    "GET",
+                                    &host,
+                                    "/",
+                                    &[("Cookie", &format!("edgegate_port={cookie}"))],
+                                )
+                                .await;
+                        assert_eq!(r.status, 200, "{visibility} {visitor:?}: {r:?}");
+                        true
+                    }
+                    Err(refused) => {
+                        let want_status = if visitor.is_some() { 403 } else { 401 };
+                        assert_eq!(
+                            refused.status, want_status,
+                            "{visibility} {visitor:?}: {refused:?}"
+                        );
+                        false
+                    }
+                }
+            };
+            assert_eq!(got, want, "{visibility}: {visitor:?}");
+            assert_eq!(
+                s.w.a.count() - before,
+                usize::from(got),
+                "{visibility} {visitor:?}: the upstream saw exactly the requests let in"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_port_gets_no_credential_of_any_kind_and_the_cap_holds() {
+    let s = Site::start("").await;
+    s.workspace(ID_A, Some(r#"{"visibility":"public"}"#));
+    let host = s.host(ID_A, s.a_port());
+    let ours = mint(edgegate::auth::token::TokenType::DevIde, ID_A, OWNER);
+    let cookies = format!("session={OWNER_SESSION}; edgegate_ide=x; edgegate_port=y; app=1");
+    let bearer = format!("Bearer {ours}");
+    let r =
+        s.w.gw
+            .request(
+                "GET",
+                &host,
+                "/p",
+                &[
+                    ("Cookie", &cookies),
+                    ("Authorization", &bearer),
+                    ("X-Edgegate-Port-Token", "abc"),
+                    ("X_Edgegate_Port_Token", "abc"),
+                ],
+            )
+            .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.w.a.seen();
+    let last = seen.last().expect("seen");
+    assert_eq!(last.header("cookie"), Some("app=1"));
+    assert_eq!(last.header("authorization"), None);
+    assert_eq!(last.header("x-edgegate-port-token"), None);
+    assert_eq!(last.header("x_edgegate_port_token"), None);
+    assert_eq!(last.header("x-edgegate-user"), None);
+
+    // With ports.max_visibility = "authenticated", the same record opens to signed-in users
+    // only.
+    let capped = Site::start_with(
+        "",
+        &PORTS.replace("[ports]\n", "[ports]\nmax_visibility = \"authenticated\"\n"),
+    )
+    .await;
+    capped.workspace(ID_A, Some(r#"{"visibility":"public"}"#));
+    let host = capped.host(ID_A, capped.a_port());
+    let anonymous = capped.w.gw.request("GET", &host, "/", &[]).await;
+    assert_eq!(anonymous.status, 401);
+    assert!(capped.sign_in(ID_A, Some(OTHER_SESSION), "/").await.is_ok());
+    assert!(capped.sign_in(ID_A, None, "/").await.is_err());
+}
+
+/// An upstream that holds every request open (a long poll): counts what it accepted.
+async fn holding_upstream() -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tightening_a_port_closes_what_no_longer_passes_on_the_spot() {
+    let s = Site::start("").await;
+    s.w.redis.wait_for_subscriber("edgegate:invalidate");
+    s.workspace(ID_A, Some(r#"{"visibility":"authenticated"}"#));
+    let port = s.a_port();
+    let host = s.host(ID_A, port);
+    let visitor = s
+        .sign_in(ID_A, Some(OTHER_SESSION), "/")
+        .await
+        .expect("signed in");
+    let owner = s
+        .sign_in(ID_A, Some(OWNER_SESSION), "/")
+        .await
+        .expect("owner");
+    let origin = format!("http://{host}");
+    let open = |cookie: String| {
+        let (gw, host, origin) = (s.w.gw.addr, host.clone(), origin.clone());
+        async move {
+            ws_connect(
+                gw,
+                &host,
+                "/ws",
+                &[
+                    ("Cookie", &format!("edgegate_port={cookie}")),
+                    ("Origin", &origin),
+                ],
+            )
+            .await
+            .expect("open")
+        }
+    };
+    let mut theirs = open(visitor.clone()).await;
+    let mut mine = open(owner.clone()).await;
+    assert_eq!(ws_roundtrip(&mut theirs, "hi").await, "upstream-a:hi");
+    // The visitor's WebSocket on a second instance too.
+    let second = Gateway::start(&s.text.replace(
+        &format!("127.0.0.1:{}", s.w.gw.port),
+        &format!("127.0.0.1:{}", free_port()),
+    ));
+    let second_host = host.replace(&s.w.gw.port.to_string(), &second.port.to_string());
+    let mut theirs_too = ws_connect(
+        second.addr,
+        &second_host,
+        "/ws",
+        &[
+            ("Cookie", &format!("edgegate_port={visitor}")),
+            ("Origin", &format!("http://{second_host}")),
+        ],
+    )
+    .await
+    .expect("open on the second instance");
+    assert_eq!(ws_roundtrip(&mut theirs_too, "hi").await, "upstream-a:hi");
+
+    // A long poll of the visitor's, on another port of the workspace that holds it open.
+    let held = holding_upstream().await;
+    let field = format!("port.{}", held.port());
+    let _: () = redis::cmd("HSET")
+        .arg(format!("workspace:{ID_A}"))
+        .arg(&field)
+        .arg(r#"{"visibility":"authenticated"}"#)
+        .query(&mut s.w.redis.conn())
+        .expect("HSET");
+    s.w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+    let held_host = s.host(ID_A, held.port());
+    let poll_cookie = {
+        // The sign-in, by hand for the held port (once the invalidation is through).
+        let authorize = || async {
+            s.w.gw
+                .request(
+                    "GET",
+                    &format!("{DOMAIN}:{}", s.w.gw.port),
+                    &format!("/api/ports/{ID_A}/{}/authorize", held.port()),
+                    &[("Cookie", &format!("session={OTHER_SESSION}"))],
+                )
+                .await
+        };
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                authorize().await.status == 303
+            })
+            .await
+        );
+        let app = authorize().await;
+        let back = app.header("location").expect("location").to_string();
+        let t = back
+            .strip_prefix(&format!("http://{held_host}"))
+            .expect("host")
+            .to_string();
+        let r = s.navigate(&held_host, &t, &[]).await;
+        cookie_value(r.header("set-cookie").expect("cookie"), "edgegate_port")
+    };
+    // A `{port}` route reaches that port on the record's host (127.0.0.1 here).
+    let mut poll = {
+        use tokio::io::AsyncWriteExt;
+        let mut c = tokio::net::TcpStream::connect(s.w.gw.addr)
+            .await
+            .expect("connect");
+        let req = format!(
+            "GET /poll HTTP/1.1\r\nHost: {held_host}\r\nCookie: edgegate_port={poll_cookie}\r\n\r\n"
+        );
+        c.write_all(req.as_bytes()).await.expect("write");
+        c
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The owner makes both ports private again and says so.
+    let _: () = redis::cmd("HSET")
+        .arg(format!("workspace:{ID_A}"))
+        .arg(&field)
+        .arg(r#"{"visibility":"private"}"#)
+        .query(&mut s.w.redis.conn())
+        .expect("HSET");
+    s.set_visibility(ID_A, "private");
+    // Bounds, not timings: far below the 1 h WebSocket idle and 60 s upstream timeouts.
+    assert_eq!(
+        expect_close(&mut theirs, Duration::from_secs(10)).await,
+        1008
+    );
+    assert_eq!(
+        expect_close(&mut theirs_too, Duration::from_secs(10)).await,
+        1008
+    );
+    let mut rest = Vec::new();
+    {
+        use tokio::io::AsyncReadExt;
+        tokio::time::timeout(Duration::from_secs(10), poll.read_to_end(&mut rest))
+            .await
+            .expect("the long poll ends (not at the 60 s upstream timeout)")
+            .ok();
+    }
+    let r = parse_response(&rest);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "workspace_not_running"),
+        "{r:?}"
+    );
+    // The owner passes private: their WebSocket goes on, and the visitor is refused now.
+    assert_eq!(ws_roundtrip(&mut mine, "still").await, "upstream-a:still");
+    let again =
+        s.w.gw
+            .request(
+                "GET",
+                &host,
+                "/",
+                &[("Cookie", &format!("edgegate_port={visitor}"))],
+            )
+            .await;
+    assert_eq!(again.status, 403);
+    let m = s.w.gw.admin_get("/metrics").await.body;
+    assert!(
+        m.contains("edgegate_drained_total{cause=\"access_changed\",kind=\"http\"} 1"),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("drained"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_between_a_workspaces_ports_is_edgegates_and_nothing_else_gets_in() {
+    let s = Site::start("").await;
+    s.workspace(ID_A, None);
+    let port = s.a_port();
+    let host = s.host(ID_A, port);
+    let sibling = format!("http://{}", s.host(ID_A, port + 1));
+    let stranger = format!("http://{}", s.host(ID_B, port + 1));
+
+    // The preflight to the private port carries no cookie: edgegate answers it for the
+    // workspace's own other port, and nothing reaches the upstream.
+    let preflight = |origin: String| {
+        let (gw, host) = (&s.w.gw, host.clone());
+        async move {
+            gw.request(
+                "OPTIONS",
+                &host,
+                "/api",
+                &[
+                    ("Origin", &origin),
+                    ("Access-Control-Request-Method", "PUT"),
+                    ("Access-Control-Request-Headers", "content-type, x-thing"),
+                ],
+            )
+            .await
+        }
+    };
+    let ok = preflight(sibling.clone()).await;
+    assert_eq!(ok.status, 204, "{ok:?}");
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some(sibling.as_str())
+    );
+    assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(ok.header("access-control-allow-methods"), Some("PUT"));
+    assert_eq!(
+        ok.header("access-control-allow-headers"),
+        Some("content-type, x-thing")
+    );
+    let refused = preflight(stranger.clone()).await;
+    assert_eq!(refused.status, 401, "another workspace's page gets nothing");
+    assert_eq!(refused.header("access-control-allow-origin"), None);
+    assert_eq!(s.w.a.count(), 0);
+
+    // The credentialed request from the sibling: edgegate's CORS headers, once each.
+    let cookie = s
+        .sign_in(ID_A, Some(OWNER_SESSION), "/")
+        .await
+        .expect("owner");
+    let from = |origin: String| {
+        let (gw, host, cookie) = (&s.w.gw, host.clone(), cookie.clone());
+        async move {
+            gw.request(
+                "GET",
+                &host,
+                "/api",
+                &[
+                    ("Origin", &origin),
+                    ("Cookie", &format!("edgegate_port={cookie}")),
+                    ("Sec-Fetch-Site", "same-site"),
+                    ("Sec-Fetch-Mode", "cors"),
+                ],
+            )
+            .await
+        }
+    };
+    let r = from(sibling.clone()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let acao: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "access-control-allow-origin")
+        .collect();
+    assert_eq!(acao.len(), 1);
+    assert_eq!(acao[0].1, sibling);
+    // Another workspace's page, with the visitor's cookie riding along: refused.
+    let r = from(stranger).await;
+    assert_eq!(r.status, 403, "{r:?}");
+
+    // passthru: the app answers; a preflight without a credential does not get past a
+    // private port.
+    s.workspace(ID_A, Some(r#"{"cors":"passthru"}"#));
+    let before = s.w.a.count();
+    let r = preflight(sibling.clone()).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(s.w.a.count(), before);
+    s.workspace(ID_A, Some(r#"{"cors":"passthru","visibility":"public"}"#));
+    let r = preflight(sibling).await;
+    assert_eq!(r.status, 200, "the app's own answer");
+    assert_eq!(
+        s.w.a.seen().last().map(|x| x.method.clone()).as_deref(),
+        Some("OPTIONS")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_token_opens_its_port_from_a_header_until_its_grant_or_session_goes() {
+    let s = Site::start("").await;
+    s.w.redis.wait_for_subscriber("edgegate:invalidate");
+    s.workspace(ID_A, None);
+    let port = s.a_port();
+    let host = s.host(ID_A, port);
+    let app = format!("{DOMAIN}:{}", s.w.gw.port);
+    let mint = |session: &'static str, origin: Option<String>| {
+        let (gw, app) = (&s.w.gw, app.clone());
+        async move {
+            let cookie = format!("session={session}");
+            let mut h = vec![("Cookie", cookie.as_str())];
+            let o = origin.unwrap_or_default();
+            if !o.is_empty() {
+                h.push(("Origin", o.as_str()));
+            }
+            gw.request("POST", &app, &format!("/api/ports/{ID_A}/{port}/token"), &h)
+                .await
+        }
+    };
+    // Another user may not mint one for a private port; a page of another origin may not
+    // mint one at all.
+    assert_eq!(mint(OTHER_SESSION, None).await.status, 403);
+    let hostile = mint(OWNER_SESSION, Some(format!("http://{host}"))).await;
+    assert_eq!(hostile.status, 403);
+    let r = mint(OWNER_SESSION, Some(format!("http://{app}"))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    let token = v["token"].as_str().expect("token").to_string();
+    assert_eq!(v["header"], "x-edgegate-port-token");
+
+    let with = |t: String, host: String| {
+        let gw = &s.w.gw;
+        async move {
+            gw.request("GET", &host, "/api", &[("X-Edgegate-Port-Token", &t)])
+                .await
+        }
+    };
+    let r = with(token.clone(), host.clone()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.w.a.seen();
+    let last = seen.last().expect("seen");
+    assert_eq!(last.header("x-edgegate-port-token"), None, "stripped");
+    assert_eq!(last.header("x-edgegate-user"), Some(OWNER));
+    // Another port, a tampered token: refused.
+    assert_eq!(
+        with(token.clone(), s.host(ID_A, port + 1)).await.status,
+        403
+    );
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push('x');
+    assert_eq!(with(tampered, host.clone()).await.status, 401);
+    // The grant deleted (and said so): revoked.
+    let gid = {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).expect("payload");
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("b64"),
+        )
+        .expect("json");
+        claims["jti"].as_str().expect("jti").to_string()
+    };
+    let key = format!("edgegate:grant:{gid}");
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query(&mut s.w.redis.conn())
+        .expect("DEL");
+    s.w.redis.publish("edgegate:invalidate", &key);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            with(token.clone(), host.clone()).await.status == 401
+        })
+        .await,
+        "revoked within the cache's second"
+    );
+    // A fresh one dies with the session it was minted under.
+    let r = mint(OWNER_SESSION, Some(format!("http://{app}"))).await;
+    let token = r.json()["token"].as_str().expect("token").to_string();
+    assert_eq!(with(token.clone(), host.clone()).await.status, 200);
+    let _: () = redis::cmd("DEL")
+        .arg(format!("session:{OWNER_SESSION}"))
+        .query(&mut s.w.redis.conn())
+        .expect("DEL");
+    s.w.redis
+        .publish("edgegate:invalidate", &format!("session:{OWNER_SESSION}"));
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            with(token.clone(), host.clone()).await.status == 401
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_links_open_one_port_for_anyone_until_revoked_and_never_reach_a_log() {
+    let dir = Scratch::new("ports-share");
+    let log = dir.join("access.log");
+    let s = Site::start(&format!(
+        "[log]\naccess_log = {:?}\n",
+        log.display().to_string()
+    ))
+    .await;
+    s.w.redis.wait_for_subscriber("edgegate:invalidate");
+    s.workspace(ID_A, None);
+    let port = s.a_port();
+    let host = s.host(ID_A, port);
+    let app = format!("{DOMAIN}:{}", s.w.gw.port);
+    let share = |session: &'static str, q: &'static str| {
+        let (gw, app) = (&s.w.gw, app.clone());
+        async move {
+            let cookie = format!("session={session}");
+            let origin = format!("http://{app}");
+            gw.request(
+                "POST",
+                &app,
+                &format!("/api/ports/{ID_A}/{port}/share{q}"),
+                &[("Cookie", &cookie), ("Origin", &origin)],
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        share(OTHER_SESSION, "").await.status,
+        403,
+        "the owner's alone"
+    );
+    let r = share(OWNER_SESSION, "?ttl_secs=600").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["expires_in"], 600);
+    let url = v["url"].as_str().expect("url").to_string();
+    let gid = v["id"].as_str().expect("id").to_string();
+    let link = url.strip_prefix(&format!("http://{host}")).expect("host");
+    let secret = link.split("token=").nth(1).expect("token").to_string();
+
+    // An anonymous visitor follows it: a cookie, and the token leaves the URL.
+    let r = s.navigate(&host, link, &[]).await;
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(r.header("location"), Some("/"));
+    let cookie = cookie_value(r.header("set-cookie").expect("cookie"), "edgegate_port");
+    let open = |c: String| {
+        let (gw, host) = (&s.w.gw, host.clone());
+        async move {
+            gw.request(
+                "GET",
+                &host,
+                "/",
+                &[("Cookie", &format!("edgegate_port={c}"))],
+            )
+            .await
+        }
+    };
+    let r = open(cookie.clone()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.w.a.seen();
+    assert_eq!(
+        seen.last().expect("seen").header("x-edgegate-user"),
+        None,
+        "a link's holder is nobody in particular"
+    );
+    // Another port of the same workspace: the link is for one port.
+    let elsewhere = s.navigate(&s.host(ID_A, port + 1), link, &[]).await;
+    assert_eq!(elsewhere.status, 403);
+    // Revoked through Redis: its cookies open nothing.
+    let key = format!("edgegate:grant:{gid}");
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query(&mut s.w.redis.conn())
+        .expect("DEL");
+    s.w.redis.publish("edgegate:invalidate", &key);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            open(cookie.clone()).await.status == 401
+        })
+        .await
+    );
+    assert_eq!(s.navigate(&host, link, &[]).await.status, 401);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = std::fs::read_to_string(&log).expect("access log");
+    assert!(text.contains("/__edgegate/auth"), "the exchange was logged");
+    assert!(!text.contains(&secret), "the link is never logged");
+    assert!(!text.contains(&cookie), "nor the cookie");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_ports_visibility_and_the_rule() {
+    let s = Site::start("").await;
+    s.workspace(ID_A, Some(r#"{"visibility":"organization"}"#));
+    let host = s.host(ID_A, s.a_port());
+    let cookie = s
+        .sign_in(ID_A, Some(MEMBER_SESSION), "/")
+        .await
+        .expect("member");
+    let text = config_text(free_port(), s.w.redis.port, s.w.app.addr, PORTS).replacen(
+        &format!("base_domain = \"{DOMAIN}\"\n"),
+        &format!("base_domain = \"{DOMAIN}\"\ncontent_domain = \"{CONTENT}\"\n"),
+        1,
+    );
+    let config = edgegate::config::Config::parse(&text).expect("config");
+    let q = edgegate::explain::Question {
+        url: format!("http://{host}/"),
+        method: "GET".into(),
+        cookie: Some(format!("edgegate_port={cookie}")),
+        token: None,
+        origin: None,
+        upgrade: false,
+    };
+    let a = edgegate::explain::explain(&config, &q)
+        .await
+        .expect("explain");
+    assert!(
+        a.report
+            .contains("port visibility organization; rule: organization member"),
+        "{}",
+        a.report
+    );
+    let q = edgegate::explain::Question { cookie: None, ..q };
+    let a = edgegate::explain::explain(&config, &q)
+        .await
+        .expect("explain");
+    assert!(
+        a.report.contains("port visibility organization"),
+        "{}",
+        a.report
+    );
+}
