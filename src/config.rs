@@ -1520,7 +1520,11 @@ impl Config {
                 "a cookie name of letters, digits, - and _",
             ));
         }
-        if p.cookie.starts_with("__Host-") && !self.auth.cookie_secure {
+        // Only where the cookie is set: a config without a content route need not rename it.
+        if p.cookie.starts_with("__Host-")
+            && !self.auth.cookie_secure
+            && self.ports_route().is_some()
+        {
             return Err(bad(
                 "ports.cookie",
                 "a __Host- cookie must be Secure, and auth.cookie_secure is false: use a name \
