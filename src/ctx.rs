@@ -193,6 +193,7 @@ impl RequestCtx {
             strip_authorization: plan.is_some_and(|p| p.strip_authorization),
             host_header: self.target().and_then(|t| t.host_header.as_deref()),
             upstream_path: self.target().and_then(|t| t.upstream_path.as_deref()),
+            h2: self.target().is_some_and(|t| t.h2c),
         }
     }
 }

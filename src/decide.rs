@@ -575,7 +575,9 @@ impl Decider {
                 .clone()
                 .unwrap_or_else(|| match &upstream.host {
                     upstream::UpstreamHost::Name(n) => n.clone(),
-                    upstream::UpstreamHost::Ip(_) => String::new(),
+                    // An address is what the certificate must name then (an IP SAN):
+                    // Pingora verifies nothing at all for an empty SNI.
+                    upstream::UpstreamHost::Ip(ip) => ip.to_string(),
                 }),
             verify: if port_tls {
                 settings.verify

@@ -316,6 +316,9 @@ pub struct Edits<'a> {
     pub host_header: Option<&'a str>,
     /// Path and query to send instead of the browser's.
     pub upstream_path: Option<&'a str>,
+    /// The upstream speaks HTTP/2 (an `h2c` port): the client's `TE: trailers` goes too, the
+    /// one `TE` HTTP/2 allows, which gRPC servers ask for.
+    pub h2: bool,
 }
 
 /// What the upstream request needs from the connection and the config.
@@ -458,6 +461,11 @@ pub fn rewrite_upstream_request(
     }
     // Hop-by-hop and edgegate's own headers go; most requests carry none, so look before
     // paying a hash-map removal per name.
+    let te_trailers = edits.h2
+        && headers
+            .get_all(http::header::TE)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if headers.keys().any(not_forwarded) {
         let named = connection_options(headers).map_err(bad)?;
         // One scan per name removed (usually one or two), and no list of them to allocate.
@@ -513,6 +521,13 @@ pub fn rewrite_upstream_request(
     }
     if edits.strip_authorization {
         headers.remove(http::header::AUTHORIZATION);
+    }
+    if te_trailers {
+        add(
+            headers,
+            http::header::TE,
+            http::HeaderValue::from_static("trailers"),
+        )?;
     }
     if let Some(h) = edits.host_header {
         add(headers, http::header::HOST, own_value(h)?)?;

@@ -3,6 +3,8 @@
 //! ephemeral port, and small raw HTTP and WebSocket clients. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use edgegate::config::Config;
 use edgegate::demo::EchoUpstream;
 use edgegate::BackgroundGateway;
