@@ -985,22 +985,54 @@ pub struct DefaultRouteConfig {
 }
 
 impl Config {
-    /// Read, parse and validate a config file.
+    /// Read, parse and validate a config file. Errors read `FILE:LINE:COLUMN: field: what`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        Self::parse(&text)
+        Self::parse_named(&text, &path.display().to_string())
     }
 
-    /// Parse and validate config text.
+    /// Parse and validate config text (errors located in `config`).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            // toml's message spans several lines (with a source excerpt); keep it to one.
-            let msg = e.message().trim().to_string();
-            ConfigError(format!("config: {msg}"))
+        Self::parse_named(text, "config")
+    }
+
+    /// Parse and validate config text read from `name`. Every error, syntax, type or
+    /// validation, names the full field path and where in the text it is (`nginx -t` does).
+    pub fn parse_named(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let located = |span: Option<std::ops::Range<usize>>, field: &str, msg: &str| {
+            let at = span.map_or(String::new(), |s| {
+                let (line, col) = line_col(text, s.start);
+                format!(":{line}:{col}")
+            });
+            let field = if field.is_empty() || field == "." {
+                String::new()
+            } else {
+                format!("{field}: ")
+            };
+            ConfigError(format!("{name}{at}: {field}{msg}"))
+        };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| located(e.span(), "", e.message().trim()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let span = inner.span().or_else(|| field_span(text, &path));
+            // toml's message can span lines (with a source excerpt); keep it to one.
+            let msg = inner.message().lines().next().unwrap_or_default().trim();
+            located(span, &path, msg)
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| locate(text, name, &e))?;
         Ok(config)
+    }
+
+    /// An error about the config file at `path` (`field: what`, as `Runtime::build` gives
+    /// them for the files a config names), located in it as parse errors are.
+    pub fn locate_in_file(path: &Path, e: ConfigError) -> ConfigError {
+        match std::fs::read_to_string(path) {
+            Ok(text) => locate(&text, &path.display().to_string(), &e),
+            Err(_) => e,
+        }
     }
 
     /// Check everything serde cannot: patterns, ranges, addresses, references between sections,
@@ -1594,6 +1626,68 @@ impl Config {
     }
 }
 
+/// `NAME:LINE:COLUMN: field: what` for a `field: what` error about `text`.
+fn locate(text: &str, name: &str, e: &ConfigError) -> ConfigError {
+    let (field, msg) = e.0.split_once(": ").unwrap_or(("", e.0.as_str()));
+    let at = field_span(text, field).map_or(String::new(), |s| {
+        let (line, col) = line_col(text, s.start);
+        format!(":{line}:{col}")
+    });
+    ConfigError(format!("{name}{at}: {field}: {msg}"))
+}
+
+/// 1-based line and column (in characters) of byte `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Where the field at `path` (`route[2].auth[0]`, `redis.url`) is written in `text`: the
+/// deepest part of the path the text has (a missing key is placed at its table).
+fn field_span(text: &str, path: &str) -> Option<std::ops::Range<usize>> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut here: Option<std::ops::Range<usize>> = None;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, indices) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == key) else {
+            return here;
+        };
+        here = Some(k.span());
+        let mut value = v;
+        for index in indices
+            .split(['[', ']'])
+            .filter(|i| !i.is_empty())
+            .filter_map(|i| i.parse::<usize>().ok())
+        {
+            let DeValue::Array(items) = value.get_ref() else {
+                return here;
+            };
+            let Some(item) = items.get(index) else {
+                return here;
+            };
+            value = item;
+            here = Some(item.span());
+        }
+        match value.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => {
+                if indices.is_empty() {
+                    here = Some(k.span());
+                }
+                return here;
+            }
+        }
+    }
+    here
+}
+
 /// `route[i].field` for error messages.
 pub(crate) fn route_field(i: usize, field: &str) -> String {
     format!("route[{i}].{field}")
@@ -1704,7 +1798,10 @@ mod tests {
         ];
         for (text, field) in cases {
             let err = Config::parse(&text).unwrap_err();
-            assert!(err.0.starts_with(field), "{field}: got {err}");
+            // `config:LINE:COLUMN: field: what`.
+            let (at, rest) = err.0.split_once(": ").expect("located");
+            assert!(at.starts_with("config:"), "{field}: got {err}");
+            assert!(rest.starts_with(field), "{field}: got {err}");
         }
     }
 }

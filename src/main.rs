@@ -105,7 +105,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => {
-            match Config::load(&config).and_then(|c| edgegate::runtime::Runtime::build(&c)) {
+            let built = Config::load(&config).and_then(|c| {
+                edgegate::runtime::Runtime::build(&c)
+                    .map_err(|e| Config::locate_in_file(&config, e))
+            });
+            match built {
                 Ok(_) => {
                     println!("{}: ok", config.display());
                     ExitCode::SUCCESS

@@ -141,3 +141,64 @@ fn bad_config_prints_one_line_naming_the_field_and_exits_64() {
         assert!(!err.contains("hunter2"), "a password in the error: {err:?}");
     }
 }
+
+/// Every kind of config error says where it is, `FILE:LINE:COLUMN`, and the full field path:
+/// syntax, unknown keys, wrong types and variants, and edgegate's own validation alike.
+#[test]
+fn config_errors_name_file_line_column_and_the_full_field_path() {
+    set_secrets();
+    let good =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/edgegate.toml"))
+            .expect("read");
+    let line_of = |text: &str, needle: &str| {
+        text.lines()
+            .position(|l| l.starts_with(needle))
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("{needle:?} in the config"))
+    };
+    let cases: Vec<(String, &str, &str)> = vec![
+        // (config, the line it starts with, what the error must say after FILE:LINE:COL)
+        (
+            good.replacen("dns_ttl_ms = ", "dns_ttl_msec = ", 1),
+            "dns_ttl_msec",
+            "cache.dns_ttl_msec: unknown field `dns_ttl_msec`",
+        ),
+        (
+            good.replacen("stale_ms = 60000", "stale_ms = \"60s\"", 1),
+            "stale_ms",
+            "cache.stale_ms: invalid type: string \"60s\", expected u64",
+        ),
+        (
+            good.replacen(
+                "auth = [\"ide_cookie\", \"dev_ide_token\"]",
+                "auth = [\"ide_cookie\", \"cookie\"]",
+                1,
+            ),
+            "auth = [\"ide_cookie\", \"cookie\"]",
+            "route[2].auth[1]: unknown variant `cookie`",
+        ),
+        (
+            good.replacen("key = \"dev:{id}\"", "key = \"dev\"", 1),
+            "key = \"dev\"",
+            "route[2].key: \"{id}\" is missing",
+        ),
+        (
+            good.replacen("[redis]\n", "[redis\n", 1),
+            "[redis",
+            "unclosed table",
+        ),
+    ];
+    let dir = std::env::temp_dir().join(format!("edgegate-located-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    for (i, (text, starts, want)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad-{i}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let e = Config::load(&path).err().expect("an error").to_string();
+        let line = line_of(text, starts);
+        let prefix = format!("{}:{line}:", path.display());
+        assert!(e.starts_with(&prefix), "{e:?} should start with {prefix:?}");
+        assert!(e.contains(want), "{e:?} should say {want:?}");
+        assert_eq!(e.lines().count(), 1, "one line: {e:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
