@@ -193,7 +193,7 @@ fn config_errors_name_file_line_column_and_the_full_field_path() {
     for (i, (text, starts, want)) in cases.iter().enumerate() {
         let path = dir.join(format!("bad-{i}.toml"));
         std::fs::write(&path, text).expect("write");
-        let e = Config::load(&path).err().expect("an error").to_string();
+        let e = Config::load(&path).expect_err("an error").to_string();
         let line = line_of(text, starts);
         let prefix = format!("{}:{line}:", path.display());
         assert!(e.starts_with(&prefix), "{e:?} should start with {prefix:?}");
