@@ -3,6 +3,7 @@
 //! values redacted, headers (so cookies) never logged.
 
 use crate::auth::Check;
+use crate::config::UserField;
 use crate::ctx::RequestCtx;
 use crate::metrics::{self, Metrics};
 use pingora::http::RequestHeader;
@@ -95,9 +96,28 @@ impl RequestLog {
             let time_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
+            let user =
+                ctx.principal()
+                    .filter(|p| p.identifies())
+                    .and_then(|p| match self.access.user {
+                        UserField::Clear => Some(Cow::Borrowed(p.user.as_str())),
+                        UserField::Hashed => Some(Cow::Owned(pseudonym(&p.user))),
+                        UserField::Off => None,
+                    });
+            let host = req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                // Bounded: a client chose it.
+                .map(|h| h.get(..255).unwrap_or(h));
             self.access.write(&Entry {
                 time_ms,
                 request_id: &ctx.request_id,
+                client: ctx.client,
+                host,
+                workspace: ctx.workspace.as_ref().map(|w| w.as_str()),
+                user,
                 route,
                 method,
                 path: req.uri.path(),
@@ -105,6 +125,8 @@ impl RequestLog {
                 status,
                 duration_us: elapsed.as_micros() as u64,
                 upstream: ctx.target().map(|t| t.addr),
+                upstream_status: ctx.upstream_answer.map(|(s, _)| s),
+                upstream_us: ctx.upstream_answer.map(|(_, us)| us),
                 bytes_in: ctx.bytes_in,
                 bytes_out: ctx.bytes_out,
                 auth_method: ctx.check.method_label(),
@@ -121,6 +143,8 @@ impl RequestLog {
 /// the destination within that time.
 pub struct AccessLog {
     out: Option<Arc<Mutex<Buffered>>>,
+    /// How the verified user is written (`log.access_log_user`).
+    user: UserField,
 }
 
 type Buffered = std::io::BufWriter<Box<dyn Write + Send>>;
@@ -129,7 +153,12 @@ impl AccessLog {
     /// `stdout`, `stderr`, `off`, or a file path opened for appending.
     pub fn open(spec: &str) -> Result<AccessLog, String> {
         let dest: Box<dyn Write + Send> = match spec {
-            "off" => return Ok(AccessLog { out: None }),
+            "off" => {
+                return Ok(AccessLog {
+                    out: None,
+                    user: UserField::Clear,
+                })
+            }
             "stdout" => Box::new(std::io::stdout()),
             "stderr" => Box::new(std::io::stderr()),
             path => Box::new(
@@ -158,7 +187,16 @@ impl AccessLog {
                 }
             })
             .map_err(|e| format!("log.access_log: cannot start its flusher: {e}"))?;
-        Ok(AccessLog { out: Some(out) })
+        Ok(AccessLog {
+            out: Some(out),
+            user: UserField::Clear,
+        })
+    }
+
+    /// Write the verified user as `user` says.
+    pub fn with_user(mut self, user: UserField) -> AccessLog {
+        self.user = user;
+        self
     }
 
     pub fn enabled(&self) -> bool {
@@ -193,6 +231,13 @@ pub struct Entry<'a> {
     pub time_ms: u64,
     /// Edgegate's own id (letters and digits: written as is).
     pub request_id: &'a str,
+    /// The client's address (through trusted proxies).
+    pub client: Option<std::net::IpAddr>,
+    /// The Host the client sent (at most 255 bytes).
+    pub host: Option<&'a str>,
+    pub workspace: Option<&'a str>,
+    /// The verified user, as `log.access_log_user` says.
+    pub user: Option<Cow<'a, str>>,
     pub route: &'a str,
     pub method: &'static str,
     pub path: &'a str,
@@ -201,6 +246,10 @@ pub struct Entry<'a> {
     /// Microseconds (written as milliseconds with three decimals, `duration_ms`).
     pub duration_us: u64,
     pub upstream: Option<std::net::SocketAddr>,
+    /// The upstream's own status (the client may have got another: a drain, a refusal).
+    pub upstream_status: Option<u16>,
+    /// Microseconds from asking the upstream to its response header (`upstream_ms`).
+    pub upstream_us: Option<u64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub auth_method: &'static str,
@@ -223,6 +272,14 @@ impl Entry<'_> {
         out.extend_from_slice(b"{\"time\":");
         push_fixed3(out, self.time_ms);
         push_static_field(out, key!("request_id"), Some(self.request_id));
+        if let Some(ip) = self.client {
+            out.extend_from_slice(b",\"client\":\"");
+            crate::headers::push_ip(out, ip);
+            out.push(b'"');
+        }
+        push_str_field(out, key!("host"), self.host);
+        push_static_field(out, key!("workspace"), self.workspace);
+        push_str_field(out, key!("user"), self.user.as_deref());
         push_str_field(out, key!("route"), Some(self.route));
         push_static_field(out, key!("method"), Some(self.method));
         push_str_field(out, key!("path"), Some(self.path));
@@ -236,6 +293,14 @@ impl Entry<'_> {
             push_addr(out, addr);
             out.push(b'"');
         }
+        if let Some(s) = self.upstream_status {
+            out.extend_from_slice(b",\"upstream_status\":");
+            push_u64(out, s.into());
+        }
+        if let Some(us) = self.upstream_us {
+            out.extend_from_slice(b",\"upstream_ms\":");
+            push_fixed3(out, us);
+        }
         out.extend_from_slice(b",\"bytes_in\":");
         push_u64(out, self.bytes_in);
         out.extend_from_slice(b",\"bytes_out\":");
@@ -246,6 +311,16 @@ impl Entry<'_> {
         push_static_field(out, key!("ws_close"), self.ws_close);
         out.push(b'}');
     }
+}
+
+/// A stable pseudonym of a user id: the first 64 bits of SHA-256, hex.
+fn pseudonym(user: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"edgegate access log user\0")
+        .chain_update(user.as_bytes())
+        .finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `,"key":"value"` for values edgegate itself names (labels, codes, its request ids), which
@@ -406,6 +481,10 @@ mod tests {
         let entry = Entry {
             time_ms: 1_763_900_000_007,
             request_id: "0123abcd",
+            client: "203.0.113.9".parse().ok(),
+            host: Some(nasty),
+            workspace: Some("01HZX3M9Q4T8V6W2Y5B7C9D1EF"),
+            user: Some(Cow::Borrowed(nasty)),
             route: nasty,
             method: "GET",
             path: nasty,
@@ -413,6 +492,8 @@ mod tests {
             status: 200,
             duration_us: 1_234_567,
             upstream: "127.0.0.1:8080".parse().ok(),
+            upstream_status: Some(503),
+            upstream_us: Some(2_500),
             bytes_in: 0,
             bytes_out: u64::MAX,
             auth_method: "session",
@@ -430,6 +511,12 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["duration_ms"].as_f64(), Some(1234.567));
         assert_eq!(v["upstream"], "127.0.0.1:8080");
+        assert_eq!(v["client"], "203.0.113.9");
+        assert_eq!(v["host"], nasty);
+        assert_eq!(v["user"], nasty);
+        assert_eq!(v["workspace"], "01HZX3M9Q4T8V6W2Y5B7C9D1EF");
+        assert_eq!(v["upstream_status"], 503);
+        assert_eq!(v["upstream_ms"].as_f64(), Some(2.5));
         assert_eq!(v["bytes_in"], 0);
         assert_eq!(v["bytes_out"], u64::MAX);
         assert_eq!(v["ws_close"], "client");
@@ -454,5 +541,13 @@ mod tests {
         assert_eq!(v["duration_ms"].as_f64(), Some(0.005));
         assert_eq!(v["error"], "forbidden");
         assert!(v.get("query").is_none() && v.get("upstream").is_none());
+    }
+
+    #[test]
+    fn a_hashed_user_is_a_stable_pseudonym() {
+        assert_eq!(pseudonym("user-1"), pseudonym("user-1"));
+        assert_ne!(pseudonym("user-1"), pseudonym("user-2"));
+        assert_eq!(pseudonym("user-1").len(), 16);
+        assert!(!pseudonym("user-1").contains("user"));
     }
 }

@@ -348,6 +348,8 @@ pub struct LogConfig {
     pub level: String,
     /// Where the JSON access log goes: `stdout`, `stderr`, `off`, or a file path (appended).
     pub access_log: String,
+    /// The verified user in the access log: `clear`, `hashed` (a stable pseudonym) or `off`.
+    pub access_log_user: UserField,
 }
 
 impl Default for LogConfig {
@@ -355,8 +357,20 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             access_log: "stdout".into(),
+            access_log_user: UserField::Clear,
         }
     }
+}
+
+/// How the access log writes the verified user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserField {
+    Clear,
+    /// The first 64 bits of SHA-256 over the user id, hex: lines of one user can be told
+    /// together, and the id found by whoever can hash candidate ids (a pseudonym).
+    Hashed,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]

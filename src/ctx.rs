@@ -54,6 +54,10 @@ pub struct RequestCtx {
     pub client: Option<std::net::IpAddr>,
     /// Background traffic (`activity.background_header`): not counted as activity.
     pub background: bool,
+    /// When the upstream was first asked for (the access log's `upstream_ms`).
+    pub upstream_started: Option<Instant>,
+    /// The upstream's status, and how long after `upstream_started` its header came (µs).
+    pub upstream_answer: Option<(u16, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +103,17 @@ impl RequestCtx {
             hold: None,
             client: None,
             background: false,
+            upstream_started: None,
+            upstream_answer: None,
         }
+    }
+
+    /// The upstream's response header arrived with `status`.
+    pub fn upstream_answered(&mut self, status: u16) {
+        let after = self
+            .upstream_started
+            .map_or(0, |t| t.elapsed().as_micros() as u64);
+        self.upstream_answer = Some((status, after));
     }
 
     /// Keep a decision: what the log and the later hooks read. Returns what to do now: the

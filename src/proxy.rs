@@ -96,7 +96,7 @@ impl Gateway {
             tunnels: Tunnels::new(config),
             log: Arc::new(RequestLog::new(
                 metrics,
-                AccessLog::open(&config.log.access_log)?,
+                AccessLog::open(&config.log.access_log)?.with_user(config.log.access_log_user),
                 audit,
             )),
             activity,
@@ -368,6 +368,8 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        ctx.upstream_started
+            .get_or_insert_with(std::time::Instant::now);
         // Only ever the target this request's own decision bound.
         let target = ctx
             .target()
@@ -413,6 +415,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        ctx.upstream_answered(upstream_response.status.as_u16());
         // The id the upstream saw, so a client report can be matched with both sides' logs.
         headers::set_response_request_id(upstream_response, &ctx.request_id)?;
         // What a workspace's response may set in the browser (SPEC §8).

@@ -192,6 +192,7 @@ impl Tunnels {
         fwd: &Forwarding<'_>,
         env: &TunnelEnv,
     ) -> Result<(), GatewayError> {
+        ctx.upstream_started = Some(std::time::Instant::now());
         let mut upstream = loop {
             let Some(target) = ctx.target().cloned() else {
                 return Err(GatewayError::Internal);
@@ -282,6 +283,7 @@ impl Tunnels {
             }
         };
         let rest = Bytes::copy_from_slice(&buf[head_len..]);
+        ctx.upstream_answered(resp.status.as_u16());
         // The same hygiene as every response (response_filter never sees this one): the
         // upstream's hop-by-hop headers stop here, and what a workspace may set in the browser
         // is confined (a 101 or a declined upgrade could set the app's cookies otherwise).

@@ -289,6 +289,21 @@ async fn access_log_has_one_json_line_per_request_without_credentials() {
     assert_eq!(first["status"], 200);
     assert_eq!(first["upstream"], w.a.addr.to_string());
     assert!(first["bytes_out"].as_u64().is_some_and(|b| b > 0));
+    // Who, where and what the upstream said (issue #19).
+    assert_eq!(first["client"], "127.0.0.1");
+    assert_eq!(first["host"], host);
+    assert_eq!(first["workspace"], ID_A);
+    assert_eq!(first["user"], OWNER);
+    assert_eq!(first["upstream_status"], 200);
+    assert!(first["upstream_ms"].as_f64().is_some());
+    assert!(
+        entries[2]["user"].is_null(),
+        "a refused request names no user"
+    );
+    assert!(
+        entries[2]["upstream_status"].is_null(),
+        "nor an upstream answer"
+    );
     for key in [
         "time",
         "request_id",
@@ -517,4 +532,30 @@ async fn upstream_frames_count_as_activity_and_background_traffic_does_not() {
         None,
         "background traffic is not activity"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_writes_the_user_clear_hashed_or_not_at_all() {
+    for (mode, want) in [("hashed", Some(16)), ("off", None)] {
+        let dir = Scratch::new("eg-access-user");
+        let path = dir.join("access.log");
+        let extra = format!(
+            "[log]\naccess_log = {:?}\naccess_log_user = \"{mode}\"\n",
+            path.display().to_string()
+        );
+        let w = World::start(&extra).await;
+        w.redis.workspace(ID_A, &w.a.addr.to_string());
+        assert_eq!(w.gw.get(&w.gw.ws_host(ID_A), "/", &[]).await.status, 200);
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() >= 1)
+            })
+            .await
+        );
+        let text = std::fs::read_to_string(&path).expect("access log");
+        assert!(!text.contains(OWNER), "{mode}: {text}");
+        let line: serde_json::Value =
+            serde_json::from_str(text.lines().next().expect("line")).expect("JSON");
+        assert_eq!(line["user"].as_str().map(str::len), want, "{mode}: {line}");
+    }
 }
