@@ -350,6 +350,17 @@ pub struct LogConfig {
     pub access_log: String,
     /// The verified user in the access log: `clear`, `hashed` (a stable pseudonym) or `off`.
     pub access_log_user: UserField,
+    /// edgegate's own log (stderr): `text`, or `json` (one object per line).
+    pub format: LogFormat,
+}
+
+/// How edgegate's own log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    /// `{"time": unix seconds, "level", "target", "message"}`, one per line.
+    Json,
 }
 
 impl Default for LogConfig {
@@ -358,6 +369,7 @@ impl Default for LogConfig {
             level: "info".into(),
             access_log: "stdout".into(),
             access_log_user: UserField::Clear,
+            format: LogFormat::Text,
         }
     }
 }

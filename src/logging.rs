@@ -46,12 +46,53 @@ impl<L: Log> Log for Guarded<L> {
     }
 }
 
-/// Install the guarded env_logger at `level` (`RUST_LOG`, when set, wins).
-pub fn init(level: &str) {
-    let inner =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).build();
+/// Install the guarded env_logger at `level` (`RUST_LOG`, when set, wins), writing `format`.
+pub fn init(level: &str, format: crate::config::LogFormat) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
+    if format == crate::config::LogFormat::Json {
+        builder.format(|out, record| {
+            use std::io::Write;
+            let time = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let line = json_line(
+                time,
+                record.level(),
+                record.target(),
+                &record.args().to_string(),
+            );
+            writeln!(out, "{line}")
+        });
+    }
+    let inner = builder.build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(Guarded::new(inner))).is_ok() {
         log::set_max_level(max);
+    }
+}
+
+/// One log record as a JSON object.
+fn json_line(time: f64, level: Level, target: &str, message: &str) -> String {
+    serde_json::json!({
+        "time": (time * 1000.0).round() / 1000.0,
+        "level": level.as_str(),
+        "target": target,
+        "message": message,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_records_are_one_line_objects() {
+        let line = super::json_line(1.5, log::Level::Warn, "edgegate::proxy", "a \"b\"\nc");
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["target"], "edgegate::proxy");
+        assert_eq!(v["message"], "a \"b\"\nc");
+        assert_eq!(v["time"], 1.5);
     }
 }

@@ -122,7 +122,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            edgegate::logging::init(&config.log.level);
+            edgegate::logging::init(&config.log.level, config.log.format);
             let opt = pingora::server::configuration::Opt {
                 upgrade,
                 ..Default::default()
@@ -256,7 +256,7 @@ fn demo(listen: &str) -> ExitCode {
     if let Err(e) = config.validate() {
         return usage_error(&e);
     }
-    edgegate::logging::init(&config.log.level);
+    edgegate::logging::init(&config.log.level, config.log.format);
     // The built-in upstream runs on a runtime of its own for the life of the process.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
