@@ -22,7 +22,7 @@ use crate::headers::{self, CookieStrip};
 use crate::lifecycle::{Lifecycle, Wake};
 use crate::net::AddressPolicy;
 use crate::ports::auth::PortAsk;
-use crate::ports::{self, Access, Cors, PortRules, PortSettings, Protocol};
+use crate::ports::{self, Cors, Passed, PortRules, PortSettings, Protocol};
 use crate::ratelimit::RateLimits;
 use crate::route::id::WorkspaceId;
 use crate::route::store::Records;
@@ -79,9 +79,9 @@ pub struct Plan {
     pub record_key: Option<String>,
     /// The route's status field: which field of that record says it still runs (`drain`).
     pub status_field: Option<Arc<str>>,
-    /// On the content site: the port, and how the caller passed its visibility (a tightened
-    /// port drains the requests that no longer pass, `drain`).
-    pub access: Option<(u16, Access)>,
+    /// On the content site: how the caller got onto the port, and what that depended on (a
+    /// tightened port, a new owner or organization drains what no longer passes, `drain`).
+    pub access: Option<Passed>,
     /// What the response's CORS headers become (`ports::apply_cors`).
     pub cors: Cors,
 }
@@ -206,7 +206,11 @@ impl Decider {
                 outcome: Ok(Action::Answer(Reply::redirect(location))),
             },
             RouteMatch::PortEndpoint(ep, id, port) => {
-                if let Err(e) = self.limit_minting(facts) {
+                let navigation_only = ep == crate::route::PortEndpoint::Authorize;
+                if let Err(e) = self
+                    .navigation(req, navigation_only)
+                    .and_then(|()| self.limit_minting(facts))
+                {
                     return Decided {
                         outcome: Err(e),
                         ..Decided::answered(ep.name(), id, no_answer())
@@ -217,14 +221,17 @@ impl Decider {
                 Decided::answered(ep.name(), id, answered)
             }
             RouteMatch::PortCallback(route, id, port) => {
-                if let Err(e) = self.limit_minting(facts) {
+                if let Err(e) = self
+                    .navigation(req, true)
+                    .and_then(|()| self.limit_minting(facts))
+                {
                     return Decided {
                         outcome: Err(e),
                         ..Decided::answered(&route.name, id, no_answer())
                     };
                 }
                 let endpoints = self.port_endpoints();
-                let answered = Box::pin(endpoints.callback(req, id, port)).await;
+                let answered = Box::pin(endpoints.callback(req, route, id, port)).await;
                 Decided::answered(&route.name, id, answered)
             }
             RouteMatch::Endpoint(endpoint, id) => {
@@ -268,6 +275,17 @@ impl Decider {
                 }
             }
         }
+    }
+
+    /// The sign-in and the exchange take a browser's navigation only (or a client that sends
+    /// no Fetch Metadata): an `<img>` or `fetch` from a hostile page must neither set a cookie
+    /// nor spend the visitor's rate limit.
+    fn navigation(&self, req: &RequestHeader, required: bool) -> Result<(), GatewayError> {
+        let mode = req.headers.get("sec-fetch-mode").map(|v| v.as_bytes());
+        if required && !matches!(mode, None | Some(b"navigate")) {
+            return Err(GatewayError::Forbidden);
+        }
+        Ok(())
     }
 
     /// Endpoints that mint a credential are limited per client address, before anything is
@@ -362,7 +380,16 @@ impl Decider {
         let cookies = Cookies::read(req, &a.session_cookie, &a.ide_cookie, &a.app_cookies);
         let (check, verdict, principal, access, cors) = match (m.route.content, m.port) {
             (true, Some(port)) => {
-                let sibling = ports::sibling_origin(req, m.route, &m.id, port, facts.proto);
+                // Another port of the workspace may use the visitor's credentials here only if
+                // it is no more open than this one: a public page must not read a private
+                // port with whoever visits it.
+                let sibling = ports::sibling_origin(req, m.route, &m.id, port, facts.proto)
+                    .filter(|(_, other)| {
+                        self.ports
+                            .settings(&rec, &key, *other, true)
+                            .is_ok_and(|s| s.visibility <= settings.visibility)
+                    })
+                    .map(|(origin, _)| origin);
                 let verdict = |rule| {
                     Some(PortVerdict {
                         visibility: settings.visibility,
@@ -387,6 +414,7 @@ impl Decider {
                     owner: rr.owner,
                     org: self.ports.org(&rec),
                     settings,
+                    sibling,
                 };
                 let out = ports::auth::authorize(a, &self.ports, &self.records, &ask).await;
                 let (principal, access) = match out.verdict {
@@ -410,13 +438,14 @@ impl Decider {
                     (ports::CorsMode::Edgegate, Some(o)) => Cors::Allow(o.to_string()),
                     _ => Cors::App,
                 };
-                (
-                    check,
-                    verdict(access.rule()),
-                    principal,
-                    Some((port, access)),
-                    cors,
-                )
+                let passed = Passed {
+                    port,
+                    access,
+                    owner: Arc::from(rr.owner),
+                    owner_field: Arc::from(m.route.owner_field.as_str()),
+                    org: self.ports.org(&rec).map(Arc::from),
+                };
+                (check, verdict(access.rule()), principal, Some(passed), cors)
             }
             _ => {
                 let asking = Asking {
@@ -449,7 +478,15 @@ impl Decider {
                         .filter(|p| p.identifies())
                         .map(|p| p.user.clone()),
                 };
-                return (check, verdict, self.lifecycle.not_running(rr.status, wake));
+                let woken = self.lifecycle.not_running(rr.status, wake);
+                // Nobody in particular (a public port, a share link) does not wake a
+                // workspace: anyone could keep it running.
+                let anonymous = !principal.as_ref().is_some_and(|p| p.identifies());
+                let woken = match woken {
+                    Ok(Action::Wake(_)) if anonymous => Err(GatewayError::NotRunning),
+                    other => other,
+                };
+                return (check, verdict, woken);
             }
             Err(e) => return (check, verdict, Err(e)),
         };
@@ -508,8 +545,9 @@ impl Decider {
                 back.push_str(&q);
             }
         }
+        let state = crate::auth::token::new_jti();
         let location = format!(
-            "{}://{}{listen}{}{id}/{port}/authorize?path={}",
+            "{}://{}{listen}{}{id}/{port}/authorize?path={}&state={state}",
             facts.proto,
             self.ports.app_host,
             self.ports.api_prefix,
@@ -518,6 +556,20 @@ impl Decider {
         let mut reply = Reply::redirect(location);
         reply.status = 303;
         reply.headers.push(("cache-control", "no-store".into()));
+        let secure = if self.ports.cookie_secure {
+            "; Secure"
+        } else {
+            ""
+        };
+        // This browser's nonce: the code that comes back must carry it (login CSRF).
+        reply.headers.push((
+            "set-cookie",
+            format!(
+                "{}={state}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+                self.ports.state_cookie,
+                self.ports.code_ttl * 5
+            ),
+        ));
         reply
     }
 

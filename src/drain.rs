@@ -15,7 +15,7 @@
 //! WebSocket tunnels have their own loop and re-check there (`websocket`), closing with 1001.
 
 use crate::metrics::Metrics;
-use crate::ports::{Access, PortRules};
+use crate::ports::{Passed, PortRules};
 use crate::route::record::RUNNING;
 use crate::route::store::Records;
 use crate::FastMap;
@@ -60,8 +60,8 @@ struct Held {
     sock: std::net::TcpStream,
     /// The route's status field (`None`: the record only drains when it is gone).
     status_field: Option<Arc<str>>,
-    /// On the content site: the port, and how the request passed its visibility.
-    access: Option<(u16, Access)>,
+    /// On the content site: how the request got onto its port.
+    access: Option<Passed>,
     cut: AtomicU8,
 }
 
@@ -125,7 +125,7 @@ impl Drains {
         key_hash: u64,
         fd: RawFd,
         status_field: Option<Arc<str>>,
-        access: Option<(u16, Access)>,
+        access: Option<Passed>,
     ) -> Option<Hold> {
         // SAFETY: `fd` is the upstream connection Pingora hands `connected_to_upstream`, open
         // for the duration of that call; it is only borrowed to be duplicated.
@@ -188,13 +188,9 @@ impl Drains {
                 {
                     Cause::Stopped
                 }
-                (Some(rec), _) => match h.access {
-                    // A record that no longer parses lets nobody in.
-                    Some((port, access)) => match ports.settings(rec, key, port, true) {
-                        Ok(s) if access.passes(s.visibility) => continue,
-                        _ => Cause::AccessChanged,
-                    },
-                    None => continue,
+                (Some(rec), _) => match &h.access {
+                    Some(passed) if !ports.still_passes(rec, key, passed) => Cause::AccessChanged,
+                    _ => continue,
                 },
             };
             let code = match cause {

@@ -390,10 +390,12 @@ impl ProxyHttp for Gateway {
         if let Some(plan) = &ctx.plan {
             if let Some(key) = &plan.record_key {
                 let status_field = plan.status_field.clone();
-                ctx.hold =
-                    self.0
-                        .drains
-                        .hold(crate::auth::key_hash(key), fd, status_field, plan.access);
+                ctx.hold = self.0.drains.hold(
+                    crate::auth::key_hash(key),
+                    fd,
+                    status_field,
+                    plan.access.clone(),
+                );
             }
         }
         Ok(())

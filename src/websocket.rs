@@ -444,7 +444,9 @@ impl Tunnel {
                 let left = exp.saturating_sub(crate::auth::token::now());
                 (last + Duration::from_secs(left), "revoked")
             });
-            let life = p.by_token().then_some((last + token_max, "max_life"));
+            let life = p
+                .tunnel_has_max_life()
+                .then_some((last + token_max, "max_life"));
             match (session, life) {
                 (Some(s), Some(l)) => Some(if s.0 <= l.0 { s } else { l }),
                 (s, l) => s.or(l),
@@ -486,7 +488,11 @@ impl Tunnel {
                     _ => {}
                 }
             }
-            if closing.is_none() && ctx.principal().is_some() {
+            // A public port's tunnel has no principal, and is re-checked all the same: its
+            // port may have been made private without an invalidation message.
+            let rechecked =
+                ctx.principal().is_some() || ctx.plan.as_ref().is_some_and(|p| p.access.is_some());
+            if closing.is_none() && rechecked {
                 wake = wake.min(next_recheck);
                 if let Some((at, _)) = ends {
                     wake = wake.min(at);

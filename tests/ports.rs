@@ -135,17 +135,32 @@ impl Site {
         self.w.gw.request("GET", host, target, &all).await
     }
 
-    /// The whole sign-in of a browser holding the app session `session` (or none) for `id`'s
-    /// A port, starting at `target`: the port cookie's value, or the response that refused.
-    async fn sign_in(&self, id: &str, session: Option<&str>, target: &str) -> Result<String, Resp> {
-        let host = self.host(id, self.a_port());
+    /// Step 1 of a browser's sign-in: its navigation to the content host, sent to the app's
+    /// host with a state nonce (a cookie on the content host).
+    async fn begin(&self, id: &str, port: u16, target: &str) -> SignIn {
+        let host = self.host(id, port);
         let first = self.navigate(&host, target, &[]).await;
         assert_eq!(first.status, 303, "sent to sign in: {first:?}");
         let to_app = first.header("location").expect("location").to_string();
         let app_prefix = format!("http://{DOMAIN}:{}", self.w.gw.port);
         let app_target = to_app
             .strip_prefix(&app_prefix)
-            .unwrap_or_else(|| panic!("the sign-in is on the app's host: {to_app}"));
+            .unwrap_or_else(|| panic!("the sign-in is on the app's host: {to_app}"))
+            .to_string();
+        let state = cookie_value(
+            first.header("set-cookie").expect("the state cookie"),
+            "edgegate_port_state",
+        );
+        SignIn {
+            host,
+            app_target,
+            state,
+        }
+    }
+
+    /// Step 2: the app's host, with the app session `session` (or none): the code's URL on
+    /// the content host (path and query), or the refusal.
+    async fn authorize(&self, sign: &SignIn, session: Option<&str>) -> Result<String, Resp> {
         let cookie = session.map(|s| format!("session={s}"));
         let mut headers = vec![
             ("Sec-Fetch-Mode", "navigate"),
@@ -157,22 +172,42 @@ impl Site {
         let app = self
             .w
             .gw
-            .request(
-                "GET",
-                &format!("{DOMAIN}:{}", self.w.gw.port),
-                app_target,
-                &headers,
-            )
+            .request("GET", &self.app(), &sign.app_target, &headers)
             .await;
         if app.status != 303 {
             return Err(app);
         }
         let back = app.header("location").expect("location").to_string();
-        let back_target = back
-            .strip_prefix(&format!("http://{host}"))
+        let code = back
+            .strip_prefix(&format!("http://{}", sign.host))
             .unwrap_or_else(|| panic!("back on the content host: {back}"));
-        assert!(back_target.starts_with("/__edgegate/auth?token="), "{back}");
-        let exchanged = self.navigate(&host, back_target, &[]).await;
+        assert!(code.starts_with("/__edgegate/auth?token="), "{back}");
+        Ok(code.to_string())
+    }
+
+    /// Step 3: the exchange on `host`, from a browser holding state cookie `state`.
+    async fn exchange(&self, host: &str, code: &str, state: Option<&str>) -> Resp {
+        let cookie = state.map(|s| format!("edgegate_port_state={s}"));
+        let mut headers = vec![];
+        if let Some(c) = &cookie {
+            headers.push(("Cookie", c.as_str()));
+        }
+        self.navigate(host, code, &headers).await
+    }
+
+    /// The whole sign-in of a browser holding the app session `session` (or none) for `id`'s
+    /// port `port`, starting at `target`: the port cookie's value, or the response that
+    /// refused.
+    async fn sign_in_port(
+        &self,
+        id: &str,
+        port: u16,
+        session: Option<&str>,
+        target: &str,
+    ) -> Result<String, Resp> {
+        let sign = self.begin(id, port, target).await;
+        let code = self.authorize(&sign, session).await?;
+        let exchanged = self.exchange(&sign.host, &code, Some(&sign.state)).await;
         assert_eq!(exchanged.status, 303, "{exchanged:?}");
         assert_eq!(
             exchanged.header("location"),
@@ -182,6 +217,65 @@ impl Site {
         let set = exchanged.header("set-cookie").expect("the port cookie");
         Ok(cookie_value(set, "edgegate_port"))
     }
+
+    /// `sign_in_port` for the A port.
+    async fn sign_in(&self, id: &str, session: Option<&str>, target: &str) -> Result<String, Resp> {
+        self.sign_in_port(id, self.a_port(), session, target).await
+    }
+
+    fn app(&self) -> String {
+        format!("{DOMAIN}:{}", self.w.gw.port)
+    }
+
+    /// A plain request with port cookie `cookie` to `id`'s A port: the status, and the user
+    /// the upstream was told (when it was reached).
+    async fn open(&self, id: &str, cookie: &str) -> (u16, Option<String>) {
+        let before = self.w.a.count();
+        let r = self
+            .w
+            .gw
+            .request(
+                "GET",
+                &self.host(id, self.a_port()),
+                "/",
+                &[("Cookie", &format!("edgegate_port={cookie}"))],
+            )
+            .await;
+        let user = (self.w.a.count() > before)
+            .then(|| {
+                self.w
+                    .a
+                    .seen()
+                    .last()
+                    .and_then(|s| s.header("x-edgegate-user").map(str::to_string))
+            })
+            .flatten();
+        (r.status, user)
+    }
+
+    /// Write workspace `id` with `owner` and `org`, and `settings` for port `port`, without
+    /// an invalidation message.
+    fn record(&self, id: &str, owner: &str, org: &str, port: u16, settings: Option<&str>) {
+        let backend = self.w.a.addr.to_string();
+        let field = format!("port.{port}");
+        let mut fields = vec![
+            ("backend", backend.as_str()),
+            ("owner", owner),
+            ("status", "running"),
+            ("org", org),
+        ];
+        if let Some(s) = settings {
+            fields.push((field.as_str(), s));
+        }
+        self.w.redis.hset(&format!("workspace:{id}"), &fields);
+    }
+}
+
+/// A sign-in under way: the content host, the app-host URL it was sent to, its state nonce.
+struct SignIn {
+    host: String,
+    app_target: String,
+    state: String,
 }
 
 /// The value a `Set-Cookie` sets for `name`.
@@ -205,17 +299,20 @@ async fn a_browser_without_a_port_credential_signs_in_through_the_app_and_gets_a
     // No credential: sent to the app's host (where the app session lives), never proxied.
     let first = s.navigate(&host, "/x?y=1&token=leak", &[]).await;
     assert_eq!(first.status, 303);
-    assert_eq!(
-        first.header("location"),
-        Some(
-            format!(
-                "http://{DOMAIN}:{}/api/ports/{ID_A}/{port}/authorize?path=/x%3Fy%3D1",
-                s.w.gw.port
-            )
-            .as_str()
-        ),
-        "the way back, without any token parameter"
+    let location = first.header("location").expect("location");
+    let want = format!(
+        "http://{DOMAIN}:{}/api/ports/{ID_A}/{port}/authorize?path=/x%3Fy%3D1&state=",
+        s.w.gw.port
     );
+    assert!(
+        location.starts_with(&want),
+        "the way back, without any token parameter, and this browser's nonce: {location}"
+    );
+    let state = cookie_value(
+        first.header("set-cookie").expect("state"),
+        "edgegate_port_state",
+    );
+    assert!(location.ends_with(&format!("state={state}")), "{location}");
     // A fetch is told 401 (a redirect would be followed blindly), an upgrade too.
     let fetch = s.w.gw.request("GET", &host, "/x", &[]).await;
     assert_eq!(
@@ -254,46 +351,65 @@ async fn a_browser_without_a_port_credential_signs_in_through_the_app_and_gets_a
         "the browser's Host"
     );
 
-    // The cookie: host-only (no Domain), HttpOnly, for the whole host.
-    let app =
+    // The cookie: host-only (no Domain), HttpOnly, for the whole host; the nonce goes.
+    let sign = s.begin(ID_A, port, "/").await;
+    let code = s.authorize(&sign, Some(OWNER_SESSION)).await.expect("code");
+    let exchanged = s.exchange(&host, &code, Some(&sign.state)).await;
+    let sets: Vec<&str> = exchanged
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let set = sets
+        .iter()
+        .find(|c| c.starts_with("edgegate_port="))
+        .expect("the port cookie");
+    assert!(!set.to_ascii_lowercase().contains("domain"), "{set}");
+    assert!(set.contains("Path=/;") && set.contains("HttpOnly"), "{set}");
+    assert!(
+        sets.iter()
+            .any(|c| c.starts_with("edgegate_port_state=;") && c.contains("Max-Age=0")),
+        "{sets:?}"
+    );
+    assert_eq!(exchanged.header("referrer-policy"), Some("no-referrer"));
+    // The code is spent: the same URL again signs nobody in.
+    let replay =
         s.w.gw
             .request(
                 "GET",
-                &format!("{DOMAIN}:{}", s.w.gw.port),
-                &format!("/api/ports/{ID_A}/{port}/authorize?path=%2F"),
-                &[("Cookie", &format!("session={OWNER_SESSION}"))],
+                &host,
+                &code,
+                &[("Cookie", &format!("edgegate_port_state={}", sign.state))],
             )
             .await;
-    let back = app.header("location").expect("location").to_string();
-    let back_target = back.strip_prefix(&format!("http://{host}")).expect("host");
-    let exchanged = s.navigate(&host, back_target, &[]).await;
-    let set = exchanged
-        .header("set-cookie")
-        .expect("set-cookie")
-        .to_string();
-    assert!(!set.to_ascii_lowercase().contains("domain"), "{set}");
-    assert!(set.contains("Path=/;") && set.contains("HttpOnly"), "{set}");
-    assert_eq!(exchanged.header("referrer-policy"), Some("no-referrer"));
-    // The code is spent: the same URL again signs nobody in.
-    let replay = s.w.gw.request("GET", &host, back_target, &[]).await;
     assert_eq!(
         (replay.status, replay.error_code().as_str()),
         (401, "token_spent")
     );
     // A code for one port opens no other (nor another workspace).
-    let app =
+    let sign = s.begin(ID_A, port, "/").await;
+    let code = s.authorize(&sign, Some(OWNER_SESSION)).await.expect("code");
+    let elsewhere = s
+        .exchange(&s.host(ID_A, port + 1), &code, Some(&sign.state))
+        .await;
+    assert_eq!(elsewhere.status, 403, "{elsewhere:?}");
+    // The app's host, reached without a nonce (a bookmark, a link): the sign-in starts over
+    // on the content host, and no code is handed out.
+    let bare =
         s.w.gw
             .request(
                 "GET",
-                &format!("{DOMAIN}:{}", s.w.gw.port),
-                &format!("/api/ports/{ID_A}/{port}/authorize"),
+                &s.app(),
+                &format!("/api/ports/{ID_A}/{port}/authorize?path=%2Fq"),
                 &[("Cookie", &format!("session={OWNER_SESSION}"))],
             )
             .await;
-    let back = app.header("location").expect("location").to_string();
-    let code_target = back.strip_prefix(&format!("http://{host}")).expect("host");
-    let elsewhere = s.navigate(&s.host(ID_A, port + 1), code_target, &[]).await;
-    assert_eq!(elsewhere.status, 403, "{elsewhere:?}");
+    assert_eq!(bare.status, 303);
+    assert_eq!(
+        bare.header("location"),
+        Some(format!("http://{host}/q").as_str())
+    );
     // A port cookie of one port is no credential on another.
     let other_port =
         s.w.gw
@@ -517,33 +633,10 @@ async fn tightening_a_port_closes_what_no_longer_passes_on_the_spot() {
     s.w.redis
         .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
     let held_host = s.host(ID_A, held.port());
-    let poll_cookie = {
-        // The sign-in, by hand for the held port (once the invalidation is through).
-        let authorize = || async {
-            s.w.gw
-                .request(
-                    "GET",
-                    &format!("{DOMAIN}:{}", s.w.gw.port),
-                    &format!("/api/ports/{ID_A}/{}/authorize", held.port()),
-                    &[("Cookie", &format!("session={OTHER_SESSION}"))],
-                )
-                .await
-        };
-        assert!(
-            eventually(Duration::from_secs(2), || async {
-                authorize().await.status == 303
-            })
-            .await
-        );
-        let app = authorize().await;
-        let back = app.header("location").expect("location").to_string();
-        let t = back
-            .strip_prefix(&format!("http://{held_host}"))
-            .expect("host")
-            .to_string();
-        let r = s.navigate(&held_host, &t, &[]).await;
-        cookie_value(r.header("set-cookie").expect("cookie"), "edgegate_port")
-    };
+    let poll_cookie = s
+        .sign_in_port(ID_A, held.port(), Some(OTHER_SESSION), "/")
+        .await
+        .expect("the held port's sign-in");
     // A `{port}` route reaches that port on the record's host (127.0.0.1 here).
     let mut poll = {
         use tokio::io::AsyncWriteExt;
@@ -937,4 +1030,247 @@ async fn explain_names_the_ports_visibility_and_the_rule() {
         "{}",
         a.report
     );
+}
+
+// Found by an attacker's read of the first version (each failed then, passes now).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_signs_in_only_the_browser_that_started_its_sign_in() {
+    let s = Site::start("").await;
+    s.workspace(ID_A, Some(r#"{"visibility":"authenticated"}"#));
+    let port = s.a_port();
+    let host = s.host(ID_A, port);
+    // The victim (the owner) is signed in to their own port.
+    let victims = s
+        .sign_in(ID_A, Some(OWNER_SESSION), "/")
+        .await
+        .expect("owner");
+    assert_eq!(s.open(ID_A, &victims).await, (200, Some(OWNER.into())));
+    // The attacker, any signed-in user, gets a code for that port in their own browser.
+    let theirs = s.begin(ID_A, port, "/").await;
+    let code = s
+        .authorize(&theirs, Some(OTHER_SESSION))
+        .await
+        .expect("code");
+    // The victim's browser is made to open it: with its own nonce, or none, it signs in
+    // nobody, and the victim's cookie stays theirs.
+    let victims_own = s.begin(ID_A, port, "/").await;
+    for state in [Some(victims_own.state.as_str()), None] {
+        let r = s.exchange(&host, &code, state).await;
+        assert_eq!(r.status, 403, "{state:?}: {r:?}");
+        assert!(r.header("set-cookie").is_none(), "{r:?}");
+    }
+    assert_eq!(s.open(ID_A, &victims).await, (200, Some(OWNER.into())));
+    // And the code still works where it was started (it was not spent by the refusals).
+    let r = s.exchange(&host, &code, Some(&theirs.state)).await;
+    assert_eq!(r.status, 303);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exchange_and_the_sign_in_take_navigations_only() {
+    let s = Site::start("").await;
+    s.workspace(ID_A, Some(r#"{"visibility":"authenticated"}"#));
+    let port = s.a_port();
+    let host = s.host(ID_A, port);
+    let sign = s.begin(ID_A, port, "/").await;
+    let code = s.authorize(&sign, Some(OTHER_SESSION)).await.expect("code");
+    // An <img> of the code URL from a sibling page, nonce and all: no cookie.
+    let state = format!("edgegate_port_state={}", sign.state);
+    let r =
+        s.w.gw
+            .request(
+                "GET",
+                &host,
+                &code,
+                &[
+                    ("Sec-Fetch-Mode", "no-cors"),
+                    ("Sec-Fetch-Site", "same-site"),
+                    ("Sec-Fetch-Dest", "image"),
+                    ("Cookie", &state),
+                ],
+            )
+            .await;
+    assert_eq!(r.status, 403);
+    assert!(r.header("set-cookie").is_none(), "{r:?}");
+    // A fetch of the sign-in from a hostile page: refused before it mints anything.
+    let r =
+        s.w.gw
+            .request(
+                "GET",
+                &s.app(),
+                &sign.app_target,
+                &[
+                    ("Sec-Fetch-Mode", "cors"),
+                    ("Cookie", &format!("session={OWNER_SESSION}")),
+                ],
+            )
+            .await;
+    assert_eq!(r.status, 403, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_link_ends_when_its_maker_no_longer_owns_the_workspace() {
+    let s = Site::start("").await;
+    s.workspace(ID_A, None);
+    let app = s.app();
+    let r =
+        s.w.gw
+            .request(
+                "POST",
+                &app,
+                &format!("/api/ports/{ID_A}/{}/share?ttl_secs=3600", s.a_port()),
+                &[
+                    ("Cookie", &format!("session={OWNER_SESSION}")),
+                    ("Origin", &format!("http://{app}")),
+                ],
+            )
+            .await;
+    let url = r.json()["url"].as_str().expect("url").to_string();
+    let host = s.host(ID_A, s.a_port());
+    let link = url.strip_prefix(&format!("http://{host}")).expect("host");
+    let r = s.navigate(&host, link, &[]).await;
+    assert_eq!(r.status, 303, "{r:?}");
+    let cookie = cookie_value(r.header("set-cookie").expect("cookie"), "edgegate_port");
+    assert_eq!(s.open(ID_A, &cookie).await.0, 200);
+    // The workspace changes hands (user-2's, private).
+    s.record(ID_A, "user-2", ORG, s.a_port(), None);
+    assert_eq!(s.open(ID_A, &cookie).await.0, 401);
+    assert_eq!(s.navigate(&host, link, &[]).await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_stream_ends_when_the_workspace_leaves_the_organization() {
+    let s = Site::start("").await;
+    let held = holding_upstream().await;
+    let org_port = r#"{"visibility":"organization"}"#;
+    s.record(ID_A, OWNER, ORG, held.port(), Some(org_port));
+    let held_host = s.host(ID_A, held.port());
+    let cookie = s
+        .sign_in_port(ID_A, held.port(), Some(MEMBER_SESSION), "/")
+        .await
+        .expect("member");
+    let mut poll = {
+        use tokio::io::AsyncWriteExt;
+        let mut c = tokio::net::TcpStream::connect(s.w.gw.addr)
+            .await
+            .expect("connect");
+        let req = format!(
+            "GET /events HTTP/1.1\r\nHost: {held_host}\r\nCookie: edgegate_port={cookie}\r\n\r\n"
+        );
+        c.write_all(req.as_bytes()).await.expect("write");
+        c
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The workspace moves to another organization, and the app says so.
+    s.record(ID_A, OWNER, "globex", held.port(), Some(org_port));
+    s.w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+    let mut rest = Vec::new();
+    {
+        use tokio::io::AsyncReadExt;
+        tokio::time::timeout(Duration::from_secs(10), poll.read_to_end(&mut rest))
+            .await
+            .expect("the stream ends (not at the 60 s upstream timeout)")
+            .ok();
+    }
+    let r = parse_response(&rest);
+    assert_eq!(r.status, 503, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_ports_websocket_is_rechecked_without_an_invalidation_message() {
+    let s = Site::start("").await;
+    s.workspace(ID_A, Some(r#"{"visibility":"public"}"#));
+    let host = s.host(ID_A, s.a_port());
+    let mut ws = ws_connect(s.w.gw.addr, &host, "/ws", &[])
+        .await
+        .expect("anonymous tunnel on the public port");
+    assert_eq!(ws_roundtrip(&mut ws, "hi").await, "upstream-a:hi");
+    // Made private, and nobody says so (a lost message): the periodic re-check finds it.
+    s.record(
+        ID_A,
+        OWNER,
+        ORG,
+        s.a_port(),
+        Some(r#"{"visibility":"private"}"#),
+    );
+    assert_eq!(expect_close(&mut ws, Duration::from_secs(10)).await, 1008);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_more_open_port_cannot_use_the_visitors_credentials_on_a_narrower_one() {
+    let s = Site::start("").await;
+    let port = s.a_port();
+    let public = port + 1;
+    // The A port is private, its sibling public (a demo that shows anyone's input, say).
+    s.record(ID_A, OWNER, ORG, port, Some(r#"{"visibility":"private"}"#));
+    let _: () = redis::cmd("HSET")
+        .arg(format!("workspace:{ID_A}"))
+        .arg(format!("port.{public}"))
+        .arg(r#"{"visibility":"public"}"#)
+        .query(&mut s.w.redis.conn())
+        .expect("HSET");
+    let host = s.host(ID_A, port);
+    let origin = format!("http://{}", s.host(ID_A, public));
+    let cookie = s
+        .sign_in(ID_A, Some(OWNER_SESSION), "/")
+        .await
+        .expect("owner");
+    let before = s.w.a.count();
+    let preflight =
+        s.w.gw
+            .request(
+                "OPTIONS",
+                &host,
+                "/",
+                &[
+                    ("Origin", &origin),
+                    ("Access-Control-Request-Method", "PUT"),
+                ],
+            )
+            .await;
+    assert_eq!(preflight.status, 401);
+    let read =
+        s.w.gw
+            .request(
+                "GET",
+                &host,
+                "/",
+                &[
+                    ("Origin", &origin),
+                    ("Cookie", &format!("edgegate_port={cookie}")),
+                ],
+            )
+            .await;
+    assert_eq!(read.status, 403, "{read:?}");
+    assert_eq!(read.header("access-control-allow-origin"), None);
+    assert_eq!(s.w.a.count(), before, "nothing reached the private port");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_in_particular_does_not_wake_a_stopped_workspace() {
+    let s = Site::start("").await;
+    let field = format!("port.{}", s.a_port());
+    s.w.redis.hset(
+        &format!("workspace:{ID_A}"),
+        &[
+            ("backend", &s.w.a.addr.to_string()),
+            ("owner", OWNER),
+            ("status", "stopped"),
+            (&field, r#"{"visibility":"public"}"#),
+        ],
+    );
+    let r =
+        s.w.gw
+            .request("GET", &s.host(ID_A, s.a_port()), "/", &[])
+            .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "workspace_not_running")
+    );
+    let woken: i64 = redis::cmd("XLEN")
+        .arg("edgegate:wake")
+        .query(&mut s.w.redis.conn())
+        .expect("XLEN");
+    assert_eq!(woken, 0, "an anonymous visit woke nothing");
 }

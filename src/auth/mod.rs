@@ -89,6 +89,12 @@ impl Principal {
         self.method != AuthMethod::ShareLink
     }
 
+    /// Whether a WebSocket this principal opened has a maximum life (`token_tunnel_max`): a
+    /// token's proves who the client was at the upgrade only.
+    pub fn tunnel_has_max_life(&self) -> bool {
+        self.by_token() || self.method == AuthMethod::PortToken
+    }
+
     /// Whether this principal's proof was a token (its WebSocket has a maximum life).
     pub fn by_token(&self) -> bool {
         matches!(
@@ -203,18 +209,19 @@ impl Auth {
             session_cookie: a.session_cookie.clone(),
             session_key: template("auth.session_key", &a.session_key, "{sid}")?,
             ide_cookie: a.ide_cookie.clone(),
-            // The content site's port cookie is stripped and protected as the app's are.
+            // The content site's port cookie (and its sign-in state) are stripped and
+            // protected as the app's cookies are.
             app_cookies: a
                 .app_cookies
                 .iter()
-                .chain(std::iter::once(&config.ports.cookie))
                 .cloned()
+                .chain(crate::ports::cookie_names(&config.ports))
                 .collect(),
             credential_cookies: [&a.session_cookie, &a.ide_cookie]
                 .into_iter()
                 .chain(&a.app_cookies)
-                .chain(std::iter::once(&config.ports.cookie))
                 .cloned()
+                .chain(crate::ports::cookie_names(&config.ports))
                 .collect(),
             ide_cookie_ttl: a.ide_cookie_ttl_secs,
             cookie_secure: a.cookie_secure,

@@ -71,6 +71,10 @@ struct Claims {
     /// For the port types: the port of the workspace the token opens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+    /// For a sign-in code: the nonce of the browser that started the sign-in (its state
+    /// cookie), so the code signs in that browser alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    st: Option<String>,
 }
 
 /// A freshly minted token.
@@ -92,6 +96,8 @@ pub struct Verified {
     pub session_binding: Option<String>,
     /// The port a port-scoped token opens (checked by `verify_port`).
     pub port: Option<u16>,
+    /// A sign-in code's browser nonce.
+    pub state: Option<String>,
 }
 
 /// What an ide cookie carries to name the app session it was minted under: the first 128 bits
@@ -323,7 +329,9 @@ impl TokenKeys {
     }
 
     /// A port-scoped token of `typ` for `user` (empty for a share link), with its id `jti`
-    /// (a grant's id, `ports`) and a life of `ttl` seconds (at most the type's).
+    /// (a grant's id, `ports`) and a life of `ttl` seconds (at most the type's); a sign-in code
+    /// carries its browser's `state` nonce.
+    #[allow(clippy::too_many_arguments)]
     pub fn mint_port(
         &self,
         typ: TokenType,
@@ -332,6 +340,7 @@ impl TokenKeys {
         user: &str,
         jti: &str,
         ttl: u64,
+        state: Option<&str>,
     ) -> Result<String, jsonwebtoken::errors::Error> {
         let iat = now();
         let claims = Claims {
@@ -346,6 +355,7 @@ impl TokenKeys {
             aud: self.audience.clone(),
             sb: None,
             port: Some(port),
+            st: state.map(str::to_string),
         };
         jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.encoding)
     }
@@ -414,6 +424,7 @@ impl TokenKeys {
             aud: self.audience.clone(),
             sb: session_binding,
             port: None,
+            st: None,
         };
         let token = jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.encoding)?;
         Ok(Minted {
@@ -463,6 +474,7 @@ impl TokenKeys {
             exp: claims.exp,
             session_binding: claims.sb,
             port: claims.port,
+            state: claims.st,
         })
     }
 

@@ -123,7 +123,7 @@ impl PortEndpoints<'_> {
         let session_key = self.auth.session_key_of(sid);
         let settings = self.rules.settings(&rec, &key, port, true)?;
         if ep == PortEndpoint::Share {
-            if !self.rules.share_links {
+            if self.rules.shares_off() {
                 return Err(GatewayError::Forbidden);
             }
             if s.user != owner {
@@ -179,10 +179,10 @@ impl PortEndpoints<'_> {
                 .expires_at
                 .map_or(ttl, |exp| ttl.min(exp.saturating_sub(now()).max(1)))
         };
-        let mint = |typ, user: &str, ttl| {
+        let mint = |typ, user: &str, ttl, state: Option<&str>| {
             self.auth
                 .tokens
-                .mint_port(typ, id, port, user, &gid, ttl)
+                .mint_port(typ, id, port, user, &gid, ttl, state)
                 .map_err(|e| {
                     log::error!("cannot mint a {typ:?} token: {e}");
                     GatewayError::Internal
@@ -197,11 +197,24 @@ impl PortEndpoints<'_> {
         };
         match ep {
             PortEndpoint::Authorize => {
-                let ttl = until_session_ends(self.rules.cookie_ttl);
+                let path = return_path(req.uri.query());
+                // The browser that started the sign-in names itself with a nonce (its state
+                // cookie on the content host); without one, the sign-in starts over there.
+                let Some(state) = crate::query::param(req.uri.query(), "state").filter(|s| {
+                    (16..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+                }) else {
+                    return Ok(see_other(format!("{origin}{path}")));
+                };
+                // Until the code is exchanged: an unused one leaves nothing behind for long.
+                let ttl = self.rules.code_ttl + self.auth.tokens.leeway() + 1;
                 let g = grant(GrantKind::Session, Some(a.caller.session_key.clone()));
                 self.rules.put_grant(self.records, &gid, &g, ttl).await?;
-                let code = mint(TokenType::PortCode, &a.caller.user, self.rules.code_ttl)?;
-                let path = return_path(req.uri.query());
+                let code = mint(
+                    TokenType::PortCode,
+                    &a.caller.user,
+                    self.rules.code_ttl,
+                    Some(&state),
+                )?;
                 Ok(see_other(format!(
                     "{origin}{callback}?token={code}&path={}",
                     encode(&path)
@@ -211,7 +224,7 @@ impl PortEndpoints<'_> {
                 let ttl = until_session_ends(self.rules.token_ttl);
                 let g = grant(GrantKind::Token, Some(a.caller.session_key.clone()));
                 self.rules.put_grant(self.records, &gid, &g, ttl).await?;
-                let token = mint(TokenType::PortToken, &a.caller.user, ttl)?;
+                let token = mint(TokenType::PortToken, &a.caller.user, ttl, None)?;
                 Ok(Reply::json(
                     200,
                     &serde_json::json!({
@@ -232,7 +245,7 @@ impl PortEndpoints<'_> {
                 // expires or its grant is deleted.
                 let g = grant(GrantKind::Share, None);
                 self.rules.put_grant(self.records, &gid, &g, ttl).await?;
-                let link = mint(TokenType::PortShare, "", ttl)?;
+                let link = mint(TokenType::PortShare, "", ttl, None)?;
                 Ok(Reply::json(
                     200,
                     &serde_json::json!({
@@ -247,8 +260,14 @@ impl PortEndpoints<'_> {
 
     /// On a content host: a code from the sign-in (spent here, once) or a share link,
     /// exchanged for the port cookie; a 303 takes it out of the address bar and history.
-    pub async fn callback(&self, req: &RequestHeader, id: WorkspaceId, port: u16) -> Answered {
-        let (method, reply) = match self.exchange(req, &id, port).await {
+    pub async fn callback(
+        &self,
+        req: &RequestHeader,
+        route: &Route,
+        id: WorkspaceId,
+        port: u16,
+    ) -> Answered {
+        let (method, reply) = match self.exchange(req, route, &id, port).await {
             Ok((method, reply)) => (Some(method), Ok(reply)),
             Err((method, e)) => (method, Err(e)),
         };
@@ -268,6 +287,7 @@ impl PortEndpoints<'_> {
     async fn exchange(
         &self,
         req: &RequestHeader,
+        route: &Route,
         id: &WorkspaceId,
         port: u16,
     ) -> Result<(AuthMethod, Reply), (Option<AuthMethod>, GatewayError)> {
@@ -282,6 +302,14 @@ impl PortEndpoints<'_> {
         {
             Ok(v) => {
                 let m = AuthMethod::PortCookie;
+                // The code signs in the browser that started its sign-in, and no other: a code
+                // a user got for themselves, in a link, signs nobody else in (login CSRF).
+                let nonce = session::cookie_values(req, &self.rules.state_cookie)
+                    .single()
+                    .map_err(refuse(m))?;
+                if nonce.is_none() || nonce != v.state.as_deref() {
+                    return Err((Some(m), GatewayError::Forbidden));
+                }
                 self.auth
                     .spend(self.records, &v, Spend::Yes)
                     .await
@@ -305,11 +333,16 @@ impl PortEndpoints<'_> {
                 let ttl = s.expires_at.map_or(self.rules.cookie_ttl, |exp| {
                     self.rules.cookie_ttl.min(exp.saturating_sub(now()).max(1))
                 });
+                // The grant now lives as long as the cookie that stands for it.
+                self.rules
+                    .put_grant(self.records, &v.jti, &g, ttl)
+                    .await
+                    .map_err(refuse(m))?;
                 (m, v.jti, g.user, ttl)
             }
             Err(crate::auth::token::TokenError::WrongType) => {
                 let m = AuthMethod::ShareLink;
-                if !self.rules.share_links {
+                if self.rules.shares_off() {
                     return Err((Some(m), GatewayError::Forbidden));
                 }
                 let v = keys
@@ -322,14 +355,27 @@ impl PortEndpoints<'_> {
                     .map_err(refuse(m))?
                     .filter(|g| g.kind == GrantKind::Share && g.workspace == *id && g.port == port)
                     .ok_or((Some(m), GatewayError::Unauthenticated))?;
-                (m, v.jti, g.user, v.exp.saturating_sub(now()).max(1))
+                // Its maker must still own the workspace.
+                let key = route.key(id);
+                let (found, _) = self.records.get(&key).await;
+                let rec = found
+                    .map_err(refuse(m))?
+                    .ok_or((Some(m), GatewayError::UnknownWorkspace))?;
+                let owner = record::read(route, &key, &rec, Some(port))
+                    .map_err(refuse(m))?
+                    .owner;
+                if owner != g.user {
+                    return Err((Some(m), GatewayError::Unauthenticated));
+                }
+                let ttl = v.exp.saturating_sub(now()).clamp(1, self.rules.cookie_ttl);
+                (m, v.jti, g.user, ttl)
             }
             Err(e) => return Err((Some(AuthMethod::PortCookie), crate::auth::token_refusal(e))),
         };
         let cookie = self
             .auth
             .tokens
-            .mint_port(TokenType::PortCookie, id, port, &user, &gid, ttl)
+            .mint_port(TokenType::PortCookie, id, port, &user, &gid, ttl, None)
             .map_err(|e| {
                 log::error!("cannot mint a port cookie: {e}");
                 (Some(method), GatewayError::Internal)
@@ -347,6 +393,16 @@ impl PortEndpoints<'_> {
                 self.rules.cookie
             ),
         ));
+        if method == AuthMethod::PortCookie {
+            // The sign-in is over: its nonce goes.
+            reply.headers.push((
+                "set-cookie",
+                format!(
+                    "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}",
+                    self.rules.state_cookie
+                ),
+            ));
+        }
         Ok((method, reply))
     }
 }

@@ -115,6 +115,9 @@ pub struct PortAsk<'a> {
     /// The workspace's organization.
     pub org: Option<&'a str>,
     pub settings: PortSettings,
+    /// The request's `Origin`, when it is another port of the workspace that may use the
+    /// visitor's credentials here (`decide`): it counts as the request's own origin.
+    pub sibling: Option<&'a str>,
 }
 
 /// The verdict on a port: the credential tried and how the caller passed.
@@ -232,11 +235,15 @@ async fn by_cookie(
         GrantKind::Share => AuthMethod::ShareLink,
         _ => AuthMethod::PortCookie,
     };
-    if !ask.route.auth.contains(&method) || (method == AuthMethod::ShareLink && !rules.share_links)
+    if !ask.route.auth.contains(&method) || (method == AuthMethod::ShareLink && rules.shares_off())
     {
         return (Some(method), Err(GatewayError::Unauthenticated));
     }
-    if super::sibling_origin(ask.req, ask.route, ask.id, ask.port, ask.proto).is_none() {
+    // A share link is its maker's grant while the maker owns the workspace: not a new owner's.
+    if method == AuthMethod::ShareLink && grant.user != ask.owner {
+        return (Some(method), Err(GatewayError::Unauthenticated));
+    }
+    if ask.sibling.is_none() {
         if let Err(e) = auth.check_origin(ask.req, ask.is_upgrade, ask.proto) {
             return (Some(method), Err(e));
         }

@@ -35,6 +35,17 @@ pub struct PortRules {
     pub share_max_ttl: u64,
     grant_key: KeyTemplate,
     pub cookie_secure: bool,
+    /// The sign-in's state cookie: a nonce naming the browser that started it.
+    pub state_cookie: String,
+}
+
+/// The cookies the content site sets: the port cookie and the sign-in's state cookie.
+pub fn cookie_names(p: &crate::config::PortsConfig) -> [String; 2] {
+    [p.cookie.clone(), state_cookie(&p.cookie)]
+}
+
+fn state_cookie(cookie: &str) -> String {
+    format!("{cookie}_state")
 }
 
 /// The header a port token comes in (one of edgegate's own: never forwarded, in any spelling).
@@ -72,6 +83,7 @@ impl PortRules {
             grant_key: KeyTemplate::new(prefix, &p.grant_key, "{jti}")
                 .map_err(|e| ConfigError(format!("ports.grant_key: {e}")))?,
             cookie_secure: config.auth.cookie_secure,
+            state_cookie: state_cookie(&p.cookie),
         })
     }
 
@@ -110,6 +122,29 @@ impl PortRules {
             verify: raw.verify.unwrap_or(true),
             cors: raw.cors.unwrap_or(CorsMode::Edgegate),
         })
+    }
+
+    /// Whether a request let in as `passed` would still be: the port's visibility now, and the
+    /// owner or organization its way in depended on (`drain`, after an invalidation).
+    pub fn still_passes(&self, record: &Cached, key: &str, passed: &Passed) -> bool {
+        let Ok(s) = self.settings(record, key, passed.port, true) else {
+            // A record that no longer parses lets nobody in.
+            return false;
+        };
+        let owner = record.get(&*passed.owner_field).map(|o| o.trim());
+        let same_owner = owner == Some(&*passed.owner);
+        let same_org = self.org(record) == passed.org.as_deref();
+        passed.access.passes(s.visibility)
+            && match passed.access {
+                Access::Owner | Access::Share => same_owner,
+                Access::Member => same_org,
+                Access::User | Access::Anyone => true,
+            }
+    }
+
+    /// Share links are off (`share_links = false`, or nothing may be shared at all).
+    pub fn shares_off(&self) -> bool {
+        !self.share_links || self.max == Visibility::Private
     }
 
     /// The workspace's organization, from its record.
@@ -231,6 +266,19 @@ impl Access {
     }
 }
 
+/// How a request got onto a port, with what that depended on: kept with the request's drain
+/// hold, so a change of visibility, owner or organization ends what no longer passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passed {
+    pub port: u16,
+    pub access: Access,
+    /// The record's owner at the decision, and the field it is read from.
+    pub owner: std::sync::Arc<str>,
+    pub owner_field: std::sync::Arc<str>,
+    /// The workspace's organization at the decision.
+    pub org: Option<std::sync::Arc<str>>,
+}
+
 /// What edgegate does about CORS on a proxied response (`response_filter`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Cors {
@@ -254,15 +302,15 @@ pub fn is_preflight(req: &RequestHeader) -> bool {
 }
 
 /// Whether the request's `Origin` is another port of workspace `id` on the content site, over
-/// the request's own scheme and listener port: the workspace's own pages, which edgegate lets
-/// make credentialed requests to each other.
+/// the request's own scheme and listener port: the origin and that port. `decide` lets such a
+/// page make credentialed requests here when its own port is no more open than this one.
 pub fn sibling_origin<'r>(
     req: &'r RequestHeader,
     route: &Route,
     id: &WorkspaceId,
     port: u16,
     proto: &str,
-) -> Option<&'r str> {
+) -> Option<(&'r str, u16)> {
     let origin = req.headers.get(http::header::ORIGIN)?.to_str().ok()?;
     let (scheme, authority) = origin.split_once("://")?;
     if !scheme.eq_ignore_ascii_case(proto) {
@@ -274,7 +322,7 @@ pub fn sibling_origin<'r>(
     }
     let host = crate::headers::normalize_host(authority).ok()?;
     match route.parse_host(&host) {
-        Some((other, Some(p))) if other == *id && p != port => Some(origin),
+        Some((other, Some(p))) if other == *id && p != port => Some((origin, p)),
         _ => None,
     }
 }
