@@ -326,8 +326,10 @@ impl ProxyHttp for Gateway {
                 };
                 let fwd = self.forwarding(session, ctx);
                 if let Err(e) = Box::pin(self.0.tunnels.open(session, ctx, &fwd, &env)).await {
+                    // Kept before the answer is written: a client gone meanwhile must not turn
+                    // the refusal into another one in the log.
+                    ctx.refusal = Some(e.clone());
                     self.0.pages.respond(session, &e, &ctx.request_id).await?;
-                    ctx.refusal = Some(e);
                 }
                 Ok(true)
             }
@@ -341,8 +343,8 @@ impl ProxyHttp for Gateway {
                     // Published before the answer: a client told "starting" can count on it.
                     self.0.waker.wake(self.0.decider.records(), &wake).await;
                 }
+                ctx.refusal = Some(e.clone());
                 self.0.pages.respond(session, &e, &ctx.request_id).await?;
-                ctx.refusal = Some(e);
                 Ok(true)
             }
         }
