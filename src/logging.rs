@@ -5,6 +5,37 @@
 
 use log::{Level, Log, Metadata, Record};
 
+/// What Pingora reports at ERROR that is no fault (`edgegate_pingora_benign_total{kind}`):
+/// `reuse_race` (a pooled connection its idle watcher still held: a new one is made),
+/// `refused` (edgegate's own refusal, already in the access log), `client_gone` (the client
+/// closed or reset before its answer was written). Counted, not logged.
+pub static PINGORA_BENIGN: once_cell::sync::Lazy<prometheus::IntCounterVec> =
+    once_cell::sync::Lazy::new(|| {
+        let c = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "edgegate_pingora_benign_total",
+                "Errors Pingora reports that are no fault, counted instead of logged: reuse_race, refused, client_gone",
+            ),
+            &["kind"],
+        )
+        .expect("a fixed, valid metric name");
+        for k in ["reuse_race", "refused", "client_gone"] {
+            c.with_label_values(&[k]);
+        }
+        c
+    });
+
+/// Pingora's benign races, as the logger sees them.
+fn benign(record: &Record) -> Option<&'static str> {
+    if record.level() != Level::Error || !record.target().starts_with("pingora") {
+        return None;
+    }
+    match record.args().as_str() {
+        Some("failed to acquire reusable stream") => Some("reuse_race"),
+        _ => None,
+    }
+}
+
 /// Targets whose records below `Info` may contain request headers or URIs.
 const CHATTY: &[&str] = &[
     "pingora",
@@ -36,6 +67,10 @@ impl<L: Log> Log for Guarded<L> {
     }
 
     fn log(&self, record: &Record) {
+        if let Some(kind) = benign(record) {
+            PINGORA_BENIGN.with_label_values(&[kind]).inc();
+            return;
+        }
         if allowed(record.metadata()) {
             self.inner.log(record);
         }
@@ -85,6 +120,28 @@ fn json_line(time: f64, level: Level, target: &str, message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pingoras_reuse_race_is_counted_not_logged() {
+        let race = log::Record::builder()
+            .level(log::Level::Error)
+            .target("pingora_core::connectors")
+            .args(format_args!("failed to acquire reusable stream"))
+            .build();
+        assert_eq!(super::benign(&race), Some("reuse_race"));
+        let real = log::Record::builder()
+            .level(log::Level::Error)
+            .target("pingora_core::connectors")
+            .args(format_args!("something else"))
+            .build();
+        assert_eq!(super::benign(&real), None);
+        let ours = log::Record::builder()
+            .level(log::Level::Error)
+            .target("edgegate::proxy")
+            .args(format_args!("failed to acquire reusable stream"))
+            .build();
+        assert_eq!(super::benign(&ours), None);
+    }
+
     #[test]
     fn json_records_are_one_line_objects() {
         let line = super::json_line(1.5, log::Level::Warn, "edgegate::proxy", "a \"b\"\nc");

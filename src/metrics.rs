@@ -71,12 +71,15 @@ impl Outcome {
 
 /// The `method` labels of `edgegate_auth_decisions_total` (`AuthMethod::as_str`, `none`
 /// without a credential) and its `result` labels.
-const AUTH_METHODS: [&str; 5] = [
+const AUTH_METHODS: [&str; 8] = [
     "session",
     "terminal_token",
     "ide_cookie",
     "dev_ide_token",
     "none",
+    "port_cookie",
+    "port_token",
+    "share_link",
 ];
 const AUTH_RESULTS: [&str; 5] = ["ok", "open", "forbidden", "unauthenticated", "error"];
 
@@ -201,6 +204,9 @@ impl Metrics {
         for s in ["endpoint", "user"] {
             rate_limited.with_label_values(&[s]);
         }
+        // Counted by the logger (Pingora's benign races) and `suppress_error_log`: process-wide,
+        // so every registry of the process shows the same counter.
+        r.register(Box::new(crate::logging::PINGORA_BENIGN.clone()))?;
         let audit_dropped = IntCounter::new(
             "edgegate_audit_dropped_total",
             "Audit events not queued for the Redis stream (the writer fell behind); the file has them",

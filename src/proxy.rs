@@ -521,6 +521,34 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Pingora logs every failed request at ERROR. edgegate's own refusals (4xx: the access log
+    /// has them, with their code) and clients that went away are no fault of anyone's: they
+    /// are counted in `edgegate_pingora_benign_total`, not logged. Upstream failures (5xx) and
+    /// anything else still are.
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, e: &Error) -> bool {
+        let kind = if ctx.refusal.as_ref().is_some_and(|r| r.status() < 500) {
+            "refused"
+        } else if e.esource() == &pingora::ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::H2Error
+                    | ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout
+            )
+        {
+            "client_gone"
+        } else {
+            return false;
+        };
+        crate::logging::PINGORA_BENIGN
+            .with_label_values(&[kind])
+            .inc();
+        true
+    }
+
     fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
         // Pingora's default prints the full URI; a `?token=` must never reach a log line.
         format!(

@@ -94,6 +94,22 @@ async fn metrics_move_by_the_right_amounts_after_known_traffic() {
         series(&after, name, labels) - series(&before, name, labels)
     };
 
+    // Pingora's benign reports are counted, at zero from the start; an upstream failure is
+    // not one of them (it is still logged).
+    for kind in ["reuse_race", "refused", "client_gone"] {
+        assert!(
+            before.contains(&format!(
+                "edgegate_pingora_benign_total{{kind=\"{kind}\"}} 0"
+            )),
+            "{kind} at zero from the start"
+        );
+    }
+    assert_eq!(
+        delta("edgegate_pingora_benign_total", &[("kind", "refused")]),
+        0.0,
+        "a 502 is no benign report"
+    );
+
     let ws_route = [("route", "workspace"), ("method", "GET")];
     assert_eq!(
         delta(
