@@ -79,7 +79,18 @@ impl RequestLog {
         };
         let elapsed = ctx.started.elapsed();
         let m = &self.metrics;
-        m.record_request(route, &req.method, status, outcome, elapsed);
+        m.record_request(
+            route,
+            &req.method,
+            status,
+            outcome,
+            elapsed,
+            ctx.bytes_in,
+            ctx.bytes_out,
+        );
+        if let Some(r) = &ctx.refusal {
+            m.refusals.with_label_values(&[r.code()]).inc();
+        }
         let ws_close = ctx.ws_opened.map(|opened| {
             let cause = ctx.ws_close_cause.unwrap_or("error");
             m.websockets_open.with_label_values(&[route]).dec();

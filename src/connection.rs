@@ -70,6 +70,28 @@ pub struct ConnectionApp<A> {
     idle_close: Duration,
     /// Flips to `true` when idle connections are to be dropped (the delayed cleanup).
     closing_idle: tokio::sync::watch::Sender<bool>,
+    /// Client connections open now (`edgegate_connections_open`).
+    open: Option<prometheus::IntGauge>,
+}
+
+/// One open connection in the gauge, for as long as it lives.
+struct Counted(Option<prometheus::IntGauge>);
+
+impl Counted {
+    fn new(gauge: &Option<prometheus::IntGauge>) -> Counted {
+        if let Some(g) = gauge {
+            g.inc();
+        }
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+    }
 }
 
 impl<A> ConnectionApp<A> {
@@ -87,7 +109,14 @@ impl<A> ConnectionApp<A> {
             max_head,
             idle_close: grace_period / 2,
             closing_idle: tokio::sync::watch::channel(false).0,
+            open: None,
         }
+    }
+
+    /// Count open connections in `gauge`.
+    pub fn counting(mut self, gauge: prometheus::IntGauge) -> Self {
+        self.open = Some(gauge);
+        self
     }
 }
 
@@ -116,6 +145,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _counted = Counted::new(&self.open);
         let options = self.inner.server_options();
         let pingoras_own = matches!(
             stream.selected_alpn_proto(),

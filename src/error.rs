@@ -71,6 +71,42 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// One of each kind, for the metrics' `code` label (present at zero from the start). A new
+    /// variant goes here too: `every_code_is_listed` checks the list against `code`.
+    pub const ALL: [GatewayError; 28] = {
+        use GatewayError::*;
+        [
+            BadHost,
+            BadPath,
+            BadId,
+            PortNotAllowed,
+            BadUpgrade,
+            BadFraming,
+            UriTooLong,
+            HeadersTooLarge,
+            HeaderTimeout,
+            TooManyConnections,
+            RateLimited(0),
+            NoRoute,
+            UnknownWorkspace,
+            Unauthenticated,
+            AmbiguousCredentials,
+            TokenSpent,
+            Forbidden,
+            MethodNotAllowed,
+            BadRecord,
+            UpstreamUnresolvable,
+            UpstreamNotAllowed,
+            UpstreamRefused,
+            NotRunning,
+            Starting,
+            Transitioning,
+            StoreUnavailable,
+            UpstreamTimeout,
+            Internal,
+        ]
+    };
+
     pub fn status(&self) -> u16 {
         use GatewayError::*;
         match self {
@@ -348,6 +384,46 @@ pub fn escape_html(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_code_is_listed() {
+        use super::GatewayError;
+        let codes: std::collections::BTreeSet<&str> =
+            GatewayError::ALL.iter().map(|e| e.code()).collect();
+        assert_eq!(codes.len(), GatewayError::ALL.len(), "one of each");
+        // Exhaustive: a new variant fails to compile here until it is listed above.
+        let listed = |e: &GatewayError| match e {
+            GatewayError::BadHost
+            | GatewayError::BadPath
+            | GatewayError::BadId
+            | GatewayError::PortNotAllowed
+            | GatewayError::BadUpgrade
+            | GatewayError::BadFraming
+            | GatewayError::UriTooLong
+            | GatewayError::HeadersTooLarge
+            | GatewayError::HeaderTimeout
+            | GatewayError::TooManyConnections
+            | GatewayError::RateLimited(_)
+            | GatewayError::NoRoute
+            | GatewayError::UnknownWorkspace
+            | GatewayError::Unauthenticated
+            | GatewayError::AmbiguousCredentials
+            | GatewayError::TokenSpent
+            | GatewayError::Forbidden
+            | GatewayError::MethodNotAllowed
+            | GatewayError::BadRecord
+            | GatewayError::UpstreamUnresolvable
+            | GatewayError::UpstreamNotAllowed
+            | GatewayError::UpstreamRefused
+            | GatewayError::NotRunning
+            | GatewayError::Starting
+            | GatewayError::Transitioning
+            | GatewayError::StoreUnavailable
+            | GatewayError::UpstreamTimeout
+            | GatewayError::Internal => codes.contains(e.code()),
+        };
+        assert!(GatewayError::ALL.iter().all(listed));
+    }
+
     use super::*;
 
     #[test]

@@ -75,6 +75,30 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
     build_gateway_from(config, runtime, subscribe)
 }
 
+/// `edgegate_tls_certificate_expiry_timestamp_seconds` for every configured certificate (the
+/// files were read and checked when the runtime was built; one that will not parse here is
+/// left out, not fatal).
+fn record_certificate_expiry(config: &Config, metrics: &metrics::Metrics) {
+    for (i, l) in config.listen.tls.iter().enumerate() {
+        for c in &l.certs {
+            let Ok(pem) = std::fs::read(&c.cert_file) else {
+                continue;
+            };
+            let Ok((_, block)) = x509_parser::pem::parse_x509_pem(&pem) else {
+                continue;
+            };
+            let Ok(cert) = block.parse_x509() else {
+                continue;
+            };
+            let expiry = cert.validity().not_after.timestamp() as f64;
+            metrics
+                .cert_expiry
+                .with_label_values(&[&format!("listen.tls[{i}]"), &c.names.join(",")])
+                .set(expiry);
+        }
+    }
+}
+
 /// `build_gateway` with the runtime parts already built (`build_server` needs its TLS part).
 fn build_gateway_from(
     config: &Config,
@@ -91,6 +115,7 @@ fn build_gateway_from(
         StoreKind::Static => None,
     };
     let metrics = Arc::new(metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+    record_certificate_expiry(config, &metrics);
     let store = store::build(config, redis_rt.as_deref(), metrics.clone())?;
     let cache = Records::new_cache(config, &metrics, "records");
     let activity = match redis_rt.as_ref().and_then(|r| r.handle()) {
@@ -195,6 +220,7 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
         metrics,
         store,
     } = build_gateway_from(config, runtime, true)?;
+    let metrics_for_connections = metrics.connections_open.clone();
     server.add_service(pingora::services::background::background_service(
         "edgegate-stopping",
         StopRelay(stopping, accept_loops.clone()),
@@ -223,7 +249,8 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
     // The request line and headers, room for the line's method and version, and for the one
     // read that completes a head (it may carry the start of a body).
     let max_head = config.limits.max_uri_bytes + config.limits.max_header_bytes + 64 * 1024;
-    let app = connection::ConnectionApp::new(proxy, limit, keepalive, max_head, grace);
+    let app = connection::ConnectionApp::new(proxy, limit, keepalive, max_head, grace)
+        .counting(metrics_for_connections);
     let mut service = pingora::services::listening::Service::new("edgegate".to_string(), app);
     // Pingora reads each client connection through a 64 KiB buffer by default; smaller ones
     // keep idle connections (WebSockets above all) cheap.

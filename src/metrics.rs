@@ -91,6 +91,8 @@ const AUTH_RESULTS: [&str; 5] = ["ok", "open", "forbidden", "unauthenticated", "
 struct RequestSeries {
     count: IntCounter,
     duration: Histogram,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
 }
 
 type RouteSeries = Box<[OnceLock<RequestSeries>]>;
@@ -129,6 +131,14 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Audit events the stream writer could not keep up with (the file still has them).
     pub audit_dropped: IntCounter,
+    /// Request and response body bytes by route and direction (`in`: from the client).
+    pub bytes: IntCounterVec,
+    /// edgegate's own answers by error code (a bounded set: `GatewayError::ALL`).
+    pub refusals: IntCounterVec,
+    /// Client connections open now (HTTP/1 and HTTP/2, plain and TLS).
+    pub connections_open: prometheus::IntGauge,
+    /// When each configured certificate expires (unix s), by listener and names.
+    pub cert_expiry: prometheus::GaugeVec,
 }
 
 fn counter(
@@ -207,6 +217,43 @@ impl Metrics {
         // Counted by the logger (Pingora's benign races) and `suppress_error_log`: process-wide,
         // so every registry of the process shows the same counter.
         r.register(Box::new(crate::logging::PINGORA_BENIGN.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "edgegate_build_info",
+                "1, labelled with the running edgegate's version",
+            ),
+            &["version"],
+        )?;
+        r.register(Box::new(build_info.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let refusals = counter(
+            &r,
+            "edgegate_refusals_total",
+            "Answers edgegate gave itself instead of the upstream's, by error code",
+            &["code"],
+        )?;
+        for e in crate::error::GatewayError::ALL {
+            refusals.with_label_values(&[e.code()]);
+        }
+        let connections_open = prometheus::IntGauge::new(
+            "edgegate_connections_open",
+            "Client connections open now (HTTP/1 and HTTP/2, plain and TLS)",
+        )?;
+        r.register(Box::new(connections_open.clone()))?;
+        let cert_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "edgegate_tls_certificate_expiry_timestamp_seconds",
+                "When each configured certificate expires (unix seconds), by listener and names",
+            ),
+            &["listener", "names"],
+        )?;
+        r.register(Box::new(cert_expiry.clone()))?;
         let audit_dropped = IntCounter::new(
             "edgegate_audit_dropped_total",
             "Audit events not queued for the Redis stream (the writer fell behind); the file has them",
@@ -250,6 +297,15 @@ impl Metrics {
             )?,
             cache_invalidations,
             cache_evictions,
+            refusals,
+            connections_open,
+            cert_expiry,
+            bytes: counter(
+                &r,
+                "edgegate_bytes_total",
+                "Request (direction=in) and response (direction=out) body bytes by route",
+                &["route", "direction"],
+            )?,
             wake_requests,
             rate_limited,
             audit_dropped,
@@ -302,6 +358,7 @@ impl Metrics {
 
 impl Metrics {
     /// Count a finished request and observe its duration.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_request(
         &self,
         route: &str,
@@ -309,6 +366,8 @@ impl Metrics {
         status: u16,
         outcome: Outcome,
         elapsed: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
     ) {
         let (mi, si) = (method_index(method), status_index(status));
         let slot = (mi * STATUS_CLASSES.len() + si) * Outcome::ALL.len() + outcome as usize;
@@ -324,10 +383,18 @@ impl Metrics {
                 METHODS[mi],
                 outcome.as_str(),
             ]),
+            bytes_in: self.bytes.with_label_values(&[route, "in"]),
+            bytes_out: self.bytes.with_label_values(&[route, "out"]),
         };
         let record = |s: &RequestSeries| {
             s.count.inc();
             s.duration.observe(elapsed.as_secs_f64());
+            if bytes_in > 0 {
+                s.bytes_in.inc_by(bytes_in);
+            }
+            if bytes_out > 0 {
+                s.bytes_out.inc_by(bytes_out);
+            }
         };
         if let Ok(routes) = self.request_series.read() {
             if let Some(series) = routes.get(route) {
@@ -424,12 +491,28 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         let ms = Duration::from_millis(3);
         for _ in 0..3 {
-            m.record_request("workspace", &http::Method::GET, 200, Outcome::Proxied, ms);
+            m.record_request(
+                "workspace",
+                &http::Method::GET,
+                200,
+                Outcome::Proxied,
+                ms,
+                0,
+                0,
+            );
         }
-        m.record_request("workspace", &http::Method::POST, 0, Outcome::Dropped, ms);
-        m.record_request("api", &http::Method::GET, 404, Outcome::Refused, ms);
+        m.record_request(
+            "workspace",
+            &http::Method::POST,
+            0,
+            Outcome::Dropped,
+            ms,
+            0,
+            0,
+        );
+        m.record_request("api", &http::Method::GET, 404, Outcome::Refused, ms, 0, 0);
         let odd = http::Method::from_bytes(b"PURGE").expect("method");
-        m.record_request("workspace", &odd, 204, Outcome::Answered, ms);
+        m.record_request("workspace", &odd, 204, Outcome::Answered, ms, 0, 0);
         m.record_auth("session", "ok");
         m.record_auth("session", "ok");
         m.record_auth("none", "open");

@@ -110,6 +110,73 @@ async fn metrics_move_by_the_right_amounts_after_known_traffic() {
         "a 502 is no benign report"
     );
 
+    // What an operator alerts on: refusals by code (every code present from the start),
+    // bytes by route, open connections, the build, the process.
+    for e in edgegate::error::GatewayError::ALL {
+        assert!(
+            before.contains(&format!(
+                "edgegate_refusals_total{{code=\"{}\"}} 0",
+                e.code()
+            )),
+            "{} at zero from the start",
+            e.code()
+        );
+    }
+    assert_eq!(
+        delta("edgegate_refusals_total", &[("code", "unauthenticated")]),
+        2.0
+    );
+    assert_eq!(
+        delta("edgegate_refusals_total", &[("code", "forbidden")]),
+        1.0
+    );
+    assert_eq!(
+        delta("edgegate_refusals_total", &[("code", "unknown_workspace")]),
+        2.0
+    );
+    assert_eq!(
+        delta(
+            "edgegate_refusals_total",
+            &[("code", "upstream_unreachable")]
+        ),
+        1.0
+    );
+    assert!(
+        delta(
+            "edgegate_bytes_total",
+            &[("route", "workspace"), ("direction", "out")]
+        ) > 0.0
+    );
+    assert!(after.contains(&format!(
+        "edgegate_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+    // A client connection in the middle of its request is counted while it is open.
+    let mut held = tokio::net::TcpStream::connect(w.gw.addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut held, b"GET / HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            let p = w.gw.admin_get("/metrics").await.body;
+            series(&p, "edgegate_connections_open", &[]) >= 1.0
+        })
+        .await
+    );
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            let p = w.gw.admin_get("/metrics").await.body;
+            series(&p, "edgegate_connections_open", &[]) == 0.0
+        })
+        .await,
+        "and no longer once it closed"
+    );
+    assert!(series(&after, "process_resident_memory_bytes", &[]) > 0.0);
+    assert!(series(&after, "process_open_fds", &[]) > 0.0);
+
     let ws_route = [("route", "workspace"), ("method", "GET")];
     assert_eq!(
         delta(

@@ -28,8 +28,27 @@ async fn tls_listener_picks_certificates_by_sni_and_speaks_h1_h2_and_websocket()
         &format!("{extra}[admin]\n"),
         1,
     );
-    let _gw = Gateway::start(&text);
+    let gw = Gateway::start(&text);
     redis.workspace(ID_A, &a.addr.to_string());
+    // Each certificate's expiry, for the alert that fires before it passes (issue #19).
+    let m = gw.admin_get("/metrics").await.body;
+    let expiry: f64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "edgegate_tls_certificate_expiry_timestamp_seconds{listener=\"listen.tls[0]\",names=\"other.test\"} ",
+            )
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the other.test certificate's expiry");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs_f64();
+    assert!(
+        expiry > now && expiry < now + 3.0 * 86400.0,
+        "made with -days 2: {expiry}"
+    );
     let gw: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
     let wild_der = pem_to_der(&std::fs::read(&pki.wild.0).expect("pem"));
     let other_der = pem_to_der(&std::fs::read(&pki.other.0).expect("pem"));
