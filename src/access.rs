@@ -35,6 +35,14 @@ impl RequestLog {
         &self.metrics
     }
 
+    /// Reopen the access log's and the audit trail's files.
+    pub fn reopen(&self) {
+        self.access.reopen();
+        if let Some(a) = &self.audit {
+            a.reopen();
+        }
+    }
+
     /// Count an auth decision (a request's first and its moved-backend retry).
     pub fn checked(&self, check: Check) {
         if check != Check::NONE {
@@ -154,6 +162,8 @@ impl RequestLog {
 /// the destination within that time.
 pub struct AccessLog {
     out: Option<Arc<Mutex<Buffered>>>,
+    /// The file appended to, reopened by `reopen` (`None`: stdout, stderr, off).
+    path: Option<String>,
     /// How the verified user is written (`log.access_log_user`).
     user: UserField,
 }
@@ -167,6 +177,7 @@ impl AccessLog {
             "off" => {
                 return Ok(AccessLog {
                     out: None,
+                    path: None,
                     user: UserField::Clear,
                 })
             }
@@ -198,10 +209,34 @@ impl AccessLog {
                 }
             })
             .map_err(|e| format!("log.access_log: cannot start its flusher: {e}"))?;
+        let path = (!matches!(spec, "stdout" | "stderr")).then(|| spec.to_string());
         Ok(AccessLog {
             out: Some(out),
+            path,
             user: UserField::Clear,
         })
+    }
+
+    /// Write to a freshly opened file at the same path (SIGUSR1, after a rotation moved the
+    /// old one away); what was buffered goes to the old one first. A path that cannot be
+    /// opened keeps the old file (logged).
+    pub fn reopen(&self) {
+        let (Some(out), Some(path)) = (&self.out, &self.path) else {
+            return;
+        };
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(file) => {
+                if let Ok(mut o) = out.lock() {
+                    let _ = o.flush();
+                    *o = std::io::BufWriter::with_capacity(64 * 1024, Box::new(file));
+                }
+            }
+            Err(e) => log::error!("cannot reopen {path}: {e}; still writing the old file"),
+        }
     }
 
     /// Write the verified user as `user` says.

@@ -1,8 +1,10 @@
 //! The admin listener (its own address, never the public one): `/metrics` in Prometheus text
-//! format, `/healthz` (the process answers) and `/readyz` (config loaded and the route store
-//! reachable; 503 otherwise).
+//! format, `/healthz` (the process answers), `/readyz` (whether this instance can serve, by
+//! the rule in `readiness`; `?verbose` says why) and `POST /drain` (fail readiness, wait for
+//! the balancer, stop).
 
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::route::store::RouteStore;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
@@ -12,11 +14,50 @@ use std::sync::Arc;
 pub struct Admin {
     metrics: Arc<Metrics>,
     store: Arc<dyn RouteStore>,
+    readiness: Arc<Readiness>,
+    /// Route records in memory now.
+    warm: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
 impl Admin {
-    pub fn new(metrics: Arc<Metrics>, store: Arc<dyn RouteStore>) -> Self {
-        Self { metrics, store }
+    pub fn new(
+        metrics: Arc<Metrics>,
+        store: Arc<dyn RouteStore>,
+        readiness: Arc<Readiness>,
+        warm: Box<dyn Fn() -> usize + Send + Sync>,
+    ) -> Self {
+        Self {
+            metrics,
+            store,
+            readiness,
+            warm,
+        }
+    }
+
+    async fn readyz(&self, verbose: bool) -> http::Response<Vec<u8>> {
+        let s = self.readiness.state(self.store.ping().await, (self.warm)());
+        self.metrics.ready.set(i64::from(s.ready));
+        self.metrics.degraded.set(i64::from(s.degraded()));
+        let status = if s.ready { 200 } else { 503 };
+        let word = match (s.ready, s.draining, s.degraded()) {
+            (_, true, _) => "draining",
+            (true, _, true) => "degraded",
+            (true, _, false) => "ready",
+            (false, _, _) => "route store unreachable, nothing cached",
+        };
+        let body = if verbose {
+            serde_json::json!({
+                "status": word,
+                "ready": s.ready,
+                "draining": s.draining,
+                "degraded": s.degraded(),
+                "store": if s.store_up { "ok" } else { "unreachable" },
+                "cached_records": s.warm,
+            })
+        } else {
+            serde_json::json!({ "status": word })
+        };
+        reply(status, "application/json", body.to_string().into_bytes())
     }
 }
 
@@ -40,15 +81,23 @@ impl ServeHttp for Admin {
             "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render()),
             "/healthz" => reply(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             "/readyz" => {
-                if self.store.ping().await {
-                    reply(200, "application/json", br#"{"status":"ready"}"#.to_vec())
-                } else {
-                    reply(
-                        503,
-                        "application/json",
-                        br#"{"status":"route store unreachable"}"#.to_vec(),
-                    )
+                let verbose = session
+                    .req_header()
+                    .uri
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|p| p == "verbose"));
+                self.readyz(verbose).await
+            }
+            "/drain" if session.req_header().method == http::Method::POST => {
+                let first = self.readiness.ask_drain();
+                if first {
+                    log::warn!("drain asked for on the admin listener: readiness fails now");
                 }
+                reply(
+                    202,
+                    "application/json",
+                    br#"{"status":"draining"}"#.to_vec(),
+                )
             }
             _ => reply(404, "application/json", br#"{"error":"no_route"}"#.to_vec()),
         }

@@ -38,6 +38,11 @@ pub struct Audit {
 }
 
 impl Audit {
+    /// Reopen the audit file (SIGUSR1).
+    pub fn reopen(&self) {
+        self.file.reopen();
+    }
+
     /// `None` when the audit trail is off (`audit.file` and `audit.redis_stream` empty).
     pub fn open(
         config: &Config,

@@ -466,6 +466,9 @@ pub struct ServerConfig {
     /// Seconds a graceful stop waits before runtimes are shut down.
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
+    /// On SIGTERM or `POST /drain` (admin): how long readiness fails before the listeners
+    /// close, for the load balancer to take this instance out.
+    pub drain_delay_secs: u64,
     /// Seconds the runtimes get to finish their tasks after the grace period.
     #[serde(default = "default_graceful_shutdown")]
     pub graceful_shutdown_timeout_seconds: u64,
@@ -482,6 +485,7 @@ impl Default for ServerConfig {
             threads: default_threads(),
             work_stealing: false,
             grace_period_seconds: default_grace(),
+            drain_delay_secs: 5,
             graceful_shutdown_timeout_seconds: default_graceful_shutdown(),
             pid_file: default_pid_file(),
             upgrade_sock: default_upgrade_sock(),

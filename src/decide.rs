@@ -36,7 +36,8 @@ use std::time::Duration;
 /// The routing and auth state every decision reads.
 pub struct Decider {
     routes: RouteTable,
-    records: Records,
+    /// Shared with the decision a reload replaces this one with: the caches stay warm.
+    records: Arc<Records>,
     auth: Auth,
     api: ApiConfig,
     resolver: Resolver,
@@ -149,7 +150,7 @@ impl Decided {
 }
 
 impl Decider {
-    pub fn new(config: &Config, runtime: Runtime, records: Records) -> Decider {
+    pub fn new(config: &Config, runtime: Runtime, records: Arc<Records>) -> Decider {
         Decider {
             routes: runtime.routes,
             records,
@@ -746,7 +747,11 @@ mod tests {
             &config,
             metrics,
         );
-        Decider::new(&config, Runtime::build(&config).expect("runtime"), records)
+        Decider::new(
+            &config,
+            Runtime::build(&config).expect("runtime"),
+            Arc::new(records),
+        )
     }
 
     fn request(method: &str, host: &str, target: &str, headers: &[(&str, &str)]) -> RequestHeader {

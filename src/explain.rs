@@ -98,12 +98,11 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
     let host = headers::browser_host(&req)
         .and_then(headers::normalize_host)
         .map_err(|e| format!("{e}"));
+    let decider = gw.decider();
     let matched = match &host {
-        Ok(h) => {
-            gw.decider()
-                .routes()
-                .match_request(h, req.uri.path(), req.uri.query(), is_upgrade)
-        }
+        Ok(h) => decider
+            .routes()
+            .match_request(h, req.uri.path(), req.uri.query(), is_upgrade),
         Err(_) => Err(crate::error::GatewayError::BadHost),
     };
     match matched {
@@ -210,7 +209,7 @@ pub async fn explain(config: &Config, q: &Question) -> Result<Answer, String> {
         established: None,
         client: None,
     };
-    let decided = gw.decider().decide(&req, &facts).await;
+    let decided = decider.decide(&req, &facts).await;
     let check = decided.check;
     let auth = match (
         decided.plan().and_then(|p| p.principal.as_ref()),

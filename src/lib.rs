@@ -29,8 +29,10 @@ pub mod ports;
 pub mod proxy;
 pub mod query;
 pub mod ratelimit;
+pub mod readiness;
 pub mod route;
 pub mod runtime;
+pub mod signals;
 pub mod tls;
 pub mod upstream;
 pub mod websocket;
@@ -179,6 +181,7 @@ fn build_gateway_from(
 pub struct EdgeServer {
     server: Server,
     accept_loops: fast_stop::AcceptLoops,
+    control: Arc<signals::Control>,
 }
 
 impl EdgeServer {
@@ -188,9 +191,15 @@ impl EdgeServer {
         self.server.run(RunArgs { shutdown_signal });
     }
 
-    /// Run on Unix signals (SIGTERM graceful, SIGINT fast, SIGQUIT upgrade), then exit.
-    pub fn run_forever(self) -> ! {
-        self.run(Box::new(pingora::server::UnixShutdownSignalWatch));
+    /// Run on Unix signals (`signals`: SIGHUP reloads `config_path`, SIGUSR1 reopens the
+    /// logs, SIGTERM drains, SIGQUIT upgrades, SIGINT stops at once), then exit.
+    pub fn run_forever(mut self, config_path: Option<std::path::PathBuf>) -> ! {
+        if let Some(c) = Arc::get_mut(&mut self.control) {
+            c.config_path = config_path;
+        }
+        let signals = signals::Signals::new(self.control.clone());
+        self.run(Box::new(signals));
+        log::info!("stopped");
         std::process::exit(0)
     }
 }
@@ -213,13 +222,25 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
     let accept_loops = fast_stop::AcceptLoops::new();
 
     let runtime = runtime::Runtime::build(config).map_err(|e| e.to_string())?;
-    let tls = runtime.tls.clone();
+    let certs: Vec<Arc<tls::Certificates>> = runtime
+        .tls
+        .iter()
+        .map(|r| tls::Certificates::new(r.clone()))
+        .collect();
     let Parts {
         gateway,
         stopping,
         metrics,
         store,
     } = build_gateway_from(config, runtime, true)?;
+    let readiness = readiness::Readiness::new(config);
+    let control = Arc::new(signals::Control {
+        gateway: gateway.clone(),
+        certs: certs.clone(),
+        readiness: readiness.clone(),
+        drain_delay: std::time::Duration::from_secs(config.server.drain_delay_secs),
+        config_path: None,
+    });
     let metrics_for_connections = metrics.connections_open.clone();
     server.add_service(pingora::services::background::background_service(
         "edgegate-stopping",
@@ -229,7 +250,10 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
     if !config.admin.listen.is_empty() {
         let mut admin = pingora::services::listening::Service::new(
             "edgegate-admin".to_string(),
-            admin::Admin::new(metrics, store),
+            admin::Admin::new(metrics, store, readiness, {
+                let gw = gateway.clone();
+                Box::new(move || gw.records().warm())
+            }),
         );
         admin.add_tcp(&config.admin.listen);
         server.add_service(accept_loops.wrap(admin));
@@ -261,7 +285,7 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
         let buffers = L4BufferSettings::default().read(l.read_buffer_bytes);
         service.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
-    for (i, (t, resolver)) in l.tls.iter().zip(tls).enumerate() {
+    for (i, (t, resolver)) in l.tls.iter().zip(certs).enumerate() {
         let settings =
             tls::settings(&format!("listen.tls[{i}]"), t, resolver).map_err(|e| e.to_string())?;
         let buffers = L4BufferSettings::default().read(l.tls_read_buffer_bytes);
@@ -275,6 +299,7 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
     Ok(EdgeServer {
         server,
         accept_loops,
+        control,
     })
 }
 
@@ -303,15 +328,28 @@ pub struct BackgroundGateway {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-struct ChannelShutdown(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);
+struct ChannelShutdown {
+    rx: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>,
+    /// `POST /drain` on the admin listener stops it too, as it stops `edgegate run`.
+    control: Arc<signals::Control>,
+}
 
 #[async_trait::async_trait]
 impl ShutdownSignalWatch for ChannelShutdown {
     async fn recv(&self) -> ShutdownSignal {
-        let rx = self.0.lock().await.take();
-        match rx {
-            Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
-            None => std::future::pending().await,
+        let rx = self.rx.lock().await.take();
+        let told = async {
+            match rx {
+                Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            how = told => how,
+            _ = self.control.readiness.drain_asked() => {
+                self.control.drain("POST /drain").await;
+                ShutdownSignal::GracefulTerminate
+            }
         }
     }
 }
@@ -331,9 +369,15 @@ impl BackgroundGateway {
         config.server.work_stealing = true;
         let server = build_server(&config, None)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let control = server.control.clone();
         let thread = std::thread::Builder::new()
             .name("edgegate-server".into())
-            .spawn(move || server.run(Box::new(ChannelShutdown(tokio::sync::Mutex::new(Some(rx))))))
+            .spawn(move || {
+                server.run(Box::new(ChannelShutdown {
+                    rx: tokio::sync::Mutex::new(Some(rx)),
+                    control,
+                }))
+            })
             .map_err(|e| format!("cannot start the server thread: {e}"))?;
         Ok(Self {
             stop: Some(tx),

@@ -117,8 +117,11 @@ fn main() -> ExitCode {
                 Err(e) => usage_error(&e),
             }
         }
-        Command::Run { config, upgrade } => {
-            let config = match load(&config) {
+        Command::Run {
+            config: path,
+            upgrade,
+        } => {
+            let config = match load(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -127,7 +130,7 @@ fn main() -> ExitCode {
                 upgrade,
                 ..Default::default()
             };
-            run(&config, Some(opt))
+            run(&config, Some(opt), Some(path))
         }
         Command::Token {
             command:
@@ -226,9 +229,13 @@ fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(EX_USAGE)
 }
 
-fn run(config: &Config, opt: Option<pingora::server::configuration::Opt>) -> ExitCode {
+fn run(
+    config: &Config,
+    opt: Option<pingora::server::configuration::Opt>,
+    path: Option<std::path::PathBuf>,
+) -> ExitCode {
     match edgegate::build_server(config, opt) {
-        Ok(server) => server.run_forever(),
+        Ok(server) => server.run_forever(path),
         Err(e) => {
             eprintln!("edgegate: {e}");
             ExitCode::FAILURE
@@ -305,5 +312,5 @@ fn demo(listen: &str) -> ExitCode {
          Ctrl-C stops it.",
         lower = id.to_ascii_lowercase()
     );
-    run(&config, None)
+    run(&config, None, None)
 }

@@ -139,6 +139,10 @@ pub struct Metrics {
     pub connections_open: prometheus::IntGauge,
     /// When each configured certificate expires (unix s), by listener and names.
     pub cert_expiry: prometheus::GaugeVec,
+    /// 1 while `/readyz` says ready (as of its last request).
+    pub ready: prometheus::IntGauge,
+    /// 1 while ready with the route store down (serving what is cached).
+    pub degraded: prometheus::IntGauge,
 }
 
 fn counter(
@@ -254,6 +258,16 @@ impl Metrics {
             &["listener", "names"],
         )?;
         r.register(Box::new(cert_expiry.clone()))?;
+        let ready = prometheus::IntGauge::new(
+            "edgegate_ready",
+            "1 while /readyz says this instance can serve (as of its last request)",
+        )?;
+        r.register(Box::new(ready.clone()))?;
+        let degraded = prometheus::IntGauge::new(
+            "edgegate_degraded",
+            "1 while ready with the route store down, serving cached routes",
+        )?;
+        r.register(Box::new(degraded.clone()))?;
         let audit_dropped = IntCounter::new(
             "edgegate_audit_dropped_total",
             "Audit events not queued for the Redis stream (the writer fell behind); the file has them",
@@ -300,6 +314,8 @@ impl Metrics {
             refusals,
             connections_open,
             cert_expiry,
+            ready,
+            degraded,
             bytes: counter(
                 &r,
                 "edgegate_bytes_total",

@@ -47,7 +47,13 @@ pub struct Gateway(Arc<Core>);
 /// What the hooks share. Each module gets its part: the decision its `Decider`, tunnels their
 /// `Tunnels` and `TunnelEnv`, the log its `RequestLog`.
 struct Core {
-    decider: Arc<Decider>,
+    /// Replaced whole by a reload (SIGHUP, `reload`); each request decides with the one it
+    /// loaded.
+    decider: Arc<arc_swap::ArcSwap<Decider>>,
+    /// The caches every decision reads, kept across reloads.
+    records: Arc<Records>,
+    /// Cookies that never reach a workspace nor may be set by one (names: not reloaded).
+    credential_cookies: Vec<String>,
     tunnels: Tunnels,
     log: Arc<RequestLog>,
     activity: Option<Arc<Activity>>,
@@ -89,10 +95,14 @@ impl Gateway {
             redis_runtime.as_ref().and_then(|r| r.handle()),
         )?;
         let rate_limits = Arc::new(crate::ratelimit::RateLimits::new(config, metrics.clone()));
+        let records = Arc::new(records);
+        let decider =
+            Decider::new(config, runtime, records.clone()).with_rate_limits(rate_limits.clone());
+        let credential_cookies = decider.auth().credential_cookies.clone();
         Ok(Self(Arc::new(Core {
-            decider: Arc::new(
-                Decider::new(config, runtime, records).with_rate_limits(rate_limits.clone()),
-            ),
+            decider: Arc::new(arc_swap::ArcSwap::from_pointee(decider)),
+            records,
+            credential_cookies,
             tunnels: Tunnels::new(config),
             log: Arc::new(RequestLog::new(
                 metrics,
@@ -116,14 +126,29 @@ impl Gateway {
         })))
     }
 
-    /// The decision every request goes through (`explain` asks it too).
-    pub fn decider(&self) -> &Decider {
-        &self.0.decider
+    /// The decision every request goes through now (`explain` asks it too).
+    pub fn decider(&self) -> Arc<Decider> {
+        self.0.decider.load_full()
+    }
+
+    /// Decide with `config` from now on: routes, auth keys, ports, lifecycle and the rest of
+    /// what `Decider` reads (the caches stay). The listeners, the Redis connection and the
+    /// process settings stay as they are: those need an upgrade (`run -u`). A config that
+    /// does not build changes nothing.
+    pub fn reload(&self, config: &Config, runtime: Runtime) {
+        let decider = Decider::new(config, runtime, self.0.records.clone())
+            .with_rate_limits(self.0.rate_limits.clone());
+        self.0.decider.store(Arc::new(decider));
+    }
+
+    /// Reopen the log files (after a rotation moved them away).
+    pub fn reopen_logs(&self) {
+        self.0.log.reopen();
     }
 
     /// The cached records (the invalidation listener drops keys from them).
     pub fn records(&self) -> &Records {
-        self.0.decider.records()
+        &self.0.records
     }
 
     /// What to run after an invalidation of `key`: the drain of the requests in flight to it,
@@ -137,8 +162,8 @@ impl Gateway {
         }
         let (core, key) = (self.0.clone(), key.to_string());
         Some(async move {
-            let d = &core.decider;
-            core.drains.check(d.records(), d.ports(), &key).await
+            let d = core.decider.load_full();
+            core.drains.check(&core.records, d.ports(), &key).await
         })
     }
 
@@ -175,7 +200,7 @@ impl Gateway {
                 .map(|a| a.ip()),
             trusted_proxies: &self.0.trusted_proxies,
             proto: ctx.proto,
-            credential_cookies: &self.0.decider.auth().credential_cookies,
+            credential_cookies: &self.0.credential_cookies,
         }
     }
 
@@ -200,9 +225,8 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> std::result::Result<Option<crate::api::Reply>, GatewayError> {
         let spent = ctx.principal().and_then(|p| p.jti.clone());
-        let decided = self
-            .0
-            .decider
+        let decider = self.0.decider.load_full();
+        let decided = decider
             .decide(req, &Self::facts(ctx, spent.as_deref()))
             .await;
         self.0.log.checked(decided.check);
@@ -341,7 +365,7 @@ impl ProxyHttp for Gateway {
             Err(e) => {
                 if let Some(wake) = ctx.wake.take() {
                     // Published before the answer: a client told "starting" can count on it.
-                    self.0.waker.wake(self.0.decider.records(), &wake).await;
+                    self.0.waker.wake(&self.0.records, &wake).await;
                 }
                 ctx.refusal = Some(e.clone());
                 self.0.pages.respond(session, &e, &ctx.request_id).await?;
@@ -424,7 +448,7 @@ impl ProxyHttp for Gateway {
         headers::set_response_request_id(upstream_response, &ctx.request_id)?;
         // What a workspace's response may set in the browser (SPEC §8).
         if let Some(t) = ctx.target() {
-            let protected = &self.0.decider.auth().credential_cookies;
+            let protected = &self.0.credential_cookies;
             headers::confine_response(upstream_response, &t.content, protected)?;
         }
         if let Some(plan) = &ctx.plan {
@@ -468,7 +492,7 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         // A workspace whose cached backend refuses may have moved: drop the cached record and
         // retry once from a fresh one. Anything else is not retried against the same address.
-        let retry = ctx.may_have_moved(self.0.decider.records(), &e);
+        let retry = ctx.may_have_moved(&self.0.records, &e);
         e.set_retry(retry);
         e
     }

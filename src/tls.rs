@@ -93,11 +93,32 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// A listener's certificates, replaced whole by a reload (SIGHUP) while handshakes read them.
+#[derive(Debug)]
+pub struct Certificates(arc_swap::ArcSwap<SniResolver>);
+
+impl Certificates {
+    pub fn new(resolver: Arc<SniResolver>) -> Arc<Certificates> {
+        Arc::new(Certificates(arc_swap::ArcSwap::new(resolver)))
+    }
+
+    /// Serve `resolver`'s certificates from the next handshake on.
+    pub fn replace(&self, resolver: Arc<SniResolver>) {
+        self.0.store(resolver);
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().pick(hello.server_name()))
+    }
+}
+
 /// Pingora's settings for one TLS listener, with its certificates (`runtime::Runtime::tls`).
 pub fn settings(
     field: &str,
     cfg: &TlsListenConfig,
-    resolver: Arc<SniResolver>,
+    resolver: Arc<Certificates>,
 ) -> Result<TlsSettings, ConfigError> {
     let mut s =
         TlsSettings::intermediate("", "").map_err(|e| ConfigError(format!("{field}: {e}")))?;

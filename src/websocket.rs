@@ -136,7 +136,9 @@ pub struct Tunnels {
 /// What a tunnel asks of the rest of the gateway for as long as it lives.
 #[derive(Clone)]
 pub struct TunnelEnv {
-    pub decider: Arc<Decider>,
+    /// The current decision state (a reload replaces it; an open tunnel re-checks with the
+    /// new one).
+    pub decider: Arc<arc_swap::ArcSwap<Decider>>,
     pub log: Arc<RequestLog>,
     pub activity: Option<Arc<Activity>>,
 }
@@ -206,7 +208,7 @@ impl Tunnels {
                     let e = e.into_up();
                     log::warn!("websocket upstream {}: {e}", target.addr);
                     env.log.upstream_failure(ctx, &e);
-                    if ctx.may_have_moved(env.decider.records(), &e) {
+                    if ctx.may_have_moved(env.decider.load().records(), &e) {
                         // Decide again from a fresh record (auth included), then retry once.
                         ctx.refresh = crate::ctx::Refresh::Done;
                         let req = session.req_header();
@@ -218,7 +220,8 @@ impl Tunnels {
                             established: None,
                             client: None,
                         };
-                        let decided = env.decider.decide(req, &facts).await;
+                        let decider = env.decider.load_full();
+                        let decided = decider.decide(req, &facts).await;
                         env.log.checked(decided.check);
                         if ctx.decided(decided)?.is_some() {
                             return Err(GatewayError::Internal);
@@ -290,7 +293,8 @@ impl Tunnels {
         crate::headers::set_response_request_id(&mut resp, &ctx.request_id)
             .map_err(|_| GatewayError::UpstreamRefused)?;
         if let Some(t) = ctx.target() {
-            let protected = &env.decider.auth().credential_cookies;
+            let decider = env.decider.load();
+            let protected = &decider.auth().credential_cookies;
             crate::headers::confine_response(&mut resp, &t.content, protected)
                 .map_err(|_| GatewayError::UpstreamRefused)?;
         }
@@ -436,7 +440,8 @@ impl Tunnel {
         // The credential is re-checked every `recheck_interval` (a session deleted without an
         // invalidation message, a record changed behind the cache), and ends by itself: a
         // session at its `expires_at`, a token's tunnel after `token_tunnel_max`.
-        let auth = self.env.decider.auth();
+        let decider = self.env.decider.load_full();
+        let auth = decider.auth();
         let (recheck_every, token_max) = (auth.recheck_interval, auth.token_tunnel_max);
         let mut next_recheck = last + recheck_every;
         let ends: Option<(Instant, &'static str)> = ctx.principal().and_then(|p| {
@@ -639,7 +644,8 @@ impl Tunnel {
             established: ctx.principal(),
             client: None,
         };
-        let outcome = self.env.decider.decide(req, &facts).await.outcome;
+        let decider = self.env.decider.load_full();
+        let outcome = decider.decide(req, &facts).await.outcome;
         let verdict = match &outcome {
             Ok(crate::decide::Action::Proxy(_)) | Err(GatewayError::StoreUnavailable) => {
                 Recheck::Holds

@@ -61,6 +61,91 @@ fn wait_exit(guard: &mut Killed, limit: Duration) -> bool {
     false
 }
 
+/// A bounded request loop through the gateway: 4 clients, a new connection per request, at
+/// most 20 s; every answer must be a 200.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    reasons: Arc<std::sync::Mutex<Vec<String>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(gw_addr: std::net::SocketAddr, host: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let reasons: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let (host, reasons) = (host.to_string(), reasons.clone());
+            clients.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let req = format!(
+                        "GET / HTTP/1.1\r\nHost: {host}\r\nCookie: session={OWNER_SESSION}\r\nConnection: close\r\n\r\n"
+                    );
+                    let r = tokio::time::timeout(Duration::from_secs(5), async {
+                        let mut s = tokio::net::TcpStream::connect(gw_addr).await?;
+                        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await?;
+                        let mut buf = Vec::new();
+                        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf).await?;
+                        Ok::<_, std::io::Error>(buf)
+                    })
+                    .await;
+                    match r {
+                        Ok(Ok(buf)) if buf.starts_with(b"HTTP/1.1 200") => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            let why = match other {
+                                Ok(Ok(buf)) => {
+                                    String::from_utf8_lossy(&buf[..buf.len().min(120)]).into_owned()
+                                }
+                                Ok(Err(e)) => e.to_string(),
+                                Err(_) => "no answer within 5 s".into(),
+                            };
+                            if let Ok(mut r) = reasons.lock() {
+                                r.push(why);
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        Load {
+            stop,
+            ok,
+            failed,
+            reasons,
+            clients,
+        }
+    }
+
+    /// Stop the clients; asserts none failed; returns how many succeeded.
+    async fn finish(self, what: &str) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.await.expect("client");
+        }
+        let (ok, failed) = (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        );
+        eprintln!("{what}: {ok} ok, {failed} failed");
+        let reasons = self.reasons.lock().map(|r| r.clone()).unwrap_or_default();
+        assert_eq!(
+            failed,
+            0,
+            "{what}: {failed} failed of {}: {reasons:?}",
+            ok + failed
+        );
+        ok
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     let redis = Redis::start();
@@ -93,49 +178,9 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
     .await;
     assert!(up, "the first process listens");
 
-    // A bounded request loop: 4 clients, new connection per request, at most 20 s.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let reasons: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failed, host) = (stop.clone(), ok.clone(), failed.clone(), host.clone());
-        let reasons = reasons.clone();
-        clients.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let req = format!(
-                    "GET / HTTP/1.1\r\nHost: {host}\r\nCookie: session={OWNER_SESSION}\r\nConnection: close\r\n\r\n"
-                );
-                let r = tokio::time::timeout(Duration::from_secs(5), async {
-                    let mut s = tokio::net::TcpStream::connect(gw_addr).await?;
-                    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await?;
-                    let mut buf = Vec::new();
-                    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf).await?;
-                    Ok::<_, std::io::Error>(buf)
-                })
-                .await;
-                match r {
-                    Ok(Ok(buf)) if buf.starts_with(b"HTTP/1.1 200") => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        let why = match other {
-                            Ok(Ok(buf)) => String::from_utf8_lossy(&buf[..buf.len().min(120)]).into_owned(),
-                            Ok(Err(e)) => e.to_string(),
-                            Err(_) => "no answer within 5 s".into(),
-                        };
-                        if let Ok(mut r) = reasons.lock() {
-                            r.push(why);
-                        }
-                    }
-                }
-            }
-        }));
-    }
+    let load = Load::start(gw_addr, &host);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = ok.load(Ordering::Relaxed);
+    let before = load.ok.load(Ordering::Relaxed);
     assert!(before > 0, "traffic flows before the handover");
 
     // A WebSocket open on the old process.
@@ -163,20 +208,8 @@ async fn graceful_upgrade_hands_over_listeners_without_a_failed_request() {
             .expect("join");
     assert!(old_exited, "the old process drained and exited");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.expect("client");
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let ok = load.finish("handover").await;
     assert!(ok > before, "the new process served requests");
-    eprintln!("handover: {ok} ok, {failed} failed ({before} before)");
-    let reasons = reasons.lock().map(|r| r.clone()).unwrap_or_default();
-    assert_eq!(
-        failed,
-        0,
-        "{failed} failed requests of {}: {reasons:?}",
-        ok + failed
-    );
 
     // SIGTERM: stop accepting, drain, exit.
     signal(new.0.as_ref().expect("new"), "-TERM");
@@ -268,4 +301,173 @@ async fn a_graceful_stop_answers_requests_on_connections_it_had_accepted() {
         .await
         .expect("join")
         .expect("server stopped");
+}
+
+/// `spawn`, with edgegate's own log (stderr) written to `log`.
+fn spawn_logged(cfg: &std::path::Path, log: &std::path::Path) -> Child {
+    let file = std::fs::File::create(log).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_edgegate"))
+        .args(["run", "-c"])
+        .arg(cfg)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start edgegate")
+}
+
+fn alive(guard: &mut Killed) -> bool {
+    guard
+        .0
+        .as_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+}
+
+/// The admin address a `config_text` config listens on.
+fn admin_of(text: &str) -> std::net::SocketAddr {
+    let at = text.find("[admin]\nlisten = \"").expect("admin") + "[admin]\nlisten = \"".len();
+    text[at..]
+        .split('"')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("admin address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signals_reload_reopen_and_drain_without_a_failed_request() {
+    let redis = Redis::start();
+    redis.sessions();
+    let a = upstream("a").await;
+    let app = upstream("app").await;
+    let dir = Scratch::new("eg-signals");
+    let port = free_port();
+    let access = dir.join("access.log");
+    let extra = format!(
+        "[rate_limits]\nuser_requests_per_second = 0\n[log]\naccess_log = {:?}\n",
+        access.display().to_string()
+    );
+    let text = config_text(port, redis.port, app.addr, &extra).replacen(
+        "drain_delay_secs = 0\n",
+        "drain_delay_secs = 2\n",
+        1,
+    );
+    let admin = admin_of(&text);
+    let cfg = dir.join("edgegate.toml");
+    std::fs::write(&cfg, &text).expect("config");
+    redis.workspace(ID_A, &a.addr.to_string());
+    let gw_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let host = format!("ws-{}.{DOMAIN}:{port}", ID_A.to_ascii_lowercase());
+    let log = dir.join("edgegate.err");
+    let mut gw = Killed(Some(spawn_logged(&cfg, &log)));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(gw_addr).await.is_ok()
+        })
+        .await,
+        "it listens"
+    );
+    let get = |host: String| async move {
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        raw(gw_addr, req.as_bytes()).await.status
+    };
+    let pid = gw.0.as_ref().expect("child").id().to_string();
+    let kill = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success());
+    };
+    let logged = |needle: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(needle)
+    };
+
+    let load = Load::start(gw_addr, &host);
+    let mut ws = ws_connect(gw_addr, &host, &agent_path(ID_A, OWNER), &[])
+        .await
+        .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "before").await, "a:before");
+
+    // SIGHUP: a new default host is served from the next request on.
+    let new_host = format!("new.{DOMAIN}:{port}");
+    assert_eq!(get(new_host.clone()).await, 404);
+    let reloaded = text.replacen(
+        "hosts = [\"{base_domain}\", \"app.{base_domain}\"]",
+        "hosts = [\"{base_domain}\", \"app.{base_domain}\", \"new.{base_domain}\"]",
+        1,
+    );
+    std::fs::write(&cfg, &reloaded).expect("config");
+    kill("-HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(new_host.clone()).await == 200
+        })
+        .await,
+        "the reloaded route serves"
+    );
+    assert!(logged("SIGHUP: reloaded"));
+    // A broken file: logged, and the running config stays.
+    std::fs::write(&cfg, "base_domain = [").expect("config");
+    kill("-HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            logged("SIGHUP: the new config is not valid")
+        })
+        .await
+    );
+    assert!(alive(&mut gw));
+    assert_eq!(get(new_host.clone()).await, 200, "still the reloaded one");
+    std::fs::write(&cfg, &reloaded).expect("config");
+
+    // SIGUSR1 after a rotation: the log goes on in a new file at the same path.
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            std::fs::metadata(&access).is_ok_and(|m| m.len() > 0)
+        })
+        .await
+    );
+    std::fs::rename(&access, dir.join("access.log.1")).expect("rotate");
+    kill("-USR1");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(new_host.clone()).await;
+            std::fs::metadata(&access).is_ok_and(|m| m.len() > 0)
+        })
+        .await,
+        "a fresh access.log"
+    );
+    // SIGUSR2: no use here, and no end either.
+    kill("-USR2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alive(&mut gw));
+    assert!(logged("SIGUSR2: ignored"));
+
+    // Through all of it, the WebSocket and the request loop went on.
+    assert_eq!(ws_roundtrip(&mut ws, "after").await, "a:after");
+    load.finish("reload, reopen").await;
+
+    // SIGTERM: readiness fails at once, the listeners keep serving for the drain delay, then
+    // the WebSocket gets 1012 and the process exits.
+    kill("-TERM");
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            let req = "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+            raw(admin, req.as_bytes()).await.status == 503
+        })
+        .await,
+        "not ready while draining"
+    );
+    assert_eq!(
+        get(host.clone()).await,
+        401,
+        "still served during the drain delay"
+    );
+    assert_eq!(expect_close(&mut ws, Duration::from_secs(15)).await, 1012);
+    let exited = tokio::task::spawn_blocking(move || wait_exit(&mut gw, Duration::from_secs(15)))
+        .await
+        .expect("join");
+    assert!(exited, "SIGTERM ends the process");
+    assert!(logged("SIGTERM: draining"));
 }

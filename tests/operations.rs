@@ -301,6 +301,7 @@ async fn health_and_readiness_follow_redis_and_stay_off_the_public_listener() {
         w.gw.request("GET", "admin", "/metrics", &[]).await.status,
         404
     );
+    // Redis down with nothing cached: nothing can be served, not ready.
     w.redis.stop();
     let not_ready = eventually(Duration::from_secs(3), || async {
         w.gw.admin_get("/readyz").await.status == 503
@@ -314,6 +315,47 @@ async fn health_and_readiness_follow_redis_and_stay_off_the_public_listener() {
     })
     .await;
     assert!(ready);
+
+    // Redis down with routes in memory: still ready, degraded, and it says so.
+    w.redis.sessions();
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    assert_eq!(w.gw.get(&w.gw.ws_host(ID_A), "/", &[]).await.status, 200);
+    w.redis.stop();
+    let degraded = eventually(Duration::from_secs(3), || async {
+        let r = w.gw.admin_get("/readyz?verbose").await;
+        r.status == 200 && r.json()["degraded"] == true
+    })
+    .await;
+    assert!(
+        degraded,
+        "cached routes are served: no reason to leave the balancer"
+    );
+    let v = w.gw.admin_get("/readyz?verbose").await.json();
+    assert_eq!(v["store"], "unreachable");
+    assert_eq!(v["status"], "degraded");
+    assert!(v["cached_records"].as_u64().is_some_and(|n| n >= 1));
+    let m = w.gw.admin_get("/metrics").await.body;
+    assert!(m.contains("edgegate_degraded 1") && m.contains("edgegate_ready 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_fails_readiness_first_then_stops_accepting() {
+    let w = World::start("").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    assert_eq!(w.gw.admin_get("/readyz").await.status, 200);
+    let r =
+        w.gw.request("POST", &format!("{}", w.gw.admin), "/drain", &[])
+            .await;
+    assert_eq!(r.status, 404, "the public listener has no /drain");
+    let req =
+        "POST /drain HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(w.gw.admin, req.as_bytes()).await.status, 202);
+    // With drain_delay_secs = 0 the listeners close right after readiness failed.
+    let closed = eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(w.gw.addr).await.is_err()
+    })
+    .await;
+    assert!(closed, "the public listener closed after the drain");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -305,6 +305,16 @@ impl Records {
         (res, outcome)
     }
 
+    /// Route records in memory: cached, or kept for an outage (`/readyz`).
+    pub fn warm(&self) -> usize {
+        let kept = self
+            .last_good
+            .lock()
+            .map(|l| l.len())
+            .unwrap_or_else(|p| p.into_inner().len());
+        self.cache.len().max(kept)
+    }
+
     /// The store itself (for writers that outlive a request: the audit trail).
     pub fn store(&self) -> Arc<dyn RouteStore> {
         self.store.clone()

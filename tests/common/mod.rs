@@ -300,6 +300,7 @@ listen = "127.0.0.1:{admin_port}"
 threads = 2
 grace_period_seconds = 1
 graceful_shutdown_timeout_seconds = 1
+drain_delay_secs = 0
 [redis]
 {redis}
 key_prefix = ""
