@@ -118,6 +118,13 @@ fn build_gateway_from(
     };
     let metrics = Arc::new(metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     record_certificate_expiry(config, &metrics);
+    metrics.known_routes(
+        config
+            .routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .chain(config.default.as_ref().map(|_| "default")),
+    );
     let store = store::build(config, redis_rt.as_deref(), metrics.clone())?;
     let cache = Records::new_cache(config, &metrics, "records");
     let activity = match redis_rt.as_ref().and_then(|r| r.handle()) {

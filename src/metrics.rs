@@ -362,6 +362,48 @@ impl Metrics {
         })
     }
 
+    /// Put the series an alert or a dashboard watches in place at zero for each route of the
+    /// config, before anything counts: open WebSockets, upstream failures, drains.
+    pub fn known_routes<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
+        for route in routes {
+            self.websockets_open.with_label_values(&[route]);
+            for status in ["2xx", "4xx", "5xx"] {
+                for result in ["proxied", "refused"] {
+                    self.requests
+                        .with_label_values(&[route, "GET", status, result]);
+                }
+            }
+            for direction in ["in", "out"] {
+                self.bytes.with_label_values(&[route, direction]);
+            }
+            for result in ["proxied", "refused"] {
+                self.request_duration
+                    .with_label_values(&[route, "GET", result]);
+            }
+            self.websocket_duration.with_label_values(&[route]);
+            for cause in ["client", "upstream", "idle_timeout", "shutdown", "revoked", "error"] {
+                self.websocket_closes.with_label_values(&[route, cause]);
+            }
+            for kind in ["connect", "timeout"] {
+                self.upstream_failures.with_label_values(&[route, kind]);
+            }
+        }
+        for kind in ["http", "websocket"] {
+            for cause in ["stopped", "gone", "access_changed"] {
+                self.drained.with_label_values(&[kind, cause]);
+            }
+        }
+        for method in AUTH_METHODS {
+            for result in AUTH_RESULTS {
+                self.auth_decisions.with_label_values(&[method, result]);
+            }
+        }
+        for command in ["hgetall", "get", "set", "hset", "xadd", "ping", "activity"] {
+            self.redis_errors.with_label_values(&[command]);
+            self.redis_duration.with_label_values(&[command]);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
