@@ -381,7 +381,14 @@ impl Metrics {
                     .with_label_values(&[route, "GET", result]);
             }
             self.websocket_duration.with_label_values(&[route]);
-            for cause in ["client", "upstream", "idle_timeout", "shutdown", "revoked", "error"] {
+            for cause in [
+                "client",
+                "upstream",
+                "idle_timeout",
+                "shutdown",
+                "revoked",
+                "error",
+            ] {
                 self.websocket_closes.with_label_values(&[route, cause]);
             }
             for kind in ["connect", "timeout"] {
