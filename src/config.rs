@@ -67,6 +67,35 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub ports: PortsConfig,
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+/// OpenTelemetry tracing (`src/trace.rs`), off unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// Where spans go: an OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces` (an
+    /// OpenTelemetry Collector beside edgegate). "": tracing is off.
+    pub otlp_endpoint: String,
+    /// The share of traces started here that are kept (0.0 to 1.0); a trusted caller's
+    /// `traceparent` decides for its own traces.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// How long one export may take.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            sample_ratio: 0.01,
+            service_name: "edgegate".into(),
+            export_timeout_ms: 3000,
+        }
+    }
 }
 
 /// Sharing a workspace's ports on the content site (`content_domain`, `src/ports/`):
@@ -1270,6 +1299,16 @@ impl Config {
         self.validate_routes()?;
         self.validate_api()?;
         self.validate_ports()?;
+        let t = &self.tracing;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return Err(bad("tracing.sample_ratio", "between 0.0 and 1.0"));
+        }
+        if !t.otlp_endpoint.is_empty() && !t.otlp_endpoint.starts_with("http://") {
+            return Err(bad(
+                "tracing.otlp_endpoint",
+                "an http:// URL (a collector beside edgegate; this build has no TLS exporter)",
+            ));
+        }
         self.validate_auth()
     }
 

@@ -58,6 +58,8 @@ pub struct RequestCtx {
     pub upstream_started: Option<Instant>,
     /// The upstream's status, and how long after `upstream_started` its header came (µs).
     pub upstream_answer: Option<(u16, u64)>,
+    /// The request's spans, when tracing is on.
+    pub trace: Option<Box<crate::trace::RequestTrace>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +107,7 @@ impl RequestCtx {
             background: false,
             upstream_started: None,
             upstream_answer: None,
+            trace: None,
         }
     }
 

@@ -34,6 +34,7 @@ pub mod route;
 pub mod runtime;
 pub mod signals;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod websocket;
 
@@ -118,6 +119,7 @@ fn build_gateway_from(
     };
     let metrics = Arc::new(metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     record_certificate_expiry(config, &metrics);
+    let tracing = trace::Tracing::new(&config.tracing)?;
     metrics.known_routes(
         config
             .routes
@@ -125,7 +127,12 @@ fn build_gateway_from(
             .map(|r| r.name.as_str())
             .chain(config.default.as_ref().map(|_| "default")),
     );
-    let store = store::build(config, redis_rt.as_deref(), metrics.clone())?;
+    let store = store::build(
+        config,
+        redis_rt.as_deref(),
+        metrics.clone(),
+        tracing.clone(),
+    )?;
     let cache = Records::new_cache(config, &metrics, "records");
     let activity = match redis_rt.as_ref().and_then(|r| r.handle()) {
         Some(handle) if subscribe && config.activity.interval_secs > 0 => {
@@ -148,6 +155,7 @@ fn build_gateway_from(
         metrics.clone(),
         redis_rt.clone(),
         activity,
+        tracing,
     )?;
     if let Some(handle) = redis_rt
         .as_ref()
@@ -205,7 +213,9 @@ impl EdgeServer {
             c.config_path = config_path;
         }
         let signals = signals::Signals::new(self.control.clone());
+        let gateway = self.control.gateway.clone();
         self.run(Box::new(signals));
+        gateway.flush_traces();
         log::info!("stopped");
         std::process::exit(0)
     }

@@ -71,6 +71,8 @@ struct Core {
     background_header: Option<http::HeaderName>,
     /// Per-address (token endpoints, in the decider) and per-user (here) rate limits.
     rate_limits: Arc<crate::ratelimit::RateLimits>,
+    /// Spans for requests, decisions and upstreams (`None`: tracing is off).
+    tracing: Option<Arc<crate::trace::Tracing>>,
     /// Keeps the Redis connection's runtime alive as long as the service.
     _redis_runtime: Option<Arc<RedisRuntime>>,
 }
@@ -83,6 +85,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         redis_runtime: Option<Arc<RedisRuntime>>,
         activity: Option<Arc<Activity>>,
+        tracing: Option<Arc<crate::trace::Tracing>>,
     ) -> std::result::Result<Self, String> {
         let trusted_proxies = runtime.trusted_proxies.clone();
         let pages = std::mem::take(&mut runtime.pages);
@@ -122,6 +125,7 @@ impl Gateway {
                 config.activity.background_header.as_bytes(),
             )
             .ok(),
+            tracing,
             _redis_runtime: redis_runtime,
         })))
     }
@@ -139,6 +143,13 @@ impl Gateway {
         let decider = Decider::new(config, runtime, self.0.records.clone())
             .with_rate_limits(self.0.rate_limits.clone());
         self.0.decider.store(Arc::new(decider));
+    }
+
+    /// Send the spans still queued (a stop).
+    pub fn flush_traces(&self) {
+        if let Some(t) = &self.0.tracing {
+            t.shutdown();
+        }
     }
 
     /// Reopen the log files (after a rotation moved them away).
@@ -226,9 +237,34 @@ impl Gateway {
     ) -> std::result::Result<Option<crate::api::Reply>, GatewayError> {
         let spent = ctx.principal().and_then(|p| p.jti.clone());
         let decider = self.0.decider.load_full();
-        let decided = decider
-            .decide(req, &Self::facts(ctx, spent.as_deref()))
-            .await;
+        let facts = Self::facts(ctx, spent.as_deref());
+        let decided = match (&self.0.tracing, &ctx.trace) {
+            (Some(t), Some(tr)) => {
+                use opentelemetry::context::FutureExt;
+                let cx = t.child(
+                    &tr.request,
+                    "edgegate.decide",
+                    opentelemetry::trace::SpanKind::Internal,
+                );
+                let d = decider.decide(req, &facts).with_context(cx.clone()).await;
+                let mut attrs = vec![opentelemetry::KeyValue::new(
+                    "edgegate.auth",
+                    d.check.result,
+                )];
+                if let Some(r) = &d.route {
+                    attrs.push(opentelemetry::KeyValue::new(
+                        "edgegate.route",
+                        r.to_string(),
+                    ));
+                }
+                if let Err(e) = &d.outcome {
+                    attrs.push(opentelemetry::KeyValue::new("edgegate.refusal", e.code()));
+                }
+                crate::trace::end(&cx, attrs, false);
+                d
+            }
+            _ => decider.decide(req, &facts).await,
+        };
         self.0.log.checked(decided.check);
         let answer = ctx.decided(decided)?;
         if let Some(key) = ctx.record_key() {
@@ -301,6 +337,18 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.is_upgrade = session.is_upgrade_req();
+        if let Some(t) = &self.0.tracing {
+            // A `traceparent` counts only from a trusted proxy: anyone else's would let a
+            // client splice its requests into someone else's traces.
+            let trusted = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .is_some_and(|a| self.0.trusted_proxies.iter().any(|n| n.contains(a.ip())));
+            ctx.trace = Some(Box::new(crate::trace::RequestTrace {
+                request: t.request(session.req_header(), trusted),
+                upstream: None,
+            }));
+        }
         if session.digest().is_some_and(|d| d.ssl_digest.is_some()) || self.tls_before_us(session) {
             ctx.proto = "https";
         }
@@ -396,6 +444,15 @@ impl ProxyHttp for Gateway {
         }
         ctx.upstream_started
             .get_or_insert_with(std::time::Instant::now);
+        if let (Some(t), Some(tr)) = (&self.0.tracing, ctx.trace.as_mut()) {
+            if tr.upstream.is_none() {
+                tr.upstream = Some(t.child(
+                    &tr.request,
+                    "edgegate.upstream",
+                    opentelemetry::trace::SpanKind::Client,
+                ));
+            }
+        }
         // Only ever the target this request's own decision bound.
         let target = ctx
             .target()
@@ -434,7 +491,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let fwd = self.forwarding(session, ctx);
-        headers::rewrite_upstream_request(upstream_request, &ctx.edits(), &fwd)
+        headers::rewrite_upstream_request(upstream_request, &ctx.edits(), &fwd)?;
+        if let (Some(t), Some(cx)) = (
+            &self.0.tracing,
+            ctx.trace.as_ref().and_then(|tr| tr.upstream.as_ref()),
+        ) {
+            t.inject(cx, upstream_request)?;
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -444,6 +508,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.upstream_answered(upstream_response.status.as_u16());
+        if let Some(cx) = ctx.trace.as_ref().and_then(|tr| tr.upstream.as_ref()) {
+            let status = upstream_response.status.as_u16();
+            crate::trace::end(
+                cx,
+                vec![opentelemetry::KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                )],
+                status >= 500,
+            );
+        }
         // The id the upstream saw, so a client report can be matched with both sides' logs.
         headers::set_response_request_id(upstream_response, &ctx.request_id)?;
         // What a workspace's response may set in the browser (SPEC §8).
@@ -593,5 +668,19 @@ impl ProxyHttp for Gateway {
         crate::connection::request_done(session.as_downstream().stream());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.0.log.finish(session.req_header(), status, ctx);
+        if let Some(tr) = ctx.trace.take() {
+            if let Some(up) = &tr.upstream {
+                // Ended at the response header; a failure before it ends it here.
+                crate::trace::end(up, Vec::new(), true);
+            }
+            crate::trace::end(
+                &tr.request,
+                vec![
+                    opentelemetry::KeyValue::new("http.route", ctx.route_name().to_string()),
+                    opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
+                ],
+                status == 0 || status >= 500,
+            );
+        }
     }
 }

@@ -492,15 +492,22 @@ pub struct RedisStore {
     backend: Backend,
     command_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// A span per command, under the request's, when tracing is on.
+    tracing: Option<Arc<crate::trace::Tracing>>,
 }
 
 impl RedisStore {
     /// Must be called inside the Tokio runtime that will drive the connection (see `RedisRuntime`).
-    pub fn new(cfg: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(
+        cfg: &RedisConfig,
+        metrics: Arc<Metrics>,
+        tracing: Option<Arc<crate::trace::Tracing>>,
+    ) -> Result<Self, String> {
         Ok(Self {
             backend: Backend::new(cfg)?,
             command_timeout: Duration::from_millis(cfg.command_timeout_ms),
             metrics,
+            tracing,
         })
     }
 
@@ -531,8 +538,25 @@ impl RedisStore {
         limit: Duration,
         work: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreFailure> {
+        let span = self.tracing.as_ref().and_then(|t| {
+            crate::trace::current_span().map(|cx| {
+                t.child(
+                    &cx,
+                    format!("redis {name}"),
+                    opentelemetry::trace::SpanKind::Client,
+                )
+            })
+        });
         let started = std::time::Instant::now();
         let res = tokio::time::timeout(limit, work).await;
+        if let Some(cx) = &span {
+            let failed = !matches!(res, Ok(Ok(_)));
+            crate::trace::end(
+                cx,
+                vec![opentelemetry::KeyValue::new("db.system", "redis")],
+                failed,
+            );
+        }
         self.metrics
             .redis_duration
             .with_label_values(&[name])
@@ -821,6 +845,7 @@ pub fn build(
     config: &Config,
     runtime: Option<&RedisRuntime>,
     metrics: Arc<Metrics>,
+    tracing: Option<Arc<crate::trace::Tracing>>,
 ) -> Result<Arc<dyn RouteStore>, String> {
     match config.store.kind {
         StoreKind::Static => Ok(Arc::new(StaticStore::new(config))),
@@ -829,7 +854,7 @@ pub fn build(
                 .and_then(|r| r.handle())
                 .ok_or("the Redis store needs its runtime")?;
             let _guard = handle.enter();
-            Ok(Arc::new(RedisStore::new(&config.redis, metrics)?))
+            Ok(Arc::new(RedisStore::new(&config.redis, metrics, tracing)?))
         }
     }
 }
