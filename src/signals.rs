@@ -7,7 +7,7 @@
 //! | `SIGUSR1` | reopen the access log and audit files (after a rotation moved them) |
 //! | `SIGTERM`, `POST /drain` | drain: readiness fails at once, the balancer gets `server.drain_delay_secs`, then the listeners close and requests get `server.grace_period_seconds`; WebSockets close with 1012 |
 //! | `SIGQUIT` | graceful upgrade: a new process started with `run -u` takes the listeners |
-//! | `SIGINT` | fast stop |
+//! | `SIGINT` | fast stop (WebSockets get 1012 first) |
 //! | `SIGUSR2` | logged and ignored (its default would end the process without a word) |
 //!
 //! Each is logged when it arrives.
@@ -139,7 +139,11 @@ impl ShutdownSignalWatch for Signals {
                     return ShutdownSignal::GracefulUpgrade;
                 }
                 _ = next(&mut int) => {
-                    log::warn!("SIGINT: stopping at once");
+                    // At once, but WebSockets still hear why (1012) before the runtimes go:
+                    // Pingora's fast stop tells the tunnels nothing.
+                    log::warn!("SIGINT: stopping at once; WebSockets get 1012");
+                    let _ = c.gateway.stopping().send(true);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                     return ShutdownSignal::FastShutdown;
                 }
                 _ = next(&mut hup) => c.reload(),

@@ -471,3 +471,39 @@ async fn signals_reload_reopen_and_drain_without_a_failed_request() {
     assert!(exited, "SIGTERM ends the process");
     assert!(logged("SIGTERM: draining"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_stop_still_tells_websockets_why() {
+    let redis = Redis::start();
+    redis.sessions();
+    let a = upstream("a").await;
+    let app = upstream("app").await;
+    let dir = Scratch::new("eg-sigint");
+    let port = free_port();
+    let cfg = dir.join("edgegate.toml");
+    std::fs::write(&cfg, config_text(port, redis.port, app.addr, "")).expect("config");
+    redis.workspace(ID_A, &a.addr.to_string());
+    let gw_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let host = format!("ws-{}.{DOMAIN}:{port}", ID_A.to_ascii_lowercase());
+    let log = dir.join("edgegate.err");
+    let mut gw = Killed(Some(spawn_logged(&cfg, &log)));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(gw_addr).await.is_ok()
+        })
+        .await
+    );
+    let mut ws = ws_connect(gw_addr, &host, &agent_path(ID_A, OWNER), &[])
+        .await
+        .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "hi").await, "a:hi");
+    signal(gw.0.as_ref().expect("child"), "-INT");
+    assert_eq!(expect_close(&mut ws, Duration::from_secs(10)).await, 1012);
+    let exited = tokio::task::spawn_blocking(move || wait_exit(&mut gw, Duration::from_secs(10)))
+        .await
+        .expect("join");
+    assert!(exited, "SIGINT ends the process");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("SIGINT: stopping at once"));
+}
