@@ -497,6 +497,7 @@ pub struct ServerConfig {
     pub grace_period_seconds: u64,
     /// On SIGTERM or `POST /drain` (admin): how long readiness fails before the listeners
     /// close, for the load balancer to take this instance out.
+    #[serde(default = "default_drain_delay")]
     pub drain_delay_secs: u64,
     /// Seconds the runtimes get to finish their tasks after the grace period.
     #[serde(default = "default_graceful_shutdown")]
@@ -514,7 +515,7 @@ impl Default for ServerConfig {
             threads: default_threads(),
             work_stealing: false,
             grace_period_seconds: default_grace(),
-            drain_delay_secs: 5,
+            drain_delay_secs: default_drain_delay(),
             graceful_shutdown_timeout_seconds: default_graceful_shutdown(),
             pid_file: default_pid_file(),
             upgrade_sock: default_upgrade_sock(),
@@ -1021,6 +1022,10 @@ impl Default for ApiConfig {
             workspace_route: "workspace".into(),
         }
     }
+}
+
+fn default_drain_delay() -> u64 {
+    5
 }
 
 fn default_upstream_field() -> String {

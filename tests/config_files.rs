@@ -202,3 +202,38 @@ fn config_errors_name_file_line_column_and_the_full_field_path() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A config written before a key existed still loads: every key added since has a default,
+/// in a table that is present as well as in one that is not (a `[server]` table without
+/// `drain_delay_secs` failed to load once).
+#[test]
+fn a_config_without_the_newer_keys_loads_with_their_defaults() {
+    set_secrets();
+    let secret = std::env::temp_dir().join(format!("eg-old-secret-{}", std::process::id()));
+    std::fs::write(&secret, "config-test-secret-0123456789abcdef0123").expect("secret");
+    let text = format!(
+        r#"
+base_domain = "example.com"
+[server]
+threads = 1
+[log]
+level = "warn"
+[redis]
+url = "redis://127.0.0.1:6379/0"
+[auth.tokens]
+secret_file = {:?}
+[api]
+ide_route = ""
+[[route]]
+name = "workspace"
+host = "ws-{{id}}.{{base_domain}}"
+key = "workspace:{{id}}"
+"#,
+        secret.display().to_string()
+    );
+    let c = Config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.server.drain_delay_secs, 5);
+    assert_eq!(c.log.access_log, "stdout");
+    assert!(c.content_domain.is_empty() && c.tracing.otlp_endpoint.is_empty());
+    let _ = std::fs::remove_file(&secret);
+}
