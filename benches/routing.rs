@@ -45,15 +45,15 @@ fn routing(c: &mut Criterion) {
         .expect("runtime");
     let cache: Cache<u64> = Cache::new(1000);
     rt.block_on(
-        cache.get_or_fetch("workspace:01HZX3M9Q4T8V6W2Y5B7C9D1EF", || async {
-            (1, Duration::from_secs(3600))
+        cache.get_or_fetch("workspace:01HZX3M9Q4T8V6W2Y5B7C9D1EF", |_| async {
+            (1, Some(Duration::from_secs(3600)))
         }),
     );
     c.bench_function("route cache hit", |b| {
         b.iter(|| {
             let v = rt.block_on(cache.get_or_fetch(
                 black_box("workspace:01HZX3M9Q4T8V6W2Y5B7C9D1EF"),
-                || async { (2, Duration::from_secs(3600)) },
+                |_| async { (2, Some(Duration::from_secs(3600))) },
             ));
             black_box(v);
         })

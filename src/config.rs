@@ -665,8 +665,8 @@ pub struct CacheConfig {
     pub ttl_ms: u64,
     /// How long "no such record" is served from memory.
     pub negative_ttl_ms: u64,
-    /// Upper bound on entries in each cache (records, sessions, names); past it expired
-    /// entries are swept, then half of the rest.
+    /// Upper bound on entries in each cache (records, sessions, names); past it the least
+    /// used entries are evicted (CLOCK-PRO, O(1) per insert).
     pub max_entries: usize,
     /// Upper bound on the bytes (keys and values) each cache of Redis records holds: the
     /// session cache is keyed by whatever cookie values clients send.

@@ -36,22 +36,22 @@ impl Resolver {
         };
         let (ip, _) = self
             .cache
-            .get_or_fetch(name, || async {
+            .get_or_fetch(name, |_| async {
                 let found =
                     tokio::time::timeout(self.timeout, tokio::net::lookup_host((name.as_str(), 0)))
                         .await;
                 match found {
                     Ok(Ok(mut addrs)) => match addrs.next() {
-                        Some(sa) => (Some(sa.ip()), self.ttl),
-                        None => (None, self.negative_ttl),
+                        Some(sa) => (Some(sa.ip()), Some(self.ttl)),
+                        None => (None, Some(self.negative_ttl)),
                     },
                     Ok(Err(e)) => {
                         log::warn!("cannot resolve upstream {name}: {e}");
-                        (None, self.negative_ttl)
+                        (None, Some(self.negative_ttl))
                     }
                     Err(_) => {
                         log::warn!("resolving upstream {name} timed out");
-                        (None, Duration::ZERO)
+                        (None, Some(Duration::ZERO))
                     }
                 }
             })

@@ -199,6 +199,49 @@ async fn a_paused_redis_costs_its_deadline_and_cached_routes_keep_working() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_record_is_never_served_stale() {
+    // The stale window covers an outage, not a change: once the app has said a record changed,
+    // the old copy is gone, and a Redis that cannot be read means 503, never the old upstream.
+    let w = World::start(
+        "[cache]\nttl_ms = 60000\n\
+         [[route]]\nname = \"open\"\nhost = \"open-{id}.{base_domain}\"\n\
+         key = \"workspace:{id}\"\nauth = [\"none\"]\n",
+    )
+    .await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    w.redis.wait_for_subscriber("edgegate:invalidate");
+    let open = format!("open-{}.{DOMAIN}:{}", ID_A.to_ascii_lowercase(), w.gw.port);
+    assert_eq!(w.gw.request("GET", &open, "/", &[]).await.status, 200);
+    assert_eq!(w.a.count(), 1);
+    // The workspace moves; the app publishes the change.
+    w.redis.workspace(ID_A, &w.b.addr.to_string());
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            w.gw.admin_get("/metrics")
+                .await
+                .body
+                .contains("edgegate_cache_invalidations_total 1")
+        })
+        .await
+    );
+    w.redis.signal("-STOP");
+    let r = w.gw.request("GET", &open, "/", &[]).await;
+    w.redis.signal("-CONT");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(w.a.count(), 1, "the old upstream was not reached");
+    assert_eq!(w.b.count(), 0);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            w.gw.request("GET", &open, "/", &[]).await.status == 200
+        })
+        .await
+    );
+    assert_eq!((w.a.count(), w.b.count()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_upgrades_are_refused() {
     let w = World::start("").await;
     w.redis.workspace(ID_A, &w.a.addr.to_string());

@@ -2,15 +2,20 @@
 //! served from memory for a short TTL, and however many requests miss on one key at once, one
 //! fetch runs and they all share its answer. Called from `request_filter`; entries are dropped by
 //! TTL or by the invalidation subscriber (`store::spawn_invalidation_listener`).
+//!
+//! The entries live in `quick_cache` (CLOCK-PRO, sharded): an insert past the bound evicts in
+//! O(1) amortised work under one shard's lock, never a scan of the whole map. An expired entry
+//! stays until it is replaced or evicted, so the fetch that replaces it can fall back on it
+//! (`Records` serves a route record stale while Redis is down).
 
-use crate::FastMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
-/// What an entry costs besides its key and value: the map's slot, the `Arc`, the cell.
+/// What an entry costs besides its key and value's heap bytes: its slot in the cache (key and
+/// value inline, the CLOCK-PRO links, the hash table's index), and the value's `Arc` header.
 const ENTRY_OVERHEAD: usize = 96;
 
 /// The bytes a cached value holds (roughly: its heap data), for the cache's byte bound.
@@ -31,20 +36,6 @@ impl Weigh for u64 {
     }
 }
 
-struct Slot<V> {
-    /// Filled once by the first fetcher; `Instant` is the expiry.
-    cell: OnceCell<(V, Instant)>,
-    /// The value's weight, counted in `Inner::bytes` (set under the map's lock).
-    weight: AtomicUsize,
-}
-
-impl<V> Slot<V> {
-    /// A slot still being fetched counts as fresh, so later requests wait on that fetch.
-    fn is_fresh(&self, now: Instant) -> bool {
-        self.cell.get().is_none_or(|(_, exp)| now < *exp)
-    }
-}
-
 /// Whether an answer came from memory or from a fetch (for metrics and `explain`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -52,36 +43,59 @@ pub enum Outcome {
     Miss,
 }
 
-struct Inner<V> {
-    map: FastMap<String, Arc<Slot<V>>>,
-    /// Keys, values and per-entry overhead of everything in `map`.
-    bytes: usize,
+/// One cached answer: the value, when it was fetched and until when it is fresh (nanoseconds
+/// since the cache's epoch), and the generation it was fetched in (`clear` starts a new one).
+#[derive(Clone)]
+struct Entry<V> {
+    value: V,
+    fetched_ns: u64,
+    expires_ns: u64,
+    generation: u32,
 }
 
-impl<V> Inner<V> {
-    fn cost(key: &str, slot: &Slot<V>) -> usize {
-        key.len() + ENTRY_OVERHEAD + slot.weight.load(Ordering::Relaxed)
-    }
+/// Weighs an entry by its bytes, and at least `floor`: `max_bytes / max_entries`, so that one
+/// weight bound keeps both the bytes and the number of entries inside the config's limits.
+#[derive(Clone)]
+struct Weigher {
+    floor: u64,
+    /// Without a byte bound every entry weighs 1 and the capacity is the entry count.
+    unit: bool,
+}
 
-    fn remove(&mut self, key: &str) -> bool {
-        match self.map.remove(key) {
-            Some(slot) => {
-                self.bytes = self.bytes.saturating_sub(Self::cost(key, &slot));
-                true
-            }
-            None => false,
+impl<V: Weigh> quick_cache::Weighter<Box<str>, Entry<V>> for Weigher {
+    fn weight(&self, key: &Box<str>, entry: &Entry<V>) -> u64 {
+        if self.unit {
+            return 1;
+        }
+        ((key.len() + ENTRY_OVERHEAD + entry.value.weight()) as u64).max(self.floor)
+    }
+}
+
+/// Counts the fresh or expired entries dropped to stay inside the bounds.
+#[derive(Clone)]
+struct Evictions(Option<prometheus::IntCounter>);
+
+impl<V> quick_cache::Lifecycle<Box<str>, Entry<V>> for Evictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _: Box<str>, _: Entry<V>) {
+        if let Some(c) = &self.0 {
+            c.inc();
         }
     }
 }
 
+/// A fetch under way for one key: every request that misses on the key meanwhile waits on it.
+type Flight<V> = Arc<OnceCell<V>>;
+
 /// A cache bounded by entries and by bytes, whose keys may come from clients (session ids,
-/// workspace ids): past either bound, expired entries are swept, then half of the rest, each
-/// dropped fresh entry counted as an eviction.
+/// workspace ids).
 pub struct Cache<V> {
-    inner: Mutex<Inner<V>>,
-    max_entries: usize,
-    max_bytes: usize,
-    evictions: Option<prometheus::IntCounter>,
+    entries: quick_cache::sync::Cache<Box<str>, Entry<V>, Weigher, ahash::RandomState, Evictions>,
+    /// Fetches under way, one per key; as many as requests waiting on them, removed when done.
+    flights: Mutex<crate::FastMap<Box<str>, Flight<V>>>,
+    epoch: Instant,
+    generation: AtomicU32,
 }
 
 impl<V: Clone + Send + Sync + Weigh> Cache<V> {
@@ -90,151 +104,204 @@ impl<V: Clone + Send + Sync + Weigh> Cache<V> {
         Self::bounded(max_entries, usize::MAX, None)
     }
 
-    /// At most `max_entries` entries and about `max_bytes` bytes; `evictions` counts the fresh
+    /// At most `max_entries` entries and about `max_bytes` bytes; `evictions` counts the
     /// entries dropped to stay inside them.
     pub fn bounded(
         max_entries: usize,
         max_bytes: usize,
         evictions: Option<prometheus::IntCounter>,
     ) -> Self {
+        let max_entries = max_entries.max(1);
+        let unit = max_bytes == usize::MAX;
+        let capacity = if unit { max_entries } else { max_bytes.max(1) } as u64;
+        let weigher = Weigher {
+            floor: (capacity / max_entries as u64).max(1),
+            unit,
+        };
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(max_entries)
+            .weight_capacity(capacity)
+            .build();
+        let entries = match options {
+            Ok(options) => quick_cache::sync::Cache::with_options(
+                options,
+                weigher,
+                ahash::RandomState::new(),
+                Evictions(evictions),
+            ),
+            // Only a zero capacity is refused, and both are at least 1 here.
+            Err(_) => quick_cache::sync::Cache::with(
+                max_entries,
+                capacity,
+                weigher,
+                ahash::RandomState::new(),
+                Evictions(evictions),
+            ),
+        };
         Self {
-            inner: Mutex::new(Inner {
-                map: FastMap::default(),
-                bytes: 0,
-            }),
-            max_entries: max_entries.max(1),
-            max_bytes: max_bytes.max(1),
-            evictions,
+            entries,
+            flights: Mutex::new(crate::FastMap::default()),
+            epoch: Instant::now(),
+            generation: AtomicU32::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner<V>> {
-        // A panic while holding this lock cannot leave the map inconsistent (every critical
-        // section is a single insert/remove), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn now_ns(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64
     }
 
-    fn full(&self, inner: &Inner<V>) -> bool {
-        inner.map.len() >= self.max_entries || inner.bytes >= self.max_bytes
+    fn flights(&self) -> MutexGuard<'_, crate::FastMap<Box<str>, Flight<V>>> {
+        // Every critical section is a single insert, lookup or remove: a poisoned lock still
+        // holds a consistent map.
+        self.flights.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The cached value for `key`, or the result of `fetch`, which also says how long its
-    /// answer may be kept (zero: share it with the requests already waiting, then forget it).
+    /// The fresh value of `key`, if it is cached.
+    fn fresh(&self, key: &str, now: u64) -> Result<V, Option<Entry<V>>> {
+        match self.entries.get(key) {
+            Some(e)
+                if now < e.expires_ns
+                    && e.generation == self.generation.load(Ordering::Relaxed) =>
+            {
+                Ok(e.value)
+            }
+            old => Err(old),
+        }
+    }
+
+    /// The cached value for `key`, or the result of `fetch`. `fetch` is given the expired
+    /// entry for `key`, if one is still held, with its age, and says how long its answer may be
+    /// kept: `Some(ttl)` replaces the entry (`Some(ZERO)`: share it with the requests already
+    /// waiting, then drop the key), `None` shares it and leaves the old entry as it was.
     pub async fn get_or_fetch<F, Fut>(&self, key: &str, fetch: F) -> (V, Outcome)
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = (V, Duration)>,
+        F: FnOnce(Option<(V, Duration)>) -> Fut,
+        Fut: Future<Output = (V, Option<Duration>)>,
     {
-        let now = Instant::now();
-        let slot = {
-            let mut inner = self.lock();
-            match inner.map.get(key).map(|slot| (slot, slot.cell.get())) {
-                // A hit is answered under the lock, without taking a share of its slot.
-                Some((_, Some((v, exp)))) if now < *exp => return (v.clone(), Outcome::Hit),
-                // Still being fetched: wait on that fetch.
-                Some((slot, None)) => slot.clone(),
-                _ => {
-                    inner.remove(key);
-                    if self.full(&inner) {
-                        self.sweep(&mut inner, now);
-                    }
-                    let slot = Arc::new(Slot {
-                        cell: OnceCell::new(),
-                        weight: AtomicUsize::new(0),
-                    });
-                    inner.bytes += key.len() + ENTRY_OVERHEAD;
-                    inner.map.insert(key.to_owned(), slot.clone());
-                    slot
+        let now = self.now_ns();
+        let old = match self.fresh(key, now) {
+            Ok(v) => return (v, Outcome::Hit),
+            Err(old) => old,
+        };
+        let flight = {
+            let mut flights = self.flights();
+            match flights.get(key) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Flight::default();
+                    flights.insert(key.into(), f.clone());
+                    f
                 }
             }
         };
-        if let Some((v, _)) = slot.cell.get() {
-            return (v.clone(), Outcome::Hit);
-        }
+        let landing = Landing {
+            cache: self,
+            key,
+            flight: &flight,
+        };
         let mut fetched = false;
-        let (v, _) = slot
-            .cell
+        let value = flight
             .get_or_init(|| async {
-                fetched = true;
-                let (v, ttl) = fetch().await;
-                (v, Instant::now() + ttl)
-            })
-            .await;
-        if !fetched {
-            return (v.clone(), Outcome::Hit);
-        }
-        // The value's bytes count from now, if its slot is still the one in the map.
-        let weight = v.weight();
-        if weight > 0 {
-            let mut inner = self.lock();
-            if inner.map.get(key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-                slot.weight.store(weight, Ordering::Relaxed);
-                inner.bytes += weight;
-                if inner.bytes > self.max_bytes {
-                    self.sweep(&mut inner, Instant::now());
+                // A flight that landed between the lookup above and joining the flights has
+                // stored its answer already (it stores before it leaves the flights).
+                if let Ok(v) = self.fresh(key, self.now_ns()) {
+                    return v;
                 }
-            }
-        }
-        (v.clone(), Outcome::Miss)
+                fetched = true;
+                let previous = old.map(|e| {
+                    let age = Duration::from_nanos(now.saturating_sub(e.fetched_ns));
+                    (e.value, age)
+                });
+                let (value, keep) = fetch(previous).await;
+                if let Some(ttl) = keep {
+                    self.land(key, &flight, &value, ttl);
+                }
+                value
+            })
+            .await
+            .clone();
+        drop(landing);
+        (value, if fetched { Outcome::Miss } else { Outcome::Hit })
     }
 
-    /// Make room: drop expired entries, then, if still full, any finished half of the rest.
-    fn sweep(&self, inner: &mut Inner<V>, now: Instant) {
-        let mut freed = 0;
-        inner.map.retain(|k, s| {
-            let keep = s.is_fresh(now);
-            if !keep {
-                freed += Inner::cost(k, s);
-            }
-            keep
-        });
-        inner.bytes = inner.bytes.saturating_sub(freed);
-        if self.full(inner) {
-            let mut budget = inner.map.len() / 2 + 1;
-            let (mut freed, mut evicted) = (0, 0u64);
-            inner.map.retain(|k, s| {
-                if budget > 0 && s.cell.get().is_some() {
-                    budget -= 1;
-                    freed += Inner::cost(k, s);
-                    evicted += 1;
-                    false
-                } else {
-                    true
-                }
-            });
-            inner.bytes = inner.bytes.saturating_sub(freed);
-            if let Some(c) = &self.evictions {
-                c.inc_by(evicted);
-            }
+    /// Store a flight's answer for `ttl` (zero: drop the key), unless the flight was called off
+    /// meanwhile (`invalidate`, `clear`): its answer may predate the change, so it goes to its
+    /// own waiters only. Under the flights' lock, so a call-off is either before or after it.
+    fn land(&self, key: &str, flight: &Flight<V>, value: &V, ttl: Duration) {
+        let flights = self.flights();
+        if !flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            return;
         }
+        if ttl.is_zero() {
+            self.entries.remove(key);
+            return;
+        }
+        let fetched_ns = self.now_ns();
+        self.entries.insert(
+            key.into(),
+            Entry {
+                value: value.clone(),
+                fetched_ns,
+                expires_ns: fetched_ns.saturating_add(ttl.as_nanos() as u64),
+                generation: self.generation.load(Ordering::Relaxed),
+            },
+        );
+        drop(flights);
     }
 
     /// Drop `key` now; a fetch already under way finishes for its own waiters only.
     pub fn invalidate(&self, key: &str) -> bool {
-        self.lock().remove(key)
+        let mut flights = self.flights();
+        let in_flight = flights.remove(key).is_some();
+        self.entries.remove(key).is_some() || in_flight
     }
 
-    /// Drop everything (after the invalidation channel was lost: messages may have been missed).
+    /// Treat everything cached as expired (after the invalidation channel was lost: messages
+    /// may have been missed). The entries stay as fallbacks for their refetch, as after a TTL.
     pub fn clear(&self) {
-        let mut inner = self.lock();
-        inner.map.clear();
-        inner.bytes = 0;
+        let mut flights = self.flights();
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        flights.clear();
     }
 
+    /// Entries held, fresh or expired.
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The bytes the cache counts as held now.
+    /// The bytes the cache counts as held now (the weight of its entries).
     pub fn bytes(&self) -> usize {
-        self.lock().bytes
+        self.entries.weight() as usize
     }
 }
 
+/// Leaves the flights when its request stops waiting: once the flight has landed (its answer is
+/// stored), or when the last request waiting on it gives up (its client went away), so that a
+/// flight nobody waits on is not joined by later requests.
+struct Landing<'a, V> {
+    cache: &'a Cache<V>,
+    key: &'a str,
+    flight: &'a Flight<V>,
+}
+
+impl<V> Drop for Landing<'_, V> {
+    fn drop(&mut self) {
+        let mut flights = self.cache.flights.lock().unwrap_or_else(|p| p.into_inner());
+        let ours = flights
+            .get(self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, self.flight));
+        // The map's share and this request's: nobody else waits on it.
+        if ours && (self.flight.initialized() || Arc::strong_count(self.flight) == 2) {
+            flights.remove(self.key);
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,10 +316,10 @@ mod tests {
             let (cache, calls) = (cache.clone(), calls.clone());
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_fetch("k", || async {
+                    .get_or_fetch("k", |_| async {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        (7, Duration::from_secs(60))
+                        (7, Some(Duration::from_secs(60)))
                     })
                     .await
                     .0
@@ -268,20 +335,20 @@ mod tests {
     async fn zero_ttl_answers_are_not_kept_and_invalidate_drops() {
         let cache: Cache<u32> = Cache::new(100);
         let (v, o) = cache
-            .get_or_fetch("k", || async { (1, Duration::ZERO) })
+            .get_or_fetch("k", |_| async { (1, Some(Duration::ZERO)) })
             .await;
         assert_eq!((v, o), (1, Outcome::Miss));
         let (v, _) = cache
-            .get_or_fetch("k", || async { (2, Duration::from_secs(60)) })
+            .get_or_fetch("k", |_| async { (2, Some(Duration::from_secs(60))) })
             .await;
         assert_eq!(v, 2);
         let (v, o) = cache
-            .get_or_fetch("k", || async { (3, Duration::from_secs(60)) })
+            .get_or_fetch("k", |_| async { (3, Some(Duration::from_secs(60))) })
             .await;
         assert_eq!((v, o), (2, Outcome::Hit));
         assert!(cache.invalidate("k"));
         let (v, _) = cache
-            .get_or_fetch("k", || async { (4, Duration::from_secs(60)) })
+            .get_or_fetch("k", |_| async { (4, Some(Duration::from_secs(60))) })
             .await;
         assert_eq!(v, 4);
     }
@@ -293,39 +360,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bytes_are_bounded_and_evictions_counted() {
+    async fn bytes_and_entries_are_bounded_and_evictions_counted() {
         let evictions = prometheus::IntCounter::new("e", "e").expect("counter");
         let cache: Cache<u32> = Cache::bounded(1000, 10_000, Some(evictions.clone()));
         for i in 0..200u32 {
-            // A 1000-byte value each: ten fit.
+            // A 1000-byte value each: nine fit (each weighs its key and overhead too).
             cache
-                .get_or_fetch(&format!("k{i}"), || async {
-                    (1000, Duration::from_secs(60))
+                .get_or_fetch(&format!("k{i}"), |_| async {
+                    (1000, Some(Duration::from_secs(60)))
                 })
                 .await;
-            assert!(
-                cache.bytes() <= 10_000 + 1000 + 2 * (ENTRY_OVERHEAD + 4),
-                "{}",
-                cache.bytes()
-            );
+            assert!(cache.bytes() <= 10_000, "{}", cache.bytes());
         }
-        assert!(cache.len() <= 11, "{}", cache.len());
-        assert!(evictions.get() >= 180, "{}", evictions.get());
+        assert!(cache.len() <= 10, "{}", cache.len());
+        assert_eq!(evictions.get(), 200 - cache.len() as u64);
+        // Small values under a large byte bound: the entry bound holds (each weighs at least
+        // 10_000_000 / 1000).
+        let cache: Cache<u32> = Cache::bounded(1000, 10_000_000, None);
+        for i in 0..20_000u32 {
+            cache
+                .get_or_fetch(&i.to_string(), |_| async {
+                    (0, Some(Duration::from_secs(60)))
+                })
+                .await;
+        }
+        assert!(cache.len() <= 1000, "{}", cache.len());
+        assert!(cache.len() >= 500, "{}", cache.len());
         // Removals give their bytes back.
-        cache.clear();
-        assert_eq!(cache.bytes(), 0);
+        let cache: Cache<u32> = Cache::bounded(1000, 100_000, None);
         cache
-            .get_or_fetch("a", || async { (5, Duration::from_secs(60)) })
+            .get_or_fetch("a", |_| async { (5, Some(Duration::from_secs(60))) })
             .await;
         assert_eq!(cache.bytes(), 1 + ENTRY_OVERHEAD + 5);
         assert!(cache.invalidate("a"));
         assert_eq!(cache.bytes(), 0);
-        // An expired entry replaced by a fresh fetch is not counted twice.
+        // A fresh fetch replaces an expired entry: counted once.
         cache
-            .get_or_fetch("b", || async { (7, Duration::ZERO) })
+            .get_or_fetch("b", |_| async { (7, Some(Duration::from_nanos(1))) })
             .await;
         cache
-            .get_or_fetch("b", || async { (9, Duration::from_secs(60)) })
+            .get_or_fetch("b", |_| async { (9, Some(Duration::from_secs(60))) })
             .await;
         assert_eq!(cache.bytes(), 1 + ENTRY_OVERHEAD + 9);
     }
@@ -335,9 +409,100 @@ mod tests {
         let cache: Cache<u32> = Cache::new(10);
         for i in 0..100 {
             cache
-                .get_or_fetch(&format!("k{i}"), || async { (i, Duration::from_secs(60)) })
+                .get_or_fetch(&format!("k{i}"), |_| async {
+                    (i, Some(Duration::from_secs(60)))
+                })
                 .await;
         }
         assert!(cache.len() <= 10, "{}", cache.len());
+    }
+
+    #[tokio::test]
+    async fn an_expired_entry_is_offered_to_its_refetch_and_kept_when_asked() {
+        let cache: Cache<u32> = Cache::new(100);
+        cache
+            .get_or_fetch("k", |_| async { (1, Some(Duration::from_millis(20))) })
+            .await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Expired: the fetch runs and sees the old value and its age; `None` keeps it as it was.
+        for _ in 0..2 {
+            let (v, o) = cache
+                .get_or_fetch("k", |previous| async move {
+                    let (old, age) = previous.expect("the expired entry");
+                    assert_eq!(old, 1);
+                    assert!(age >= Duration::from_millis(20), "{age:?}");
+                    (old, None)
+                })
+                .await;
+            assert_eq!((v, o), (1, Outcome::Miss));
+        }
+        // `clear` expires everything but keeps it as the refetch's fallback.
+        cache
+            .get_or_fetch("j", |_| async { (2, Some(Duration::from_secs(60))) })
+            .await;
+        cache.clear();
+        let (v, o) = cache
+            .get_or_fetch("j", |previous| async move {
+                assert_eq!(previous.map(|p| p.0), Some(2));
+                (3, Some(Duration::from_secs(60)))
+            })
+            .await;
+        assert_eq!((v, o), (3, Outcome::Miss));
+        let (v, o) = cache
+            .get_or_fetch("j", |_| async { (4, Some(Duration::from_secs(60))) })
+            .await;
+        assert_eq!((v, o), (3, Outcome::Hit));
+    }
+
+    #[tokio::test]
+    async fn a_fetch_called_off_by_an_invalidation_answers_its_waiters_only() {
+        let cache: Arc<Cache<u32>> = Arc::new(Cache::new(100));
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let slow = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch("k", |_| async {
+                        let _ = wait.await;
+                        (1, Some(Duration::from_secs(60)))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The record changes while the first read is under way.
+        assert!(cache.invalidate("k"));
+        let _ = go.send(());
+        assert_eq!(slow.await.expect("task"), (1, Outcome::Miss));
+        let (v, o) = cache
+            .get_or_fetch("k", |_| async { (2, Some(Duration::from_secs(60))) })
+            .await;
+        assert_eq!((v, o), (2, Outcome::Miss), "the old read was not stored");
+    }
+
+    #[tokio::test]
+    async fn a_fetch_whose_requests_all_left_is_not_joined() {
+        let cache: Arc<Cache<u32>> = Arc::new(Cache::new(100));
+        let stuck = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch("k", |_| async {
+                        std::future::pending::<()>().await;
+                        (1, Some(Duration::from_secs(60)))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(cache.flights().len(), 1);
+        stuck.abort();
+        let _ = stuck.await;
+        assert_eq!(cache.flights().len(), 0, "the abandoned flight left");
+        let (v, o) = cache
+            .get_or_fetch("k", |_| async { (2, Some(Duration::from_secs(60))) })
+            .await;
+        assert_eq!((v, o), (2, Outcome::Miss));
+        assert_eq!(cache.flights().len(), 0);
     }
 }

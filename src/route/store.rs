@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One Redis hash, as the app wrote it.
 pub type Record = crate::FastMap<String, String>;
@@ -135,8 +135,6 @@ pub struct Records {
     /// How long after its last successful read a route record may be served while the store
     /// is unreachable (never a session).
     stale_window: Duration,
-    last_good: std::sync::Mutex<crate::FastMap<String, (Arc<Cached>, Instant)>>,
-    max_entries: usize,
 }
 
 impl Records {
@@ -154,8 +152,6 @@ impl Records {
             negative_ttl: Duration::from_millis(config.cache.negative_ttl_ms),
             metrics,
             stale_window: Duration::from_millis(config.cache.stale_ms),
-            last_good: std::sync::Mutex::new(crate::FastMap::default()),
-            max_entries: config.cache.max_entries,
         }
     }
 
@@ -257,33 +253,34 @@ impl Records {
         // Route records (stale allowed) and secrets (sessions) live in separate caches.
         let cache = if stale_ok { &self.cache } else { &self.secrets };
         let (lookup, outcome) = cache
-            .get_or_fetch(key, || async {
-                let mut res = self
+            .get_or_fetch(key, |previous| async move {
+                let res = self
                     .store
                     .fetch(key)
                     .await
                     .map(|r| r.map(|r| Arc::new(Cached::new(r))));
-                match &res {
-                    Ok(Some(rec)) if stale_ok && !self.stale_window.is_zero() => {
-                        self.remember(key, rec.clone());
-                    }
-                    Err(StoreFailure::Unavailable(_)) if stale_ok => {
-                        if let Some(rec) = self.stale_copy(key) {
+                if let (Err(StoreFailure::Unavailable(_)), true) = (&res, stale_ok) {
+                    // The expired copy, read within the stale window: served to the waiting
+                    // requests and left as it was, so the window still counts from its read.
+                    if let Some((Ok(Some(rec)), age)) = previous {
+                        if age < self.stale_window {
                             self.metrics.cache.stale.inc();
-                            res = Ok(Some(rec));
-                            // Served to the waiting requests only; the next one asks again.
-                            return (res, Duration::ZERO);
+                            return (Ok(Some(rec)), None);
                         }
                     }
-                    _ => {}
                 }
                 let ttl = match &res {
+                    // Kept past its TTL as the fallback for an outage (`stale_ms`), even with
+                    // a TTL of zero (then it is never fresh, only a fallback).
+                    Ok(Some(_)) if stale_ok && !self.stale_window.is_zero() => {
+                        self.ttl.max(Duration::from_nanos(1))
+                    }
                     Ok(Some(_)) => self.ttl,
                     Ok(None) => self.negative_ttl,
                     // Shared with the requests already waiting, then retried.
                     Err(_) => Duration::ZERO,
                 };
-                (res, ttl)
+                (res, Some(ttl))
             })
             .await;
         let c = &self.metrics.cache;
@@ -307,12 +304,7 @@ impl Records {
 
     /// Route records in memory: cached, or kept for an outage (`/readyz`).
     pub fn warm(&self) -> usize {
-        let kept = self
-            .last_good
-            .lock()
-            .map(|l| l.len())
-            .unwrap_or_else(|p| p.into_inner().len());
-        self.cache.len().max(kept)
+        self.cache.len()
     }
 
     /// The store itself (for writers that outlive a request: the audit trail).
@@ -327,28 +319,6 @@ impl Records {
     /// The session cache (for the invalidation listener).
     pub fn secrets_cache(&self) -> &Arc<Cache<Lookup>> {
         &self.secrets
-    }
-
-    /// Keep the last good copy of a route record for outages.
-    fn remember(&self, key: &str, rec: Arc<Cached>) {
-        let mut last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
-        if last.len() >= self.max_entries && !last.contains_key(key) {
-            let now = Instant::now();
-            let window = self.stale_window;
-            last.retain(|_, (_, at)| now.duration_since(*at) < window);
-            if last.len() >= self.max_entries {
-                last.clear();
-            }
-        }
-        last.insert(key.to_owned(), (rec, Instant::now()));
-    }
-
-    /// The last good copy of `key`, if it was read within the stale window.
-    fn stale_copy(&self, key: &str) -> Option<Arc<Cached>> {
-        let last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
-        last.get(key)
-            .filter(|(_, at)| at.elapsed() < self.stale_window)
-            .map(|(rec, _)| rec.clone())
     }
 }
 
