@@ -242,7 +242,7 @@ impl Endpoints<'_> {
                 let state = found?.ok_or(GatewayError::UnknownWorkspace)?;
                 let obj: serde_json::Map<String, serde_json::Value> = state
                     .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
                     .collect();
                 Ok(Reply::json(200, &serde_json::Value::Object(obj)))
             }

@@ -195,7 +195,7 @@ pub async fn session_at(records: &Records, key: &str) -> Result<Option<SessionUs
         None => None,
     };
     Ok(Some(SessionUser {
-        user: user.clone(),
+        user: user.to_owned(),
         key_hash: super::key_hash(&key),
         expires_at,
     }))

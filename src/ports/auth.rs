@@ -86,7 +86,7 @@ impl PortRules {
         }
         let (found, _) = records.get_secret(&self.grant_key(gid)).await;
         let Some(rec) = found? else { return Ok(None) };
-        let field = |f: &str| rec.get(f).map(String::as_str);
+        let field = |f: &str| rec.get(f);
         let parsed = (|| {
             Some(Grant {
                 kind: GrantKind::parse(field("kind")?)?,

@@ -17,12 +17,16 @@ use std::time::Duration;
 /// One Redis hash, as the app wrote it.
 pub type Record = crate::FastMap<String, String>;
 
-/// A record as the cache holds it: the hash (reached through `Deref`), and the upstream that
-/// routing parsed from it, so a cache hit does not parse the same fields again. The hash never
-/// changes once cached (a new read makes a new `Cached`), so neither does the parse.
+/// A record as the cache holds it: the hash's fields and values in one allocation, and the
+/// upstream that routing parsed from it, so a cache hit does not parse the same fields again.
+/// The hash never changes once cached (a new read makes a new `Cached`), so neither does the
+/// parse. A million cached workspaces is a memory target (issue #20): a map of `String`s cost
+/// about 500 bytes a record in nine allocations; this is two allocations and the bytes.
 #[derive(Debug)]
 pub struct Cached {
-    record: Record,
+    /// `field NUL value NUL` for each pair. A pair with a NUL of its own is not kept: no field
+    /// edgegate reads can hold one, and a missing field fails closed.
+    pairs: Box<str>,
     /// The parse (upstream address, or why it failed) and the shape of the route that made it
     /// (`Route::record_shape`): a route that reads other fields parses for itself.
     pub(crate) upstream:
@@ -31,17 +35,37 @@ pub struct Cached {
 
 impl Cached {
     pub fn new(record: Record) -> Cached {
+        let size = record.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        let mut pairs = String::with_capacity(size);
+        for (k, v) in &record {
+            if k.contains('\0') || v.contains('\0') {
+                continue;
+            }
+            pairs.push_str(k);
+            pairs.push('\0');
+            pairs.push_str(v);
+            pairs.push('\0');
+        }
         Cached {
-            record,
+            pairs: pairs.into_boxed_str(),
             upstream: std::sync::OnceLock::new(),
         }
     }
-}
 
-impl std::ops::Deref for Cached {
-    type Target = Record;
-    fn deref(&self) -> &Record {
-        &self.record
+    /// The value of `field`, if the hash has it.
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == field).map(|(_, v)| v)
+    }
+
+    /// Every field and its value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut parts = self.pairs.split('\0');
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+    }
+
+    /// The bytes the fields and values take.
+    pub fn text_len(&self) -> usize {
+        self.pairs.len()
     }
 }
 
@@ -112,12 +136,9 @@ impl super::cache::Weigh for Lookup {
     /// The record's fields and values, and what each costs in its map.
     fn weight(&self) -> usize {
         match self {
-            Ok(Some(rec)) => {
-                64 + rec
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len() + 56)
-                    .sum::<usize>()
-            }
+            // The record's text, its `Cached` and `Arc` (the entry's own slot is the cache's
+            // overhead).
+            Ok(Some(rec)) => rec.text_len() + std::mem::size_of::<Cached>() + 16,
             _ => 0,
         }
     }
@@ -826,5 +847,46 @@ pub fn build(
             let _guard = handle.enter();
             Ok(Arc::new(RedisStore::new(&config.redis, metrics, tracing)?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_record_answers_each_field_and_drops_pairs_with_a_nul() {
+        let record: Record = [
+            ("backend", "10.0.0.1:8080"),
+            ("owner", "u1"),
+            ("status", ""),
+            ("owner2", "owner"),
+            ("bad\0field", "x"),
+            ("org", "a\0b"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let c = Cached::new(record);
+        assert_eq!(c.get("backend"), Some("10.0.0.1:8080"));
+        assert_eq!(c.get("owner"), Some("u1"));
+        assert_eq!(c.get("owner2"), Some("owner"));
+        assert_eq!(c.get("status"), Some(""));
+        assert_eq!(c.get("org"), None, "a value with a NUL is not kept");
+        assert_eq!(c.get("bad"), None);
+        assert_eq!(c.get("x"), None, "values are never read as fields");
+        assert_eq!(c.get("10.0.0.1:8080"), None);
+        let mut all: Vec<_> = c.iter().collect();
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                ("backend", "10.0.0.1:8080"),
+                ("owner", "u1"),
+                ("owner2", "owner"),
+                ("status", "")
+            ]
+        );
+        assert!(Cached::new(Record::default()).get("").is_none());
     }
 }
