@@ -184,7 +184,7 @@ impl Drains {
             let cause = match (&record, &h.status_field) {
                 (None, _) => Cause::Gone,
                 (Some(rec), Some(field))
-                    if rec.get(&**field).map(|s| s.trim()) != Some(RUNNING) =>
+                    if rec.get(field).map(|s| s.trim()) != Some(RUNNING) =>
                 {
                     Cause::Stopped
                 }

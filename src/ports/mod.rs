@@ -131,7 +131,7 @@ impl PortRules {
             // A record that no longer parses lets nobody in.
             return false;
         };
-        let owner = record.get(&*passed.owner_field).map(|o| o.trim());
+        let owner = record.get(&passed.owner_field).map(|o| o.trim());
         let same_owner = owner == Some(&*passed.owner);
         let same_org = self.org(record) == passed.org.as_deref();
         passed.access.passes(s.visibility)
