@@ -3,7 +3,11 @@
 //! on a miss), the record's `backend` as the peer, nothing cached, no auth, no metrics, no
 //! logging. Not part of edgegate.
 //!
-//!   cargo run --release --example naive_redis_pingora -- LISTEN_ADDR REDIS_URL [THREADS]
+//!   cargo run --release --example naive_redis_pingora -- LISTEN_ADDR REDIS_URL [THREADS] [isolated]
+//!
+//! `isolated` gives each workspace its own pool of upstream connections, as edgegate does (a
+//! pooled connection is never reused for another workspace behind the same address): a
+//! workspace with no idle connection costs a TCP connect.
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -12,6 +16,7 @@ use std::collections::HashMap;
 
 struct Naive {
     redis: redis::Client,
+    isolated: bool,
     conn: tokio::sync::OnceCell<redis::aio::MultiplexedConnection>,
 }
 
@@ -53,7 +58,14 @@ impl ProxyHttp for Naive {
             .get("backend")
             .and_then(|b| b.parse().ok())
             .ok_or_else(|| refuse(404))?;
-        Ok(Box::new(HttpPeer::new(backend, false, String::new())))
+        let mut peer = HttpPeer::new(backend, false, String::new());
+        if self.isolated {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            id.hash(&mut h);
+            peer.group_key = h.finish();
+        }
+        Ok(Box::new(peer))
     }
 }
 
@@ -64,6 +76,7 @@ fn main() {
         std::process::exit(64);
     };
     let threads = args.next().and_then(|t| t.parse().ok()).unwrap_or(1);
+    let isolated = args.next().as_deref() == Some("isolated");
     let redis = match redis::Client::open(url) {
         Ok(c) => c,
         Err(e) => {
@@ -79,6 +92,7 @@ fn main() {
     server.bootstrap();
     let naive = Naive {
         redis,
+        isolated,
         conn: tokio::sync::OnceCell::new(),
     };
     let mut svc = pingora::proxy::http_proxy_service(&server.configuration, naive);

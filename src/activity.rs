@@ -8,6 +8,9 @@ use crate::FastMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Marks written per Redis pipeline.
+const FLUSH_CHUNK: usize = 1000;
+
 pub struct Activity {
     marks: Mutex<FastMap<String, u64>>,
 }
@@ -62,9 +65,22 @@ impl Activity {
                 if marks.is_empty() {
                     continue;
                 }
-                let batch: Vec<(String, u64)> = marks.into_iter().collect();
-                if let Err(e) = store.mark_activity(&field, &batch).await {
-                    log::warn!("cannot write activity for {} records: {e:?}", batch.len());
+                // In pipelines of a bounded size: a million marks in one pipeline held a
+                // buffer of hundreds of MB and could not finish inside one deadline.
+                let total = marks.len();
+                let mut failed = 0;
+                let mut batch = Vec::with_capacity(FLUSH_CHUNK.min(total));
+                let mut marks = marks.into_iter().peekable();
+                while marks.peek().is_some() {
+                    batch.clear();
+                    batch.extend(marks.by_ref().take(FLUSH_CHUNK));
+                    if let Err(e) = store.mark_activity(&field, &batch).await {
+                        failed += batch.len();
+                        log::debug!("activity write failed: {e:?}");
+                    }
+                }
+                if failed > 0 {
+                    log::warn!("cannot write activity for {failed} of {total} records");
                 }
             }
         });

@@ -183,9 +183,7 @@ impl Drains {
         for h in list {
             let cause = match (&record, &h.status_field) {
                 (None, _) => Cause::Gone,
-                (Some(rec), Some(field))
-                    if rec.get(field).map(|s| s.trim()) != Some(RUNNING) =>
-                {
+                (Some(rec), Some(field)) if rec.get(field).map(|s| s.trim()) != Some(RUNNING) => {
                     Cause::Stopped
                 }
                 (Some(rec), _) => match &h.access {
