@@ -700,6 +700,9 @@ pub struct UpstreamConfig {
     pub write_timeout_ms: u64,
     /// How long an idle pooled upstream connection is kept.
     pub pool_idle_timeout_ms: u64,
+    /// Idle upstream connections kept per worker thread, across all workspaces (Pingora's
+    /// `upstream_keepalive_pool_size`, whose LRU is split into 16 shards).
+    pub pool_size: usize,
     /// How long an upgraded (WebSocket) connection may carry no data frame in either
     /// direction (pings and pongs do not count).
     pub ws_idle_timeout_secs: u64,
@@ -724,6 +727,7 @@ impl Default for UpstreamConfig {
             read_timeout_ms: 60_000,
             write_timeout_ms: 60_000,
             pool_idle_timeout_ms: 60_000,
+            pool_size: 1024,
             ws_idle_timeout_secs: 3600,
             ws_ping_interval_ms: 15_000,
             ws_pong_timeout_ms: 15_000,

@@ -232,6 +232,7 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
         pid_file: config.server.pid_file.clone(),
         upgrade_sock: config.server.upgrade_sock.clone(),
         ca_file: config.upstream.ca_file.clone(),
+        upstream_keepalive_pool_size: config.upstream.pool_size.max(16),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
