@@ -258,6 +258,8 @@ level = "warn"
 access_log = "{access_log}"
 [server]
 threads = 1
+# Named, so that builds from before its in-table default (057cd96) load the same config.
+drain_delay_secs = 0
 pid_file = "{work}/edgegate.pid"
 upgrade_sock = "{work}/edgegate.sock"
 [redis]

@@ -52,9 +52,25 @@ impl Cached {
         }
     }
 
-    /// The value of `field`, if the hash has it.
+    /// The value of `field`, if the hash has it: one pass over the bytes, comparing only at
+    /// the start of each field.
     pub fn get(&self, field: &str) -> Option<&str> {
-        self.iter().find(|(k, _)| *k == field).map(|(_, v)| v)
+        let text = &*self.pairs;
+        let bytes = text.as_bytes();
+        let name = field.as_bytes();
+        let mut at = 0;
+        while at < bytes.len() {
+            let value = at + name.len() + 1;
+            let is_it = bytes[at..].starts_with(name) && bytes.get(value - 1) == Some(&0);
+            // Past this field's NUL, then past its value's.
+            let field_end = at + bytes[at..].iter().position(|&b| b == 0)?;
+            let value_end = field_end + 1 + bytes[field_end + 1..].iter().position(|&b| b == 0)?;
+            if is_it {
+                return text.get(value..value_end);
+            }
+            at = value_end + 1;
+        }
+        None
     }
 
     /// Every field and its value, in no particular order.
