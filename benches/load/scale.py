@@ -188,7 +188,7 @@ def part_workspaces(a, work):
     print("| records | RSS before / after warming (MiB) | bytes per cached record | "
           "CPU µs/req, each request a random one of the N | req/s | CPU µs/req, random one "
           f"of 64 of the N | req/s | p50 / p99 ms at {a.rate} req/s, random of N | "
-          "Redis commands/req |")
+          "Redis reads/req |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in [int(x) for x in a.counts.split(",")]:
         procs = h.Procs()
@@ -208,10 +208,12 @@ def part_workspaces(a, work):
             after = rss_of(eg)
             per = (after - before) * 1024 / n
             pids = h.tree_pids(eg.pid)
-            c0, calls0 = cpu_of(pids), h.redis_calls(rp)
+            # Record reads only: the activity flusher's writes (one EVAL per workspace marked
+            # in the interval) are not a cost of the lookup.
+            c0, calls0 = cpu_of(pids), hgetall_calls(rp)
             w = wrk_lua(work, port, a.seconds, 0, n, "random")
             cpu = (cpu_of(pids) - c0) / h.TICK * 1e6 / max(1, w["requests"])
-            rcalls = (h.redis_calls(rp) - calls0) / max(1, w["requests"])
+            rcalls = (hgetall_calls(rp) - calls0) / max(1, w["requests"])
             # The same over 64 of the N: the upstream pools stay warm (each workspace has its
             # own), so this is the lookup among N cached records without an upstream connect.
             c0 = cpu_of(pids)
@@ -368,59 +370,61 @@ def part_idle(a, work):
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    procs = h.Procs()
+    backend = h.Procs()
     try:
-        up, rp = h.start_backend(procs, work, None)
+        up, rp = h.start_backend(backend, work, None)
         wu = h.free_port()
-        procs.start("ws-upstream", [ECHO, f"127.0.0.1:{wu}"])
+        backend.start("ws-upstream", [ECHO, f"127.0.0.1:{wu}"])
         subprocess.run(["redis-cli", "-p", str(rp), "HSET", f"workspace:{h.WS_ID}", "backend",
                         f"127.0.0.1:{wu}", "owner", "bench", "status", "running"],
                        check=True, capture_output=True)
         h.wait_port(wu)
-        ports = {}
-        # One listener per kind (keep-alive to the fast upstream, WebSocket to the echo one).
-        ng, ngw = h.free_port(), h.free_port()
-        nginx = procs.start("nginx", ["nginx", "-c", nginx_conf(work, "idle-nginx", f"""
+
+        def start(procs, name, target):
+            """The proxy `name` in front of `target` (a port); returns (process, port)."""
+            port = h.free_port()
+            if name == "nginx":
+                ws = "proxy_read_timeout 3600s; proxy_set_header Upgrade $http_upgrade; " \
+                     "proxy_set_header Connection \"upgrade\";" if target == wu else \
+                     "proxy_set_header Connection \"\";"
+                p = procs.start("nginx", ["nginx", "-c", nginx_conf(work, f"idle-{port}", f"""
   keepalive_timeout 300s;
-  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{ng};
-           location / {{ proxy_pass http://up; proxy_http_version 1.1;
-                        proxy_set_header Connection ""; proxy_set_header Host $host; }} }}
-  server {{ listen 127.0.0.1:{ngw};
-           location / {{ proxy_pass http://127.0.0.1:{wu}; proxy_http_version 1.1;
-                        proxy_read_timeout 3600s;
-                        proxy_set_header Upgrade $http_upgrade;
-                        proxy_set_header Connection "upgrade"; proxy_set_header Host $host; }} }}
+  upstream up {{ server 127.0.0.1:{target}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{port};
+           location / {{ proxy_pass http://up; proxy_http_version 1.1; {ws}
+                        proxy_set_header Host $host; }} }}
 """)])
-        ports["nginx"] = (nginx, ng, nginx, ngw)
-        pp, ppw = h.free_port(), h.free_port()
-        p1 = procs.start("pingora", [h.PLAIN, f"127.0.0.1:{pp}", f"127.0.0.1:{up}", "1"])
-        p2 = procs.start("pingora-ws", [h.PLAIN, f"127.0.0.1:{ppw}", f"127.0.0.1:{wu}", "1"])
-        ports["plain Pingora"] = (p1, pp, p2, ppw)
-        if shutil.which("haproxy"):
-            hp, hpw = h.free_port(), h.free_port()
-            x1 = procs.start("haproxy", ["haproxy", "-db", "-f",
-                                         haproxy_conf(work, "hk", hp, f"127.0.0.1:{up}")])
-            x2 = procs.start("haproxy-ws", ["haproxy", "-db", "-f",
-                                            haproxy_conf(work, "hw", hpw, f"127.0.0.1:{wu}")])
-            ports["HAProxy"] = (x1, hp, x2, hpw)
-        eg, egp = start_edgegate(procs, work, rp, "ttl_ms = 3600000\n")
-        ports["edgegate"] = (eg, egp, eg, egp)
-        for _, port, _, wport in ports.values():
+            elif name == "plain Pingora":
+                p = procs.start(name, [h.PLAIN, f"127.0.0.1:{port}", f"127.0.0.1:{target}", "1"])
+            elif name == "HAProxy":
+                p = procs.start(name, ["haproxy", "-db", "-f", haproxy_conf(
+                    work, f"idle-{port}", port, f"127.0.0.1:{target}")])
+            else:
+                p, port = start_edgegate(procs, work, rp, "ttl_ms = 3600000\n")
             h.wait_port(port)
-            h.wait_port(wport)
+            return p, port
+
+        names = ["nginx", "plain Pingora"] + (["HAProxy"] if shutil.which("haproxy") else []) \
+            + ["edgegate"]
         print("| proxy | " + " | ".join(f"WebSocket, {n:,} held" for n in counts) + " | "
               + " | ".join(f"keep-alive, {n:,} held" for n in counts) + " |")
         print("| --- |" + " ---: |" * (2 * len(counts)))
-        for name, (kp, port, wp, wport) in ports.items():
-            # Keep-alive first: what a closed WebSocket frees is given back to the OS over
-            # the next seconds, which would read as negative growth in a later measurement.
-            ka = [held_kib(kp, lambda k: hold_keepalive(port, k), n) for n in counts]
-            cells = [held_kib(wp, lambda k: h.hold_websockets(wport, k, h.WS_HOST), n)
-                     for n in counts] + ka
+        for name in names:
+            cells = []
+            # A fresh proxy for every measurement: memory that closed connections gave back
+            # would otherwise be reused by the next ones and read as less growth.
+            for target, opener in ((wu, lambda port, k: h.hold_websockets(port, k, h.WS_HOST)),
+                                   (up, lambda port, k: hold_keepalive(port, k))):
+                for n in counts:
+                    procs = h.Procs()
+                    try:
+                        p, port = start(procs, name, target)
+                        cells.append(held_kib(p, lambda k: opener(port, k), n))
+                    finally:
+                        procs.stop()
             print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
     finally:
-        procs.stop()
+        backend.stop()
     print()
 
 
@@ -433,7 +437,6 @@ def held_kib(proc, opener, n):
     after = rss_of(proc)
     for s in held + warm:
         s.close()
-    time.sleep(3.0)  # let the proxy drop them before the next measurement
     return (after - before) / n
 
 
