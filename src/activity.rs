@@ -68,16 +68,19 @@ impl Activity {
                 // In pipelines of a bounded size: a million marks in one pipeline held a
                 // buffer of hundreds of MB and could not finish inside one deadline.
                 let total = marks.len();
-                let mut failed = 0;
+                let (mut failed, mut written) = (0, 0);
                 let mut batch = Vec::with_capacity(FLUSH_CHUNK.min(total));
                 let mut marks = marks.into_iter().peekable();
                 while marks.peek().is_some() {
                     batch.clear();
                     batch.extend(marks.by_ref().take(FLUSH_CHUNK));
                     if let Err(e) = store.mark_activity(&field, &batch).await {
-                        failed += batch.len();
+                        // Redis is failing: the rest would each wait out a deadline too.
+                        failed = total - written;
                         log::debug!("activity write failed: {e:?}");
+                        break;
                     }
+                    written += batch.len();
                 }
                 if failed > 0 {
                     log::warn!("cannot write activity for {failed} of {total} records");

@@ -88,14 +88,26 @@ impl<V> quick_cache::Lifecycle<Box<str>, Entry<V>> for Evictions {
 /// A fetch under way for one key: every request that misses on the key meanwhile waits on it.
 type Flight<V> = Arc<OnceCell<V>>;
 
+/// A flight and the requests waiting on it, counted under the flights' lock.
+struct Boarding<V> {
+    flight: Flight<V>,
+    waiting: usize,
+}
+
 /// A cache bounded by entries and by bytes, whose keys may come from clients (session ids,
 /// workspace ids).
 pub struct Cache<V> {
     entries: quick_cache::sync::Cache<Box<str>, Entry<V>, Weigher, ahash::RandomState, Evictions>,
-    /// Fetches under way, one per key; as many as requests waiting on them, removed when done.
-    flights: Mutex<crate::FastMap<Box<str>, Flight<V>>>,
+    /// Fetches under way, one per key, each with the requests waiting on it: as many as
+    /// requests in flight, and left when they land or the last request waiting gives up.
+    flights: Mutex<crate::FastMap<Box<str>, Boarding<V>>>,
     epoch: Instant,
     generation: AtomicU32,
+}
+
+/// Nanoseconds as the cache keeps them, saturating (a TTL of years does not wrap).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl<V: Clone + Send + Sync + Weigh> Cache<V> {
@@ -118,28 +130,14 @@ impl<V: Clone + Send + Sync + Weigh> Cache<V> {
             floor: (capacity / max_entries as u64).max(1),
             unit,
         };
-        let options = quick_cache::OptionsBuilder::new()
-            .estimated_items_capacity(max_entries)
-            .weight_capacity(capacity)
-            .build();
-        let entries = match options {
-            Ok(options) => quick_cache::sync::Cache::with_options(
-                options,
-                weigher,
-                ahash::RandomState::new(),
-                Evictions(evictions),
-            ),
-            // Only a zero capacity is refused, and both are at least 1 here.
-            Err(_) => quick_cache::sync::Cache::with(
+        Self {
+            entries: quick_cache::sync::Cache::with(
                 max_entries,
                 capacity,
                 weigher,
                 ahash::RandomState::new(),
                 Evictions(evictions),
             ),
-        };
-        Self {
-            entries,
             flights: Mutex::new(crate::FastMap::default()),
             epoch: Instant::now(),
             generation: AtomicU32::new(0),
@@ -147,73 +145,74 @@ impl<V: Clone + Send + Sync + Weigh> Cache<V> {
     }
 
     fn now_ns(&self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.epoch)
-            .as_nanos() as u64
+        nanos(Instant::now().saturating_duration_since(self.epoch))
     }
 
-    fn flights(&self) -> MutexGuard<'_, crate::FastMap<Box<str>, Flight<V>>> {
+    fn flights(&self) -> MutexGuard<'_, crate::FastMap<Box<str>, Boarding<V>>> {
         // Every critical section is a single insert, lookup or remove: a poisoned lock still
         // holds a consistent map.
         self.flights.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The fresh value of `key`, if it is cached.
-    fn fresh(&self, key: &str, now: u64) -> Result<V, Option<Entry<V>>> {
-        match self.entries.get(key) {
-            Some(e)
-                if now < e.expires_ns
-                    && e.generation == self.generation.load(Ordering::Relaxed) =>
-            {
-                Ok(e.value)
-            }
-            old => Err(old),
-        }
+    fn fresh(&self, key: &str, now: u64) -> Option<V> {
+        self.entries
+            .get(key)
+            .filter(|e| {
+                now < e.expires_ns && e.generation == self.generation.load(Ordering::Relaxed)
+            })
+            .map(|e| e.value)
     }
 
-    /// The cached value for `key`, or the result of `fetch`. `fetch` is given the expired
-    /// entry for `key`, if one is still held, with its age, and says how long its answer may be
-    /// kept: `Some(ttl)` replaces the entry (`Some(ZERO)`: share it with the requests already
-    /// waiting, then drop the key), `None` shares it and leaves the old entry as it was.
-    pub async fn get_or_fetch<F, Fut>(&self, key: &str, fetch: F) -> (V, Outcome)
+    /// The cached value for `key`, or the result of `fetch`, which says how long its answer
+    /// may be kept: `Some(ttl)` replaces the entry (`Some(ZERO)`: share it with the requests
+    /// already waiting, then drop the key), `None` shares it and leaves the entry as it was.
+    /// `fetch` may ask its `Previous` for the expired entry (to serve it stale).
+    pub async fn get_or_fetch<'a, F, Fut>(&'a self, key: &'a str, fetch: F) -> (V, Outcome)
     where
-        F: FnOnce(Option<(V, Duration)>) -> Fut,
+        F: FnOnce(Previous<'a, V>) -> Fut,
         Fut: Future<Output = (V, Option<Duration>)>,
     {
-        let now = self.now_ns();
-        let old = match self.fresh(key, now) {
-            Ok(v) => return (v, Outcome::Hit),
-            Err(old) => old,
-        };
+        if let Some(v) = self.fresh(key, self.now_ns()) {
+            return (v, Outcome::Hit);
+        }
         let flight = {
             let mut flights = self.flights();
-            match flights.get(key) {
-                Some(f) => f.clone(),
+            match flights.get_mut(key) {
+                Some(b) => {
+                    b.waiting += 1;
+                    b.flight.clone()
+                }
                 None => {
-                    let f = Flight::default();
-                    flights.insert(key.into(), f.clone());
-                    f
+                    let flight = Flight::default();
+                    let boarding = Boarding {
+                        flight: flight.clone(),
+                        waiting: 1,
+                    };
+                    flights.insert(key.into(), boarding);
+                    flight
                 }
             }
         };
         let landing = Landing {
             cache: self,
             key,
-            flight: &flight,
+            flight: flight.clone(),
         };
         let mut fetched = false;
         let value = flight
             .get_or_init(|| async {
                 // A flight that landed between the lookup above and joining the flights has
                 // stored its answer already (it stores before it leaves the flights).
-                if let Ok(v) = self.fresh(key, self.now_ns()) {
+                if let Some(v) = self.fresh(key, self.now_ns()) {
                     return v;
                 }
                 fetched = true;
-                let previous = old.map(|e| {
-                    let age = Duration::from_nanos(now.saturating_sub(e.fetched_ns));
-                    (e.value, age)
-                });
+                let previous = Previous {
+                    cache: self,
+                    key,
+                    flight: flight.clone(),
+                };
                 let (value, keep) = fetch(previous).await;
                 if let Some(ttl) = keep {
                     self.land(key, &flight, &value, ttl);
@@ -226,12 +225,24 @@ impl<V: Clone + Send + Sync + Weigh> Cache<V> {
         (value, if fetched { Outcome::Miss } else { Outcome::Hit })
     }
 
+    /// Whether `flight` is still the one under way for `key` (not called off by `invalidate`
+    /// or `clear`). Call with the flights' lock held.
+    fn boarding(
+        flights: &crate::FastMap<Box<str>, Boarding<V>>,
+        key: &str,
+        flight: &Flight<V>,
+    ) -> bool {
+        flights
+            .get(key)
+            .is_some_and(|b| Arc::ptr_eq(&b.flight, flight))
+    }
+
     /// Store a flight's answer for `ttl` (zero: drop the key), unless the flight was called off
     /// meanwhile (`invalidate`, `clear`): its answer may predate the change, so it goes to its
     /// own waiters only. Under the flights' lock, so a call-off is either before or after it.
     fn land(&self, key: &str, flight: &Flight<V>, value: &V, ttl: Duration) {
         let flights = self.flights();
-        if !flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+        if !Self::boarding(&flights, key, flight) {
             return;
         }
         if ttl.is_zero() {
@@ -244,7 +255,7 @@ impl<V: Clone + Send + Sync + Weigh> Cache<V> {
             Entry {
                 value: value.clone(),
                 fetched_ns,
-                expires_ns: fetched_ns.saturating_add(ttl.as_nanos() as u64),
+                expires_ns: fetched_ns.saturating_add(nanos(ttl)),
                 generation: self.generation.load(Ordering::Relaxed),
             },
         );
@@ -281,27 +292,54 @@ impl<V: Clone + Send + Sync + Weigh> Cache<V> {
     }
 }
 
+/// What a fetch may fall back on: the entry its key still holds (expired, or from before a
+/// `clear`), read when asked, so that an invalidation that came meanwhile is seen.
+pub struct Previous<'a, V> {
+    cache: &'a Cache<V>,
+    key: &'a str,
+    flight: Flight<V>,
+}
+
+impl<V: Clone + Send + Sync + Weigh> Previous<'_, V> {
+    /// The entry's value and its age now; `None` when there is none, or when this fetch was
+    /// called off (its key invalidated) since it started.
+    pub fn get(&self) -> Option<(V, Duration)> {
+        let flights = self.cache.flights();
+        if !Cache::boarding(&flights, self.key, &self.flight) {
+            return None;
+        }
+        let e = self.cache.entries.peek(self.key)?;
+        let age = self.cache.now_ns().saturating_sub(e.fetched_ns);
+        Some((e.value, Duration::from_nanos(age)))
+    }
+}
+
 /// Leaves the flights when its request stops waiting: once the flight has landed (its answer is
 /// stored), or when the last request waiting on it gives up (its client went away), so that a
-/// flight nobody waits on is not joined by later requests.
+/// flight nobody waits on is not joined by later requests. The count changes only under the
+/// flights' lock.
 struct Landing<'a, V> {
     cache: &'a Cache<V>,
     key: &'a str,
-    flight: &'a Flight<V>,
+    flight: Flight<V>,
 }
 
 impl<V> Drop for Landing<'_, V> {
     fn drop(&mut self) {
         let mut flights = self.cache.flights.lock().unwrap_or_else(|p| p.into_inner());
-        let ours = flights
-            .get(self.key)
-            .is_some_and(|f| Arc::ptr_eq(f, self.flight));
-        // The map's share and this request's: nobody else waits on it.
-        if ours && (self.flight.initialized() || Arc::strong_count(self.flight) == 2) {
+        let leave = match flights.get_mut(self.key) {
+            Some(b) if Arc::ptr_eq(&b.flight, &self.flight) => {
+                b.waiting = b.waiting.saturating_sub(1);
+                b.waiting == 0 || self.flight.initialized()
+            }
+            _ => false,
+        };
+        if leave {
             flights.remove(self.key);
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,7 +466,7 @@ mod tests {
         for _ in 0..2 {
             let (v, o) = cache
                 .get_or_fetch("k", |previous| async move {
-                    let (old, age) = previous.expect("the expired entry");
+                    let (old, age) = previous.get().expect("the expired entry");
                     assert_eq!(old, 1);
                     assert!(age >= Duration::from_millis(20), "{age:?}");
                     (old, None)
@@ -443,7 +481,7 @@ mod tests {
         cache.clear();
         let (v, o) = cache
             .get_or_fetch("j", |previous| async move {
-                assert_eq!(previous.map(|p| p.0), Some(2));
+                assert_eq!(previous.get().map(|p| p.0), Some(2));
                 (3, Some(Duration::from_secs(60)))
             })
             .await;
@@ -504,5 +542,63 @@ mod tests {
             .await;
         assert_eq!((v, o), (2, Outcome::Miss));
         assert_eq!(cache.flights().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_during_a_fetch_takes_its_fallback_away() {
+        let cache: Arc<Cache<u32>> = Arc::new(Cache::new(100));
+        cache
+            .get_or_fetch("k", |_| async { (1, Some(Duration::from_nanos(1))) })
+            .await;
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let task = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch("k", |previous| async move {
+                        assert_eq!(previous.get().map(|p| p.0), Some(1), "the expired entry");
+                        let _ = wait.await;
+                        // Redis failed, say: the fallback is asked for after the message.
+                        (previous.get().map_or(0, |p| p.0), None)
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(cache.invalidate("k"));
+        let _ = go.send(());
+        assert_eq!(task.await.expect("task"), (0, Outcome::Miss));
+    }
+
+    #[tokio::test]
+    async fn waiters_that_all_give_up_leave_no_flight_behind() {
+        let cache: Arc<Cache<u32>> = Arc::new(Cache::new(100));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let cache = cache.clone();
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_fetch("k", |_| async {
+                        std::future::pending::<()>().await;
+                        (1, Some(Duration::from_secs(60)))
+                    })
+                    .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(cache.flights().get("k").map(|b| b.waiting), Some(8));
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        assert_eq!(cache.flights().len(), 0);
+    }
+
+    #[test]
+    fn ttls_too_long_to_count_in_nanoseconds_saturate() {
+        assert_eq!(nanos(Duration::from_secs(u64::MAX)), u64::MAX);
+        assert_eq!(nanos(Duration::from_millis(5)), 5_000_000);
     }
 }

@@ -24,8 +24,10 @@ pub type Record = crate::FastMap<String, String>;
 /// about 500 bytes a record in nine allocations; this is two allocations and the bytes.
 #[derive(Debug)]
 pub struct Cached {
-    /// `field NUL value NUL` for each pair. A pair with a NUL of its own is not kept: no field
-    /// edgegate reads can hold one, and a missing field fails closed.
+    /// `field NUL value NUL` for each pair. A field name with a NUL is not kept (no name
+    /// edgegate reads has one); a value with a NUL is kept as U+FFFD, which no field edgegate
+    /// reads accepts, so it fails closed as the value itself would (a missing field would not
+    /// always: a session without `expires_at` does not expire).
     pairs: Box<str>,
     /// The parse (upstream address, or why it failed) and the shape of the route that made it
     /// (`Route::record_shape`): a route that reads other fields parses for itself.
@@ -38,12 +40,12 @@ impl Cached {
         let size = record.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
         let mut pairs = String::with_capacity(size);
         for (k, v) in &record {
-            if k.contains('\0') || v.contains('\0') {
+            if k.contains('\0') {
                 continue;
             }
             pairs.push_str(k);
             pairs.push('\0');
-            pairs.push_str(v);
+            pairs.push_str(if v.contains('\0') { "\u{FFFD}" } else { v });
             pairs.push('\0');
         }
         Cached {
@@ -297,9 +299,10 @@ impl Records {
                     .await
                     .map(|r| r.map(|r| Arc::new(Cached::new(r))));
                 if let (Err(StoreFailure::Unavailable(_)), true) = (&res, stale_ok) {
-                    // The expired copy, read within the stale window: served to the waiting
-                    // requests and left as it was, so the window still counts from its read.
-                    if let Some((Ok(Some(rec)), age)) = previous {
+                    // The expired copy, read within the stale window and not invalidated since
+                    // (read now, after the failure): served to the waiting requests and left as
+                    // it was, so the window still counts from its read.
+                    if let Some((Ok(Some(rec)), age)) = previous.get() {
                         if age < self.stale_window {
                             self.metrics.cache.stale.inc();
                             return (Ok(Some(rec)), None);
@@ -871,7 +874,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cached_record_answers_each_field_and_drops_pairs_with_a_nul() {
+    fn a_cached_record_answers_each_field_and_poisons_values_with_a_nul() {
         let record: Record = [
             ("backend", "10.0.0.1:8080"),
             ("owner", "u1"),
@@ -888,7 +891,11 @@ mod tests {
         assert_eq!(c.get("owner"), Some("u1"));
         assert_eq!(c.get("owner2"), Some("owner"));
         assert_eq!(c.get("status"), Some(""));
-        assert_eq!(c.get("org"), None, "a value with a NUL is not kept");
+        assert_eq!(
+            c.get("org"),
+            Some("\u{FFFD}"),
+            "a value with a NUL fails every parse"
+        );
         assert_eq!(c.get("bad"), None);
         assert_eq!(c.get("x"), None, "values are never read as fields");
         assert_eq!(c.get("10.0.0.1:8080"), None);
@@ -898,6 +905,7 @@ mod tests {
             all,
             [
                 ("backend", "10.0.0.1:8080"),
+                ("org", "\u{FFFD}"),
                 ("owner", "u1"),
                 ("owner2", "owner"),
                 ("status", "")
