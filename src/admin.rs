@@ -78,7 +78,11 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         match session.req_header().uri.path() {
-            "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render()),
+            "/metrics" => {
+                let held = i64::try_from((self.warm)()).unwrap_or(i64::MAX);
+                self.metrics.cached_records.set(held);
+                reply(200, "text/plain; version=0.0.4", self.metrics.render())
+            }
             "/healthz" => reply(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             "/readyz" => {
                 let verbose = session

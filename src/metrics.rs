@@ -143,6 +143,8 @@ pub struct Metrics {
     pub ready: prometheus::IntGauge,
     /// 1 while ready with the route store down (serving what is cached).
     pub degraded: prometheus::IntGauge,
+    /// Route records held in memory, read at each scrape.
+    pub cached_records: prometheus::IntGauge,
 }
 
 fn counter(
@@ -268,6 +270,12 @@ impl Metrics {
             "1 while ready with the route store down, serving cached routes",
         )?;
         r.register(Box::new(degraded.clone()))?;
+        let cached_records = prometheus::IntGauge::new(
+            "edgegate_cached_records",
+            "Route records held in memory, fresh or kept past their TTL as stale copies \
+             (bounded by cache.max_entries and cache.max_bytes)",
+        )?;
+        r.register(Box::new(cached_records.clone()))?;
         let audit_dropped = IntCounter::new(
             "edgegate_audit_dropped_total",
             "Audit events not queued for the Redis stream (the writer fell behind); the file has them",
@@ -316,6 +324,7 @@ impl Metrics {
             cert_expiry,
             ready,
             degraded,
+            cached_records,
             bytes: counter(
                 &r,
                 "edgegate_bytes_total",

@@ -336,6 +336,15 @@ async fn health_and_readiness_follow_redis_and_stay_off_the_public_listener() {
     assert!(v["cached_records"].as_u64().is_some_and(|n| n >= 1));
     let m = w.gw.admin_get("/metrics").await.body;
     assert!(m.contains("edgegate_degraded 1") && m.contains("edgegate_ready 1"));
+    let held = m
+        .lines()
+        .find_map(|l| l.strip_prefix("edgegate_cached_records "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert_eq!(
+        held,
+        v["cached_records"].as_u64(),
+        "the gauge says what readiness counts"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
