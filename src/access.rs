@@ -128,8 +128,7 @@ impl RequestLog {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| req.uri.authority().map(|a| a.as_str()))
-                // Bounded: a client chose it.
-                .map(|h| h.get(..255).unwrap_or(h));
+                .map(loggable_host);
             self.access.write(&Entry {
                 time_ms,
                 request_id: &ctx.request_id,
@@ -451,7 +450,17 @@ const SECRET_PARAMS: &[&str] = &[
     "key",
     "sig",
     "signature",
+    // The content site's sign-in nonce: whoever reads it can finish a sign-in of their own
+    // in the victim's browser (login CSRF).
+    "state",
 ];
+
+/// A Host (or request-target authority) as the access log writes it: without any
+/// `user:password@`, and bounded, since a client chose it.
+fn loggable_host(host: &str) -> &str {
+    let host = host.rsplit_once('@').map_or(host, |(_, after)| after);
+    host.get(..255).unwrap_or(host)
+}
 
 /// Names are compared decoded (`%74oken` is `token`), as the upstream will read them.
 fn is_secret(param: &str) -> bool {
@@ -509,6 +518,20 @@ mod tests {
             super::redact_query("tkn=x&code=y&q=1"),
             "tkn=REDACTED&code=REDACTED&q=1"
         );
+        assert_eq!(
+            super::redact_query("path=%2F&state=n0nce"),
+            "path=%2F&state=REDACTED",
+            "the content site's sign-in nonce"
+        );
+    }
+
+    #[test]
+    fn hosts_are_logged_without_userinfo_and_bounded() {
+        assert_eq!(loggable_host("ws-a.example.test:8080"), "ws-a.example.test:8080");
+        assert_eq!(loggable_host("alice:hunter2@ws-a.example.test"), "ws-a.example.test");
+        assert_eq!(loggable_host("a@b@host"), "host");
+        let long = "h".repeat(300);
+        assert_eq!(loggable_host(&long).len(), 255);
     }
 
     #[test]

@@ -183,25 +183,10 @@ mod tests {
 
     #[test]
     fn http_access_is_written_once_per_interval_and_the_map_is_bounded() {
-        let text = format!(
-            r#"
-            base_domain = "example.test"
-            [api]
-            ide_route = ""
-            [[route]]
-            name = "workspace"
-            host = "ws-{{id}}.{{base_domain}}"
-            key = "workspace:{{id}}"
-            [audit]
-            redis_stream = "edgegate:audit"
-            http_interval_secs = 60
-            [cache]
-            max_entries = 8
-            {}
-            "#,
-            crate::config::test_tokens_toml()
+        let config = crate::config::test_workspace_config(
+            "[audit]\nredis_stream = \"edgegate:audit\"\nhttp_interval_secs = 60\n\
+             [cache]\nmax_entries = 8\n",
         );
-        let config = Config::parse(&text).expect("config");
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let store = Arc::new(crate::route::store::StaticStore::new(&config));
         let audit = Audit::open(&config, metrics, store, None)

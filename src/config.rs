@@ -1788,6 +1788,27 @@ pub(crate) fn test_fixture(name: &str, contents: &str) -> std::path::PathBuf {
     path
 }
 
+/// One host-routed workspace route, no IDE route, the test secret, plus `extra` (unit tests
+/// only).
+#[cfg(test)]
+pub(crate) fn test_workspace_config(extra: &str) -> Config {
+    let text = format!(
+        r#"
+        base_domain = "example.test"
+        [api]
+        ide_route = ""
+        [[route]]
+        name = "workspace"
+        host = "ws-{{id}}.{{base_domain}}"
+        key = "workspace:{{id}}"
+        {}
+        {extra}
+        "#,
+        test_tokens_toml()
+    );
+    Config::parse(&text).expect("config")
+}
+
 /// A `[auth.tokens]` section with a test secret (unit tests only).
 #[cfg(test)]
 pub(crate) fn test_tokens_toml() -> String {

@@ -206,21 +206,7 @@ mod tests {
     use super::*;
 
     fn config(extra: &str) -> Config {
-        let text = format!(
-            r#"
-            base_domain = "example.test"
-            [api]
-            ide_route = ""
-            [[route]]
-            name = "workspace"
-            host = "ws-{{id}}.{{base_domain}}"
-            key = "workspace:{{id}}"
-            {}
-            {extra}
-            "#,
-            crate::config::test_tokens_toml()
-        );
-        Config::parse(&text).expect("config")
+        crate::config::test_workspace_config(extra)
     }
 
     fn wake() -> Wake {

@@ -9,25 +9,10 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const CONTENT: &str = "example-content.test";
 /// Sessions beside `OWNER_SESSION` (user-1) and `OTHER_SESSION` (user-2, no organization).
 const MEMBER_SESSION: &str = "sess-member";
 const OUTSIDER_SESSION: &str = "sess-outsider";
 const ORG: &str = "acme";
-
-/// The content route and `[ports]` for plain-HTTP tests (no `__Host-` prefix without Secure).
-const PORTS: &str = r#"
-[[route]]
-name = "port"
-host = "ws-{id}--{port}.{content_domain}"
-key = "workspace:{id}"
-status_field = "status"
-allowed_ports = ["1024-65535"]
-auth = ["port_cookie", "port_token", "share_link"]
-
-[ports]
-cookie = "edgegate_port"
-"#;
 
 struct Site {
     w: World,
@@ -49,17 +34,12 @@ impl Site {
         // Records are read afresh on each request (a 1 ms cache): a test that rewrites one
         // sees the change on its next request, without racing the invalidation message.
         let cache = "[cache]\nttl_ms = 1\nnegative_ttl_ms = 1\n";
-        let text = config_text(
+        let text = with_content_domain(&config_text(
             free_port(),
             redis.port,
             app.addr,
             &format!("{cache}{extra}{ports}"),
-        )
-        .replacen(
-            &format!("base_domain = \"{DOMAIN}\"\n"),
-            &format!("base_domain = \"{DOMAIN}\"\ncontent_domain = \"{CONTENT}\"\n"),
-            1,
-        );
+        ));
         let gw = Gateway::start(&text);
         redis.wait_for_subscriber("edgegate:invalidate");
         redis.sessions();
@@ -998,11 +978,12 @@ async fn explain_names_the_ports_visibility_and_the_rule() {
         .sign_in(ID_A, Some(MEMBER_SESSION), "/")
         .await
         .expect("member");
-    let text = config_text(free_port(), s.w.redis.port, s.w.app.addr, PORTS).replacen(
-        &format!("base_domain = \"{DOMAIN}\"\n"),
-        &format!("base_domain = \"{DOMAIN}\"\ncontent_domain = \"{CONTENT}\"\n"),
-        1,
-    );
+    let text = with_content_domain(&config_text(
+        free_port(),
+        s.w.redis.port,
+        s.w.app.addr,
+        PORTS,
+    ));
     let config = edgegate::config::Config::parse(&text).expect("config");
     let q = edgegate::explain::Question {
         url: format!("http://{host}/"),

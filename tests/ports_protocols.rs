@@ -9,8 +9,6 @@ use common::tls::*;
 use common::*;
 use std::time::Duration;
 
-const CONTENT: &str = "example-content.test";
-
 /// A gateway with a TLS listener (the test PKI's wildcard certificate covers the content
 /// site) and a content route; returns it with its TLS port.
 fn gateway(redis: &Redis, app: std::net::SocketAddr, pki: &Pki) -> (Gateway, u16) {
@@ -22,24 +20,11 @@ fn gateway(redis: &Redis, app: std::net::SocketAddr, pki: &Pki) -> (Gateway, u16
         s(&pki.wild.0),
         s(&pki.wild.1)
     );
-    let ports = r#"
-[[route]]
-name = "port"
-host = "ws-{id}--{port}.{content_domain}"
-key = "workspace:{id}"
-status_field = "status"
-allowed_ports = ["1024-65535"]
-auth = ["port_cookie", "port_token", "share_link"]
-[ports]
-cookie = "edgegate_port"
-"#;
-    let text = config_text(free_port(), redis.port, app, ports)
-        .replacen("[admin]\n", &format!("{tls}[admin]\n"), 1)
-        .replacen(
-            &format!("base_domain = \"{DOMAIN}\"\n"),
-            &format!("base_domain = \"{DOMAIN}\"\ncontent_domain = \"{CONTENT}\"\n"),
-            1,
-        );
+    let text = with_content_domain(&config_text(free_port(), redis.port, app, PORTS)).replacen(
+        "[admin]\n",
+        &format!("{tls}[admin]\n"),
+        1,
+    );
     (Gateway::start(&text), tls_port)
 }
 

@@ -17,6 +17,33 @@ use tokio::net::TcpStream;
 pub const ID_A: &str = "01HZX3M9Q4T8V6W2Y5B7C9D1EF";
 pub const ID_B: &str = "01J0AAAAAAAAAAAAAAAAAAAAAB";
 pub const DOMAIN: &str = "example.test";
+
+/// The content site of the shared-ports tests (issue #17).
+pub const CONTENT: &str = "example-content.test";
+
+/// The content route and `[ports]` table of the shared-ports tests (plain HTTP: no `__Host-`
+/// prefix without Secure).
+pub const PORTS: &str = r#"
+[[route]]
+name = "port"
+host = "ws-{id}--{port}.{content_domain}"
+key = "workspace:{id}"
+status_field = "status"
+allowed_ports = ["1024-65535"]
+auth = ["port_cookie", "port_token", "share_link"]
+
+[ports]
+cookie = "edgegate_port"
+"#;
+
+/// `text` (from `config_text`) with `content_domain = CONTENT` beside its `base_domain`.
+pub fn with_content_domain(text: &str) -> String {
+    text.replacen(
+        &format!("base_domain = \"{DOMAIN}\"\n"),
+        &format!("base_domain = \"{DOMAIN}\"\ncontent_domain = \"{CONTENT}\"\n"),
+        1,
+    )
+}
 /// The owner of the records `Redis::workspace` writes, and two app sessions.
 pub const OWNER: &str = "user-1";
 pub const OWNER_SESSION: &str = "sess-owner";
