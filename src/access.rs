@@ -527,8 +527,14 @@ mod tests {
 
     #[test]
     fn hosts_are_logged_without_userinfo_and_bounded() {
-        assert_eq!(loggable_host("ws-a.example.test:8080"), "ws-a.example.test:8080");
-        assert_eq!(loggable_host("alice:hunter2@ws-a.example.test"), "ws-a.example.test");
+        assert_eq!(
+            loggable_host("ws-a.example.test:8080"),
+            "ws-a.example.test:8080"
+        );
+        assert_eq!(
+            loggable_host("alice:hunter2@ws-a.example.test"),
+            "ws-a.example.test"
+        );
         assert_eq!(loggable_host("a@b@host"), "host");
         let long = "h".repeat(300);
         assert_eq!(loggable_host(&long).len(), 255);

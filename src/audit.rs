@@ -94,6 +94,14 @@ impl Audit {
         let workspace = ctx.workspace.as_ref().map(|w| w.as_str());
         let port = plan.target.addr.port();
         let route = ctx.route_name();
+        // Most HTTP accesses are not the first in their interval: decided before any of the
+        // event is built.
+        if ctx.ws_opened.is_none() {
+            let key = crate::stable_hash(&(user, workspace, port, route));
+            if !self.first_in_interval(key, Instant::now()) {
+                return;
+            }
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -119,10 +127,6 @@ impl Audit {
                 event["close"] = ctx.ws_close_cause.unwrap_or("error").into();
             }
             None => {
-                let key = crate::stable_hash(&(user, workspace, port, route));
-                if !self.first_in_interval(key, Instant::now()) {
-                    return;
-                }
                 event["event"] = "http_access".into();
                 event["status"] = status.into();
                 event["duration_ms"] = (ctx.started.elapsed().as_millis() as u64).into();

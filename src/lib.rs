@@ -81,7 +81,9 @@ pub fn build_gateway(config: &Config, subscribe: bool) -> Result<Parts, String> 
 /// `edgegate_tls_certificate_expiry_timestamp_seconds` for every configured certificate (the
 /// files were read and checked when the runtime was built; one that will not parse here is
 /// left out, not fatal).
-fn record_certificate_expiry(config: &Config, metrics: &metrics::Metrics) {
+pub(crate) fn record_certificate_expiry(config: &Config, metrics: &metrics::Metrics) {
+    // A reload starts over: certificates no longer configured leave no series behind.
+    metrics.cert_expiry.reset();
     for (i, l) in config.listen.tls.iter().enumerate() {
         for c in &l.certs {
             let Ok(pem) = std::fs::read(&c.cert_file) else {
@@ -258,6 +260,7 @@ pub fn build_server(config: &Config, opt: Option<Opt>) -> Result<EdgeServer, Str
         readiness: readiness.clone(),
         drain_delay: std::time::Duration::from_secs(config.server.drain_delay_secs),
         config_path: None,
+        metrics: metrics.clone(),
     });
     let metrics_for_connections = metrics.connections_open.clone();
     server.add_service(pingora::services::background::background_service(

@@ -32,6 +32,8 @@ pub struct Control {
     pub drain_delay: Duration,
     /// The config file a reload reads (`None`: nothing to reload, e.g. the embedded demo).
     pub config_path: Option<PathBuf>,
+    /// For the reloaded certificates' expiry.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Control {
@@ -67,6 +69,7 @@ impl Control {
         for (certs, resolver) in self.certs.iter().zip(&runtime.tls) {
             certs.replace(resolver.clone());
         }
+        crate::record_certificate_expiry(&config, &self.metrics);
         self.gateway.reload(&config, runtime);
         log::info!(
             "SIGHUP: reloaded {} (routes, auth, ports, lifecycle, certificates); [listen], \

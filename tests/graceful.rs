@@ -507,3 +507,94 @@ async fn a_fast_stop_still_tells_websockets_why() {
         .unwrap_or_default()
         .contains("SIGINT: stopping at once"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_rotated_certificates_and_their_expiry() {
+    let pki = common::tls::pki();
+    let redis = Redis::start();
+    redis.sessions();
+    let app = upstream("app").await;
+    let dir = Scratch::new("eg-sighup-tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let install = |pair: &(std::path::PathBuf, std::path::PathBuf)| {
+        std::fs::copy(&pair.0, &cert).expect("cert");
+        std::fs::copy(&pair.1, &key).expect("key");
+    };
+    install(&pki.other);
+    let tls_port = free_port();
+    let listener = |names: &str| {
+        format!(
+            "[[listen.tls]]\naddr = \"127.0.0.1:{tls_port}\"\n\
+             [[listen.tls.certs]]\ncert_file = {:?}\nkey_file = {:?}\nnames = [{names}]\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    };
+    let base = config_text(free_port(), redis.port, app.addr, "");
+    let text = base.replacen(
+        "[admin]\n",
+        &format!("{}[admin]\n", listener("\"other.test\"")),
+        1,
+    );
+    let admin = admin_of(&text);
+    let cfg = dir.join("edgegate.toml");
+    std::fs::write(&cfg, &text).expect("config");
+    let log = dir.join("edgegate.err");
+    let gw = Killed(Some(spawn_logged(&cfg, &log)));
+    let tls_addr: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
+    let metrics = || async move {
+        // Nothing yet while the process starts.
+        if tokio::net::TcpStream::connect(admin).await.is_err() {
+            return String::new();
+        }
+        raw(
+            admin,
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .body
+    };
+    let series = |names: &str| {
+        format!(
+            "edgegate_tls_certificate_expiry_timestamp_seconds{{listener=\"listen.tls[0]\",names=\"{names}\"}}"
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metrics().await.contains(&series("other.test"))
+        })
+        .await,
+        "the first certificate's expiry"
+    );
+    let tls = common::tls::client(&pki, &[b"http/1.1"]);
+    let _ = common::tls::connect(tls_addr, &tls, "other.test").await;
+
+    // Rotate: the wildcard certificate at the same paths, named in the config; SIGHUP.
+    install(&pki.wild);
+    let rotated = base.replacen(
+        "[admin]\n",
+        &format!(
+            "{}[admin]\n",
+            listener("\"*.example.test\", \"example.test\"")
+        ),
+        1,
+    );
+    std::fs::write(&cfg, &rotated).expect("config");
+    signal(gw.0.as_ref().expect("child"), "-HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let m = metrics().await;
+            m.contains(&series("*.example.test,example.test")) && !m.contains(&series("other.test"))
+        })
+        .await,
+        "the expiry follows the reloaded certificates, and the old one's series is gone"
+    );
+    // The handshake verifies the served chain against the name: the new certificate is served.
+    let host = format!("ws-{}.{DOMAIN}", ID_A.to_ascii_lowercase());
+    let stream = common::tls::connect(tls_addr, &tls, &host).await;
+    let served = stream.get_ref().1.peer_certificates().expect("certs")[0].to_vec();
+    assert_eq!(
+        served,
+        common::tls::pem_to_der(&std::fs::read(&pki.wild.0).expect("pem"))
+    );
+}
