@@ -139,10 +139,22 @@ impl Gateway {
     /// what `Decider` reads (the caches stay). The listeners, the Redis connection and the
     /// process settings stay as they are: those need an upgrade (`run -u`). A config that
     /// does not build changes nothing.
-    pub fn reload(&self, config: &Config, runtime: Runtime) {
+    /// Decide with `config` from the next request on. Refused when it names other credential
+    /// cookies than the running ones: the header rewrite and the response confinement hold
+    /// the names read at start, and a workspace must never set a credential cookie they miss.
+    pub fn reload(&self, config: &Config, runtime: Runtime) -> std::result::Result<(), String> {
         let decider = Decider::new(config, runtime, self.0.records.clone())
             .with_rate_limits(self.0.rate_limits.clone());
+        if decider.auth().credential_cookies != self.0.credential_cookies {
+            return Err(format!(
+                "the credential cookie names changed ({} now, {} running): they change with \
+                 an upgrade (run -u), not a reload",
+                decider.auth().credential_cookies.join(", "),
+                self.0.credential_cookies.join(", ")
+            ));
+        }
         self.0.decider.store(Arc::new(decider));
+        Ok(())
     }
 
     /// Send the spans still queued (a stop).

@@ -66,11 +66,15 @@ impl Control {
                 self.certs.len()
             );
         }
-        for (certs, resolver) in self.certs.iter().zip(&runtime.tls) {
+        let tls = runtime.tls.clone();
+        if let Err(e) = self.gateway.reload(&config, runtime) {
+            log::error!("SIGHUP: the running config stays: {e}");
+            return;
+        }
+        for (certs, resolver) in self.certs.iter().zip(&tls) {
             certs.replace(resolver.clone());
         }
         crate::record_certificate_expiry(&config, &self.metrics);
-        self.gateway.reload(&config, runtime);
         log::info!(
             "SIGHUP: reloaded {} (routes, auth, ports, lifecycle, certificates); [listen], \
              [server], [redis], [admin] and [log] change with an upgrade (run -u)",

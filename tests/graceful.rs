@@ -597,4 +597,20 @@ async fn sighup_serves_rotated_certificates_and_their_expiry() {
         served,
         common::tls::pem_to_der(&std::fs::read(&pki.wild.0).expect("pem"))
     );
+
+    // Another credential cookie name: refused (the response confinement keeps the names it
+    // started with), logged, and the running config stays.
+    let renamed = rotated.replacen("[auth]\n", "[auth]\napp_cookies = [\"app_csrf\"]\n", 1);
+    assert_ne!(renamed, rotated, "the config has an [auth] table");
+    std::fs::write(&cfg, &renamed).expect("config");
+    signal(gw.0.as_ref().expect("child"), "-HUP");
+    let logged = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("the credential cookie names changed")
+    };
+    assert!(eventually(Duration::from_secs(10), || async { logged() }).await);
+    assert!(metrics()
+        .await
+        .contains(&series("*.example.test,example.test")));
 }
