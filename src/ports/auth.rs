@@ -4,7 +4,7 @@
 //! the content site: a grant names the session it was made under, and dies with it.
 
 use super::{Access, PortRules, PortSettings, TOKEN_HEADER};
-use crate::auth::token::{TokenError, TokenType};
+use crate::auth::token::TokenType;
 use crate::auth::{session, Auth, Principal};
 use crate::config::{AuthMethod, Visibility};
 use crate::error::GatewayError;
@@ -174,13 +174,6 @@ pub async fn authorize(
     PortOutcome { method, verdict }
 }
 
-fn refusal(e: TokenError) -> GatewayError {
-    match e {
-        TokenError::Invalid => GatewayError::Unauthenticated,
-        TokenError::WrongType | TokenError::WrongScope => GatewayError::Forbidden,
-    }
-}
-
 /// A port token: its grant, the session behind it, and the port's visibility. It carries its
 /// own proof, so no Origin rule.
 async fn by_token(
@@ -193,7 +186,7 @@ async fn by_token(
     let v = auth
         .tokens
         .verify_port(token, TokenType::PortToken, ask.id, ask.port)
-        .map_err(refusal)?;
+        .map_err(crate::auth::token_refusal)?;
     let grant = rules
         .grant(records, &v.jti)
         .await?
@@ -219,7 +212,12 @@ async fn by_cookie(
         .verify_port(cookie, TokenType::PortCookie, ask.id, ask.port)
     {
         Ok(v) => v,
-        Err(e) => return (Some(AuthMethod::PortCookie), Err(refusal(e))),
+        Err(e) => {
+            return (
+                Some(AuthMethod::PortCookie),
+                Err(crate::auth::token_refusal(e)),
+            )
+        }
     };
     let grant = match rules.grant(records, &v.jti).await {
         Ok(Some(g)) if g.user == v.sub && g.workspace == *ask.id && g.port == ask.port => g,
