@@ -321,7 +321,11 @@ impl UninitializedStream {
                 callback.process(&mut self.l4).await?;
             }
 
-            let tls_stream = tls.tls_handshake(self.l4).await?;
+            // Boxed: the task that runs a connection is sized for the largest future it ever
+            // holds, and the TLS handshake's state is kilobytes; boxed, it is freed once the
+            // handshake is done instead of being carried for the connection's whole life
+            // (and plain-text connections never pay for it).
+            let tls_stream = Box::pin(tls.tls_handshake(self.l4)).await?;
             Ok(Box::new(tls_stream))
         } else {
             Ok(Box::new(self.l4))
