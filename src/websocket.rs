@@ -46,9 +46,13 @@ const CLOSE_1001: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
 const PING: [u8; 2] = [0x89, 0x00];
 /// Longest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
-/// Room for one read from the upstream: small while a tunnel idles, larger during a burst.
+/// Room for one read from either side: small while a tunnel is quiet, larger during a burst,
+/// and none once it has been idle for `RELEASE_AFTER` (the next read then takes 64 bytes and
+/// grows again from there). Most open WebSockets are idle at any moment (a terminal, an
+/// editor's channel): their buffers were most of an idle tunnel's memory.
 const READ_SMALL: usize = 2 * 1024;
 const READ_LARGE: usize = 16 * 1024;
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// Where a byte stream of WebSocket frames stands: a close frame may only go between frames.
 #[derive(Debug, Default)]
@@ -236,8 +240,8 @@ impl Tunnels {
         };
 
         // The browser's request stays with the tunnel (credential re-checks, the access log).
-        let browser_req = session.req_header().clone();
-        let mut req = browser_req.clone();
+        let browser_req = owned_copy(session.req_header())?;
+        let mut req = session.req_header().clone();
         crate::headers::rewrite_upstream_request(&mut req, &ctx.edits(), fwd)
             .map_err(|_| GatewayError::BadPath)?;
         // The rewrite dropped the client's hop-by-hop headers: only the upgrade itself goes on,
@@ -383,6 +387,7 @@ impl Tunnel {
                     return "client";
                 }
             }
+            drop(rest);
             if !early.is_empty() {
                 from_client.feed(&early);
                 ctx.bytes_in += early.len() as u64;
@@ -390,6 +395,8 @@ impl Tunnel {
                     return "upstream";
                 }
             }
+            // A slice of the body reader's 64 KiB buffer: not kept for the tunnel's life.
+            drop(early);
             self.pump(
                 &req,
                 &mut ctx,
@@ -430,6 +437,10 @@ impl Tunnel {
         // larger while a side sends in bulk.
         let mut down = BytesMut::with_capacity(READ_SMALL);
         let mut up = BytesMut::with_capacity(READ_SMALL);
+        // The last read either way, and whether the buffers were released since (a read
+        // under way holds 64 bytes again, so their capacity does not say).
+        let mut read_at = Instant::now();
+        let mut released = false;
         // The last data frame either way (idleness), and the last byte from the client with
         // the ping it was sent since (liveness).
         let mut last = Instant::now();
@@ -486,6 +497,9 @@ impl Tunnel {
             }
             let idle_at = last + idle;
             let mut wake = idle_at;
+            if !released {
+                wake = wake.min(read_at + RELEASE_AFTER);
+            }
             if closing.is_none() {
                 match (ping_every, pinged) {
                     (_, Some(at)) => wake = wake.min(at + pong_timeout),
@@ -514,6 +528,7 @@ impl Tunnel {
                         ctx.bytes_in += n as u64;
                         // Anything from the client (a pong included) says it is there.
                         heard = Instant::now();
+                        (read_at, released) = (heard, false);
                         pinged = None;
                         if from_client.took_data() {
                             if let Some(a) = &self.env.activity {
@@ -537,11 +552,12 @@ impl Tunnel {
                             first_close.get_or_insert("upstream");
                         }
                         ctx.bytes_out += n as u64;
+                        (read_at, released) = (Instant::now(), false);
                         if to_client.took_data() {
                             if let Some(a) = &self.env.activity {
                                 ctx.touch(a);
                             }
-                            last = Instant::now();
+                            last = read_at;
                         }
                         // Bounded: a client that stops reading must not freeze the tunnel.
                         if !write_to(client, &up, write_timeout).await {
@@ -570,6 +586,10 @@ impl Tunnel {
                     let now = Instant::now();
                     if now >= idle_at {
                         return "idle_timeout";
+                    }
+                    if !released && now >= read_at + RELEASE_AFTER {
+                        // Both sides quiet: no read is under way (select! dropped them).
+                        (down, up, released) = (BytesMut::new(), BytesMut::new(), true);
                     }
                     if closing.is_none() {
                         if let Some(at) = pinged {
@@ -611,7 +631,9 @@ impl Tunnel {
                 }
             };
             if recheck {
-                let ends = match self.recheck(req, ctx).await {
+                // Boxed: a decision's future is kilobytes, and the tunnel's task would be
+                // sized for it for its whole life although it runs once a minute.
+                let ends = match Box::pin(self.recheck(req, ctx)).await {
                     Recheck::Holds => None,
                     Recheck::Revoked => Some((&CLOSE_1008, "revoked")),
                     Recheck::Drained(cause) => {
@@ -704,6 +726,23 @@ async fn read_rest(
     have
 }
 
+/// A copy of `req` that owns its bytes. Pingora's parse shares the connection's head buffer
+/// (4 KiB) with every header value and the target, so a clone held by the tunnel would keep
+/// that buffer (and the case map) for the tunnel's life.
+fn owned_copy(req: &RequestHeader) -> Result<RequestHeader, GatewayError> {
+    let mut copy =
+        RequestHeader::build_no_case(req.method.clone(), req.raw_path(), Some(req.headers.len()))
+            .map_err(|_| GatewayError::BadPath)?;
+    copy.set_version(req.version);
+    for (name, value) in req.headers.iter() {
+        let value =
+            http::HeaderValue::from_bytes(value.as_bytes()).map_err(|_| GatewayError::Internal)?;
+        copy.append_header(name.clone(), value)
+            .map_err(|_| GatewayError::Internal)?;
+    }
+    Ok(copy)
+}
+
 /// Take the client's connection out of Pingora's session (which keeps an empty one that
 /// closes at once), with the bytes its body reader already holds: frames the client sent
 /// right behind its request. `None` (session untouched) for anything but HTTP/1.
@@ -742,12 +781,15 @@ async fn write_to(stream: &mut Stream, data: &[u8], timeout: Duration) -> bool {
     matches!(wrote, Ok(Ok(())))
 }
 
-/// Empty a read buffer for the next read: more room when the last read filled it, back to
-/// small when it did not need the large one.
+/// Empty a read buffer for the next read: more room when the last read filled it (small
+/// after the first read into a released one, large after a small one), back to small when it
+/// did not need the large one.
 fn resize_after(buf: &mut BytesMut, n: usize) {
     let cap = buf.capacity();
     buf.clear();
-    if n == cap && cap < READ_LARGE {
+    if n == cap && cap < READ_SMALL {
+        *buf = BytesMut::with_capacity(READ_SMALL);
+    } else if n == cap && cap < READ_LARGE {
         buf.reserve(READ_LARGE);
     } else if n <= READ_SMALL && cap > READ_SMALL {
         *buf = BytesMut::with_capacity(READ_SMALL);
@@ -757,6 +799,25 @@ fn resize_after(buf: &mut BytesMut, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A released buffer takes 64 bytes on its next read (BytesMut's own growth), then grows
+    /// to small and large as reads fill it, and goes back to small after a quiet read.
+    #[test]
+    fn read_buffers_grow_from_released_and_shrink_back() {
+        let mut buf = BytesMut::new();
+        assert_eq!(buf.capacity(), 0);
+        bytes::BufMut::chunk_mut(&mut buf);
+        let first = buf.capacity();
+        assert!(first > 0 && first < READ_SMALL, "{first}");
+        resize_after(&mut buf, 10);
+        assert_eq!(buf.capacity(), first, "a quiet read keeps what it has");
+        resize_after(&mut buf, first);
+        assert_eq!(buf.capacity(), READ_SMALL);
+        resize_after(&mut buf, READ_SMALL);
+        assert!(buf.capacity() >= READ_LARGE);
+        resize_after(&mut buf, 100);
+        assert_eq!(buf.capacity(), READ_SMALL);
+    }
 
     #[test]
     fn only_data_frames_count_as_data() {

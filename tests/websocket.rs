@@ -182,6 +182,39 @@ async fn websocket_idle_for_70s_still_round_trips() {
     assert_eq!(ws_roundtrip(&mut ws, "after").await, "upstream-a:after");
 }
 
+/// A tunnel quiet for over a second gives its read buffers back (src/websocket.rs,
+/// `RELEASE_AFTER`); the next messages, one larger than every buffer size it grows through,
+/// still arrive whole and in order, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_after_the_buffers_were_released_arrive_whole() {
+    let w = World::start("").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    let origin = format!("http://{host}");
+    let cookie = format!("session={OWNER_SESSION}");
+    let mut ws = ws_connect(
+        w.gw.addr,
+        &host,
+        "/agent/ws",
+        &[("origin", &origin), ("cookie", &cookie)],
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "before").await, "upstream-a:before");
+    let big: String = (0..40_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            ws_roundtrip(&mut ws, &big).await,
+            format!("upstream-a:{big}"),
+            "round {round}"
+        );
+        assert_eq!(ws_roundtrip(&mut ws, "small").await, "upstream-a:small");
+    }
+}
+
 /// A stopping process closes its WebSockets with 1012 (service restart), between frames, so
 /// clients reconnect at once instead of seeing 1006.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

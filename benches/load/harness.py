@@ -203,7 +203,8 @@ def ws_kib_per_conn(proc, port, n, host):
     time.sleep(0.5)
     before = sum(rss_kib(p) for p in tree_pids(proc.pid))
     held = hold_websockets(port, n, host)
-    time.sleep(1.0)
+    # 2 s idle, every proxy alike: edgegate's tunnels release their read buffers after 1 s.
+    time.sleep(2.0)
     after = sum(rss_kib(p) for p in tree_pids(proc.pid))
     for s in held + warm:
         s.close()

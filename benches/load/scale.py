@@ -433,7 +433,9 @@ def held_kib(proc, opener, n):
     time.sleep(0.5)
     before = rss_of(proc)
     held = opener(n)
-    time.sleep(1.0)
+    # Idle for 2 s before the count, every proxy alike: edgegate's tunnels release their read
+    # buffers after 1 s without traffic (src/websocket.rs, RELEASE_AFTER).
+    time.sleep(2.0)
     after = rss_of(proc)
     for s in held + warm:
         s.close()
