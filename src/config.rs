@@ -426,8 +426,8 @@ pub struct ListenConfig {
     /// TLS listeners.
     #[serde(default)]
     pub tls: Vec<TlsListenConfig>,
-    /// Read buffer per plain-HTTP client connection (Pingora's default is 64 KiB, zero-filled,
-    /// held for the connection's life: most of an idle WebSocket's memory). 0: unbuffered.
+    /// Read buffer per plain-HTTP client connection, held for the connection's life (Pingora's
+    /// default is 64 KiB). 0, the default: unbuffered.
     #[serde(default = "default_read_buffer")]
     pub read_buffer_bytes: usize,
     /// Read buffer per TLS client connection (one TLS record is up to 16 KiB + overhead).
@@ -469,10 +469,12 @@ impl Default for ListenConfig {
     }
 }
 
-/// 4 KiB: an idle kept-alive connection holds it as long as it waits (docs/BENCHMARKS.md,
-/// "Idle keep-alive connections"); Pingora's header reads (4 KiB and up) bypass it anyway.
+/// None: an idle connection would hold it as long as it waits, and what reads the socket
+/// reads into buffers of its own (Pingora's head and body buffers, the tunnel's), which went
+/// around it anyway or through it with a copy. Unbuffered: 4 KiB less per idle connection
+/// and ~1,060 fewer instructions per request (docs/BENCHMARKS.md, "Scale").
 fn default_read_buffer() -> usize {
-    4 * 1024
+    0
 }
 
 fn default_tls_read_buffer() -> usize {
