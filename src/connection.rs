@@ -214,6 +214,27 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionApp<A> {
     }
 }
 
+/// The client's stream for a WebSocket tunnel, which reads and writes it through buffers of
+/// its own: the `Guarded` wrapper comes off (its header deadline and line checks are over)
+/// and, on plain text, Pingora's L4 buffers are dropped (pingora-core patch 0002), so an idle
+/// tunnel holds neither. A stream that still holds bytes in either is kept as it is.
+/// `None` only if a checked downcast failed, which cannot happen.
+pub fn for_tunnel(stream: Stream) -> Option<Stream> {
+    use pingora::protocols::l4::stream::Stream as L4Stream;
+    let stream = match stream.as_any().downcast_ref::<Guarded>() {
+        Some(g) if g.ahead.is_empty() && g.reply.is_none() => {
+            stream.into_any().downcast::<Guarded>().ok()?.inner
+        }
+        _ => return Some(stream),
+    };
+    if !stream.as_any().is::<L4Stream>() {
+        return Some(stream);
+    }
+    let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+    l4.release_buffers();
+    Some(l4)
+}
+
 /// Called by the proxy once a request's headers are parsed.
 pub fn headers_received(stream: Option<&Stream>) {
     set_phase(stream, RECEIVED);

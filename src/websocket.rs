@@ -345,6 +345,10 @@ impl Tunnels {
             ctx.ws_close_cause = Some("error");
             return Ok(());
         };
+        let Some(client) = crate::connection::for_tunnel(client) else {
+            ctx.ws_close_cause = Some("error");
+            return Ok(());
+        };
         // The tunnel, its request and its state go to a task of their own: Pingora's task for
         // this connection (and everything it holds for HTTP) ends here.
         let ctx = std::mem::replace(ctx, RequestCtx::detached_shell());
@@ -497,6 +501,10 @@ impl Tunnel {
             }
             let idle_at = last + idle;
             let mut wake = idle_at;
+            if closing.is_some() {
+                // Waiting for a frame boundary to close at: look again every 50 ms.
+                wake = wake.min(Instant::now() + Duration::from_millis(50));
+            }
             if !released {
                 wake = wake.min(read_at + RELEASE_AFTER);
             }
@@ -581,7 +589,6 @@ impl Tunnel {
                     Err(broadcast::error::RecvError::Closed) => false,
                 },
                 _ = self.stopping.changed(), if !*self.stopping.borrow() => false,
-                _ = tokio::time::sleep(Duration::from_millis(50)), if closing.is_some() => false,
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     if now >= idle_at {
@@ -622,7 +629,7 @@ impl Tunnel {
                             closing = Some((&CLOSE_1008, cause, now + Duration::from_secs(1)));
                             false
                         }
-                        _ if now >= next_recheck => {
+                        _ if now >= next_recheck && closing.is_none() => {
                             next_recheck = now + recheck_every;
                             true
                         }
@@ -726,15 +733,31 @@ async fn read_rest(
     have
 }
 
-/// A copy of `req` that owns its bytes. Pingora's parse shares the connection's head buffer
-/// (4 KiB) with every header value and the target, so a clone held by the tunnel would keep
-/// that buffer (and the case map) for the tunnel's life.
+/// Request headers the tunnel's copy leaves out: the handshake's own and the browser's
+/// content negotiation, which no decision, re-check or log line reads (a browser's upgrade
+/// carries a dozen headers, each costing its copy and its slot for the tunnel's life). A
+/// header a decision starts to read must not be listed here.
+const NOT_KEPT: [http::HeaderName; 8] = [
+    http::header::SEC_WEBSOCKET_KEY,
+    http::header::SEC_WEBSOCKET_VERSION,
+    http::header::SEC_WEBSOCKET_EXTENSIONS,
+    http::header::ACCEPT_ENCODING,
+    http::header::ACCEPT_LANGUAGE,
+    http::header::CACHE_CONTROL,
+    http::header::PRAGMA,
+    http::header::USER_AGENT,
+];
+
+/// A copy of `req` that owns its bytes, for the tunnel's re-checks and log line. Pingora's
+/// parse shares the connection's head buffer (4 KiB) with every header value and the target,
+/// so a clone held by the tunnel would keep that buffer (and the case map) for its life.
 fn owned_copy(req: &RequestHeader) -> Result<RequestHeader, GatewayError> {
+    let kept = || req.headers.iter().filter(|(n, _)| !NOT_KEPT.contains(n));
     let mut copy =
-        RequestHeader::build_no_case(req.method.clone(), req.raw_path(), Some(req.headers.len()))
+        RequestHeader::build_no_case(req.method.clone(), req.raw_path(), Some(kept().count()))
             .map_err(|_| GatewayError::BadPath)?;
     copy.set_version(req.version);
-    for (name, value) in req.headers.iter() {
+    for (name, value) in kept() {
         let value =
             http::HeaderValue::from_bytes(value.as_bytes()).map_err(|_| GatewayError::Internal)?;
         copy.append_header(name.clone(), value)

@@ -623,6 +623,24 @@ impl Stream {
         }
     }
 
+    /// Drop the read and write buffers, if neither holds bytes: for a stream whose owner reads
+    /// and writes it through buffers of its own from now on (a tunnel), so that it does not
+    /// hold these for the rest of its life. Reads and writes then go straight to the socket.
+    /// Returns `false`, and changes nothing, when a buffer still holds bytes.
+    pub fn release_buffers(&mut self) -> bool {
+        let held = match self.stream() {
+            BufferedStream::UnbufferedRead(writer) => !writer.buffer().is_empty(),
+            BufferedStream::BufferedRead(reader) => {
+                !reader.buffer().is_empty() || !reader.get_ref().buffer().is_empty()
+            }
+        };
+        if held {
+            return false;
+        }
+        self.set_buffer(L4BufferSettings::default().read(0).write(0));
+        true
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
@@ -1031,6 +1049,37 @@ mod tests {
         let n = stream.read(buffer.as_mut_slice()).await.unwrap();
         assert_eq!(n, message.len());
         assert!(stream.rx_ts.is_none());
+    }
+
+    #[tokio::test]
+    async fn test_release_buffers_keeps_every_byte() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.write_all(b"0123456789").await.unwrap();
+            let mut got = vec![0u8; 6];
+            stream.read_exact(&mut got).await.unwrap();
+            got
+        });
+        let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+        stream.set_buffer(L4BufferSettings::default().read(64).write(64));
+        // Read 4 of the 10 bytes: the read buffer holds the rest, so nothing is released.
+        let mut head = [0u8; 4];
+        stream.read_exact(&mut head).await.unwrap();
+        assert!(!stream.release_buffers());
+        let mut rest = [0u8; 6];
+        stream.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"456789");
+        // An unflushed write holds the write buffer.
+        stream.write_all(b"abc").await.unwrap();
+        assert!(!stream.release_buffers());
+        stream.flush().await.unwrap();
+        // Both empty: released; writes now go straight through.
+        assert!(stream.release_buffers());
+        stream.write_all(b"def").await.unwrap();
+        stream.flush().await.unwrap();
+        assert_eq!(peer.await.unwrap(), b"abcdef");
     }
 
     #[tokio::test]
