@@ -12,11 +12,10 @@ mod allocator;
 static GLOBAL: allocator::MiMalloc = allocator::MiMalloc;
 
 use edgegate::route::cache::Cache;
-use edgegate::route::store::{Cached, Record, StoreFailure};
-use std::sync::Arc;
+use edgegate::route::store::{Cached, Record, RecordRef, StoreFailure};
 use std::time::Duration;
 
-type Lookup = Result<Option<Arc<Cached>>, StoreFailure>;
+type Lookup = Result<Option<RecordRef>, StoreFailure>;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -53,7 +52,7 @@ fn main() {
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect();
                     (
-                        Ok(Some(Arc::new(Cached::new(record)))),
+                        Ok(Some(RecordRef::new(Cached::new(record)))),
                         Some(Duration::from_secs(3600)),
                     )
                 })

@@ -31,9 +31,44 @@ pub struct Cached {
     pairs: Box<str>,
     /// The parse (upstream address, or why it failed) and the shape of the route that made it
     /// (`Route::record_shape`): a route that reads other fields parses for itself.
-    pub(crate) upstream:
-        std::sync::OnceLock<(u64, Result<crate::upstream::UpstreamAddr, GatewayError>)>,
+    pub(crate) upstream: std::sync::OnceLock<(u64, Parsed)>,
 }
+
+/// An upstream parse as a cached record keeps it: 24 bytes where the `Result` it stands for
+/// takes 40, which with a weak-count-free `Arc` puts a record's `Cached` in 64 bytes, not 96.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Parsed {
+    Ip(std::net::IpAddr, u16),
+    Name(Box<str>, u16),
+    Failed(GatewayError),
+}
+
+impl Parsed {
+    pub(crate) fn new(parsed: &Result<crate::upstream::UpstreamAddr, GatewayError>) -> Parsed {
+        use crate::net::UpstreamHost;
+        match parsed {
+            Ok(a) => match &a.host {
+                UpstreamHost::Ip(ip) => Parsed::Ip(*ip, a.port),
+                UpstreamHost::Name(n) => Parsed::Name(n.as_str().into(), a.port),
+            },
+            Err(e) => Parsed::Failed(e.clone()),
+        }
+    }
+
+    pub(crate) fn get(&self) -> Result<crate::upstream::UpstreamAddr, GatewayError> {
+        use crate::net::UpstreamHost;
+        let (host, port) = match self {
+            Parsed::Ip(ip, port) => (UpstreamHost::Ip(*ip), *port),
+            Parsed::Name(n, port) => (UpstreamHost::Name(n.to_string()), *port),
+            Parsed::Failed(e) => return Err(e.clone()),
+        };
+        Ok(crate::upstream::UpstreamAddr { host, port })
+    }
+}
+
+/// A shared cached record. `triomphe`'s `Arc` has no weak count: 8 bytes less per record,
+/// which is what puts one in a smaller size class (see `Parsed`).
+pub type RecordRef = triomphe::Arc<Cached>;
 
 impl Cached {
     pub fn new(record: Record) -> Cached {
@@ -123,8 +158,7 @@ pub trait RouteStore: Send + Sync {
     async fn ping(&self) -> bool;
 
     /// Set `field` to the given unix time on each existing record (never creating one).
-    async fn mark_activity(&self, field: &str, batch: &[(String, u64)])
-        -> Result<(), StoreFailure>;
+    async fn mark_activity(&self, field: &str, batch: &[(&str, u64)]) -> Result<(), StoreFailure>;
 
     /// Add each of `events` to the stream `stream` as its field `event`, trimming the stream
     /// to about `maxlen` entries. One round trip.
@@ -148,7 +182,7 @@ pub trait RouteStore: Send + Sync {
 }
 
 /// The answer cached per key.
-type Lookup = Result<Option<Arc<Cached>>, StoreFailure>;
+type Lookup = Result<Option<RecordRef>, StoreFailure>;
 
 impl super::cache::Weigh for Lookup {
     /// The record's fields and values, and what each costs in its map.
@@ -156,7 +190,7 @@ impl super::cache::Weigh for Lookup {
         match self {
             // The record's text, its `Cached` and `Arc` (the entry's own slot is the cache's
             // overhead).
-            Ok(Some(rec)) => rec.text_len() + std::mem::size_of::<Cached>() + 16,
+            Ok(Some(rec)) => rec.text_len() + std::mem::size_of::<Cached>() + 8,
             _ => 0,
         }
     }
@@ -206,7 +240,7 @@ impl Records {
 
     /// The record at `key`; `Ok(None)` when there is none. Store failures become the
     /// client-facing error here and are logged with the key.
-    pub async fn get(&self, key: &str) -> (Result<Option<Arc<Cached>>, GatewayError>, Outcome) {
+    pub async fn get(&self, key: &str) -> (Result<Option<RecordRef>, GatewayError>, Outcome) {
         self.lookup(key, key, true).await
     }
 
@@ -215,7 +249,7 @@ impl Records {
     pub async fn get_secret(
         &self,
         key: &str,
-    ) -> (Result<Option<Arc<Cached>>, GatewayError>, Outcome) {
+    ) -> (Result<Option<RecordRef>, GatewayError>, Outcome) {
         self.lookup(key, "<redacted>", false).await
     }
 
@@ -288,7 +322,7 @@ impl Records {
         key: &str,
         log_key: &str,
         stale_ok: bool,
-    ) -> (Result<Option<Arc<Cached>>, GatewayError>, Outcome) {
+    ) -> (Result<Option<RecordRef>, GatewayError>, Outcome) {
         // Route records (stale allowed) and secrets (sessions) live in separate caches.
         let cache = if stale_ok { &self.cache } else { &self.secrets };
         let (lookup, outcome) = cache
@@ -297,7 +331,7 @@ impl Records {
                     .store
                     .fetch(key)
                     .await
-                    .map(|r| r.map(|r| Arc::new(Cached::new(r))));
+                    .map(|r| r.map(|r| RecordRef::new(Cached::new(r))));
                 if let (Err(StoreFailure::Unavailable(_)), true) = (&res, stale_ok) {
                     // The expired copy, read within the stale window and not invalidated since
                     // (read now, after the failure): served to the waiting requests and left as
@@ -463,7 +497,7 @@ impl RouteStore for StaticStore {
     async fn mark_activity(
         &self,
         _field: &str,
-        _batch: &[(String, u64)],
+        _batch: &[(&str, u64)],
     ) -> Result<(), StoreFailure> {
         // Records written in the config file are not updated.
         Ok(())
@@ -649,11 +683,7 @@ impl RouteStore for RedisStore {
             .is_ok()
     }
 
-    async fn mark_activity(
-        &self,
-        field: &str,
-        batch: &[(String, u64)],
-    ) -> Result<(), StoreFailure> {
+    async fn mark_activity(&self, field: &str, batch: &[(&str, u64)]) -> Result<(), StoreFailure> {
         // Only records that still exist: a deleted workspace must not come back as a hash
         // holding nothing but `last_activity`.
         const SCRIPT: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
@@ -872,6 +902,19 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cached record's shared part is 8 bytes of count and the `Cached`: 64 bytes, one of the
+    /// allocator's size classes. Growing it past that costs every cached record the next class
+    /// up (80 or 96 bytes): the million-workspace target in docs/BENCHMARKS.md counts on it.
+    #[test]
+    fn a_cached_record_fits_in_64_bytes() {
+        assert_eq!(std::mem::size_of::<Parsed>(), 24);
+        assert!(
+            std::mem::size_of::<Cached>() + 8 <= 64,
+            "{}",
+            std::mem::size_of::<Cached>()
+        );
+    }
 
     #[test]
     fn a_cached_record_answers_each_field_and_poisons_values_with_a_nul() {
