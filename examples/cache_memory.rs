@@ -15,7 +15,7 @@ use edgegate::route::cache::Cache;
 use edgegate::route::store::{Cached, Record, RecordRef, StoreFailure};
 use std::time::Duration;
 
-type Lookup = Result<Option<RecordRef>, StoreFailure>;
+type Lookup = Result<Option<RecordRef>, Box<StoreFailure>>;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -43,15 +43,79 @@ pub enum Outcome {
     Miss,
 }
 
-/// One cached answer: the value, when it was fetched and until when it is fresh (nanoseconds
-/// since the cache's epoch), and the generation it was fetched in (`clear` starts a new one).
+/// One cached answer: the value, when it was fetched (nanoseconds since the cache's epoch),
+/// for how long it is fresh (milliseconds, rounded down), and the generation it was fetched
+/// in (`clear` starts a new one). 8 bytes of times less than two `u64` instants, in an entry
+/// a million workspaces each have.
 #[derive(Clone)]
 struct Entry<V> {
     value: V,
     fetched_ns: u64,
-    expires_ns: u64,
+    ttl_ms: u32,
     generation: u32,
 }
+
+impl<V> Entry<V> {
+    fn expires_ns(&self) -> u64 {
+        self.fetched_ns
+            .saturating_add(u64::from(self.ttl_ms) * 1_000_000)
+    }
+}
+
+/// A key as the cache holds it: up to 38 bytes in the slot itself (a workspace's record key,
+/// `workspace:` and a 26-character id, is 36), longer ones on the heap. A `Box<str>` was 16
+/// bytes in the slot and a 40-byte block besides.
+#[derive(Clone)]
+enum Key {
+    Inline { len: u8, bytes: [u8; 38] },
+    Heap(Box<str>),
+}
+
+impl From<&str> for Key {
+    fn from(key: &str) -> Key {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= 38 => {
+                let mut bytes = [0u8; 38];
+                bytes[..key.len()].copy_from_slice(key.as_bytes());
+                Key::Inline { len, bytes }
+            }
+            _ => Key::Heap(key.into()),
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        match self {
+            // Copied from a `&str` whole, so always UTF-8; never panics.
+            Key::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Key::Heap(key) => key,
+        }
+    }
+}
+
+impl Key {
+    fn as_str(&self) -> &str {
+        std::borrow::Borrow::borrow(self)
+    }
+}
+
+/// Hashed and compared as the `str` it holds, so that the cache is looked up by `&str`.
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Key {}
 
 /// Weighs an entry by its bytes, and at least `floor`: `max_bytes / max_entries`, so that one
 /// weight bound keeps both the bytes and the number of entries inside the config's limits.
@@ -62,12 +126,12 @@ struct Weigher {
     unit: bool,
 }
 
-impl<V: Weigh> quick_cache::Weighter<Box<str>, Entry<V>> for Weigher {
-    fn weight(&self, key: &Box<str>, entry: &Entry<V>) -> u64 {
+impl<V: Weigh> quick_cache::Weighter<Key, Entry<V>> for Weigher {
+    fn weight(&self, key: &Key, entry: &Entry<V>) -> u64 {
         if self.unit {
             return 1;
         }
-        ((key.len() + ENTRY_OVERHEAD + entry.value.weight()) as u64).max(self.floor)
+        ((key.as_str().len() + ENTRY_OVERHEAD + entry.value.weight()) as u64).max(self.floor)
     }
 }
 
@@ -75,10 +139,10 @@ impl<V: Weigh> quick_cache::Weighter<Box<str>, Entry<V>> for Weigher {
 #[derive(Clone)]
 struct Evictions(Option<prometheus::IntCounter>);
 
-impl<V> quick_cache::Lifecycle<Box<str>, Entry<V>> for Evictions {
+impl<V> quick_cache::Lifecycle<Key, Entry<V>> for Evictions {
     type RequestState = ();
 
-    fn on_evict(&self, _: &mut (), _: Box<str>, _: Entry<V>) {
+    fn on_evict(&self, _: &mut (), _: Key, _: Entry<V>) {
         if let Some(c) = &self.0 {
             c.inc();
         }
@@ -97,7 +161,7 @@ struct Boarding<V> {
 /// A cache bounded by entries and by bytes, whose keys may come from clients (session ids,
 /// workspace ids).
 pub struct Cache<V> {
-    entries: quick_cache::sync::Cache<Box<str>, Entry<V>, Weigher, ahash::RandomState, Evictions>,
+    entries: quick_cache::sync::Cache<Key, Entry<V>, Weigher, ahash::RandomState, Evictions>,
     /// Fetches under way, one per key, each with the requests waiting on it: as many as
     /// requests in flight, and left when they land or the last request waiting gives up.
     flights: Mutex<crate::FastMap<Box<str>, Boarding<V>>>,
@@ -159,7 +223,7 @@ impl<V: Clone + Send + Sync + Weigh> Cache<V> {
         self.entries
             .get(key)
             .filter(|e| {
-                now < e.expires_ns && e.generation == self.generation.load(Ordering::Relaxed)
+                now < e.expires_ns() && e.generation == self.generation.load(Ordering::Relaxed)
             })
             .map(|e| e.value)
     }
@@ -249,13 +313,13 @@ impl<V: Clone + Send + Sync + Weigh> Cache<V> {
             self.entries.remove(key);
             return;
         }
-        let fetched_ns = self.now_ns();
         self.entries.insert(
             key.into(),
             Entry {
                 value: value.clone(),
-                fetched_ns,
-                expires_ns: fetched_ns.saturating_add(nanos(ttl)),
+                fetched_ns: self.now_ns(),
+                // Up to 49 days; a longer TTL is cut to that.
+                ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
                 generation: self.generation.load(Ordering::Relaxed),
             },
         );
@@ -343,6 +407,38 @@ impl<V> Drop for Landing<'_, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys up to 38 bytes are held in the slot, longer ones on the heap; either way a lookup
+    /// by `&str` finds exactly its own key (one byte longer or shorter is another key).
+    #[tokio::test]
+    async fn keys_inline_and_on_the_heap_are_found_by_their_text() {
+        let cache: Cache<u32> = Cache::new(100);
+        let keys: Vec<String> = (36..=40).map(|n| "k".repeat(n)).collect();
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(
+                matches!(Key::from(k.as_str()), Key::Inline { .. }),
+                k.len() <= 38
+            );
+            cache
+                .get_or_fetch(
+                    k,
+                    |_| async move { (i as u32, Some(Duration::from_secs(60))) },
+                )
+                .await;
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let (v, outcome) = cache
+                .get_or_fetch(k, |_| async { (99, Some(Duration::from_secs(60))) })
+                .await;
+            assert_eq!((v, outcome), (i as u32, Outcome::Hit), "{}", k.len());
+        }
+        assert_eq!(cache.len(), keys.len());
+        assert!(cache.invalidate(&"k".repeat(38)));
+        assert!(!cache.invalidate(&"k".repeat(38)));
+        assert_eq!(cache.len(), keys.len() - 1);
+        let multibyte = "é".repeat(19);
+        assert_eq!(Key::from(multibyte.as_str()).as_str(), multibyte);
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
