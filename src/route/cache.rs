@@ -87,7 +87,9 @@ impl From<&str> for Key {
 impl std::borrow::Borrow<str> for Key {
     fn borrow(&self) -> &str {
         match self {
-            // Copied from a `&str` whole, so always UTF-8; never panics.
+            // Copied whole from a `&str` (`From<&str>`, the only constructor), so always
+            // UTF-8: the check never fails, and costs too little to measure
+            // (docs/BENCHMARKS.md, "second curves").
             Key::Inline { len, bytes } => {
                 std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
             }
