@@ -74,11 +74,12 @@ pub struct ConnectionApp<A> {
     open: Option<prometheus::IntGauge>,
 }
 
-/// One open connection in the gauge, for as long as it lives.
-struct Counted(Option<prometheus::IntGauge>);
+/// One open connection in the gauge, for as long as it lives (a WebSocket's tunnel holds one
+/// of its own once it leaves the connection's task).
+pub(crate) struct Counted(Option<prometheus::IntGauge>);
 
 impl Counted {
-    fn new(gauge: &Option<prometheus::IntGauge>) -> Counted {
+    pub(crate) fn new(gauge: &Option<prometheus::IntGauge>) -> Counted {
         if let Some(g) = gauge {
             g.inc();
         }

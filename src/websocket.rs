@@ -378,6 +378,10 @@ impl Tunnel {
         mut upstream: Stream,
         rest: Bytes,
     ) {
+        // Still a client connection (`edgegate_connections_open`), now that the connection's
+        // own task, which counted it, has ended.
+        let _open =
+            crate::connection::Counted::new(&Some(self.env.log.metrics().connections_open.clone()));
         let write_timeout = self.write_timeout;
         let mut to_client = FrameTracker::default();
         let mut from_client = FrameTracker::default();

@@ -174,6 +174,35 @@ async fn metrics_move_by_the_right_amounts_after_known_traffic() {
         .await,
         "and no longer once it closed"
     );
+    // A WebSocket is a client connection for as long as its tunnel runs, after it has left
+    // Pingora's task for one of its own.
+    let origin = format!("http://{host}");
+    let cookie = format!("session={OWNER_SESSION}");
+    let mut ws = ws_connect(
+        w.gw.addr,
+        &host,
+        "/agent/ws",
+        &[("origin", &origin), ("cookie", &cookie)],
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "open").await, "upstream-a:open");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = w.gw.admin_get("/metrics").await.body;
+    assert_eq!(
+        series(&p, "edgegate_connections_open", &[]),
+        1.0,
+        "an open WebSocket"
+    );
+    drop(ws);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            let p = w.gw.admin_get("/metrics").await.body;
+            series(&p, "edgegate_connections_open", &[]) == 0.0
+        })
+        .await,
+        "and no longer once it closed"
+    );
     assert!(series(&after, "process_resident_memory_bytes", &[]) > 0.0);
     assert!(series(&after, "process_open_fds", &[]) > 0.0);
 
