@@ -23,6 +23,9 @@ idle        KiB per idle WebSocket and per idle keep-alive connection, at each c
 workers     two workers each (edgegate threads = 2, nginx worker_processes 2, plain Pingora
             2 threads), unpinned: req/s and CPU per request, interleaved rounds.
 
+SCALE_ACTIVITY_SECS=N sets edgegate's activity interval (0 turns the activity signal off:
+`workspaces` then measures the record cache without the marks of the interval under way).
+
 Loopback only; every loop is bounded; everything started here is stopped here. The machine's
 open-file limit (20,000 here) bounds the idle counts: a proxied WebSocket holds two
 descriptors in the proxy.
