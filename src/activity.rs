@@ -32,13 +32,15 @@ struct Mark {
     time: u64,
 }
 
-impl Marks {
-    fn key(&self, m: &Mark) -> &str {
-        self.keys
-            .get(m.at as usize..(m.at + m.len) as usize)
+impl Mark {
+    /// This mark's key in `keys` (whose end `note` bounds every span by).
+    fn key<'k>(&self, keys: &'k str) -> &'k str {
+        keys.get(self.at as usize..(self.at + self.len) as usize)
             .unwrap_or_default()
     }
+}
 
+impl Marks {
     /// Note `key` at `time` (the later of two times wins). A key that would take the keys
     /// past 4 GiB in one interval is not noted.
     fn note(&mut self, key: &str, time: u64) {
@@ -48,8 +50,7 @@ impl Marks {
             table,
             hasher,
         } = self;
-        let span = |m: &Mark| keys.get(m.at as usize..(m.at + m.len) as usize);
-        if let Some(m) = table.find_mut(hash, |m| span(m) == Some(key)) {
+        if let Some(m) = table.find_mut(hash, |m| m.key(keys) == key) {
             m.time = m.time.max(time);
             return;
         }
@@ -60,13 +61,9 @@ impl Marks {
             return;
         }
         keys.push_str(key);
-        let rehash = |m: &Mark| {
-            hasher.hash_one(
-                keys.get(m.at as usize..(m.at + m.len) as usize)
-                    .unwrap_or_default(),
-            )
-        };
-        table.insert_unique(hash, Mark { at, len, time }, rehash);
+        table.insert_unique(hash, Mark { at, len, time }, |m| {
+            hasher.hash_one(m.key(keys))
+        });
     }
 
     fn len(&self) -> usize {
@@ -74,7 +71,7 @@ impl Marks {
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.table.iter().map(|m| (self.key(m), m.time))
+        self.table.iter().map(|m| (m.key(&self.keys), m.time))
     }
 }
 

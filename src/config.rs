@@ -1794,7 +1794,13 @@ pub(crate) fn test_fixture(name: &str, contents: &str) -> std::path::PathBuf {
 /// only).
 #[cfg(test)]
 pub(crate) fn test_workspace_config(extra: &str) -> Config {
-    let text = format!(
+    Config::parse(&test_workspace_toml(extra)).expect("config")
+}
+
+/// The text of `test_workspace_config`.
+#[cfg(test)]
+fn test_workspace_toml(extra: &str) -> String {
+    format!(
         r#"
         base_domain = "example.test"
         [api]
@@ -1807,8 +1813,7 @@ pub(crate) fn test_workspace_config(extra: &str) -> Config {
         {extra}
         "#,
         test_tokens_toml()
-    );
-    Config::parse(&text).expect("config")
+    )
 }
 
 /// A `[auth.tokens]` section with a test secret (unit tests only).
@@ -1826,19 +1831,7 @@ mod tests {
     use super::*;
 
     fn minimal() -> String {
-        format!(
-            r#"
-        base_domain = "example.test"
-        [api]
-        ide_route = ""
-        [[route]]
-        name = "workspace"
-        host = "ws-{{id}}.{{base_domain}}"
-        key = "workspace:{{id}}"
-        {}
-    "#,
-            test_tokens_toml()
-        )
+        test_workspace_toml("")
     }
 
     #[test]

@@ -176,16 +176,7 @@ async fn metrics_move_by_the_right_amounts_after_known_traffic() {
     );
     // A WebSocket is a client connection for as long as its tunnel runs, after it has left
     // Pingora's task for one of its own.
-    let origin = format!("http://{host}");
-    let cookie = format!("session={OWNER_SESSION}");
-    let mut ws = ws_connect(
-        w.gw.addr,
-        &host,
-        "/agent/ws",
-        &[("origin", &origin), ("cookie", &cookie)],
-    )
-    .await
-    .expect("upgrade");
+    let mut ws = ws_connect_as_owner(w.gw.addr, &host, "/agent/ws").await;
     assert_eq!(ws_roundtrip(&mut ws, "open").await, "upstream-a:open");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let p = w.gw.admin_get("/metrics").await.body;

@@ -21,16 +21,7 @@ async fn sixty_interleaved_upgrades_each_reach_their_own_workspace() {
         let host = w.gw.ws_host(id);
         let gw = w.gw.addr;
         tasks.push(tokio::spawn(async move {
-            let origin = format!("http://{host}");
-            let cookie = format!("session={OWNER_SESSION}");
-            let mut ws = ws_connect(
-                gw,
-                &host,
-                "/agent/ws",
-                &[("origin", &origin), ("cookie", &cookie)],
-            )
-            .await
-            .expect("upgrade accepted");
+            let mut ws = ws_connect_as_owner(gw, &host, "/agent/ws").await;
             for n in 0..3 {
                 let reply = ws_roundtrip(&mut ws, &format!("m{i}-{n}")).await;
                 assert_eq!(reply, format!("{want}:m{i}-{n}"));
@@ -165,17 +156,7 @@ async fn refused_upgrades_get_json_errors_never_redirects() {
 async fn websocket_idle_for_70s_still_round_trips() {
     let w = World::start("").await;
     w.redis.workspace(ID_A, &w.a.addr.to_string());
-    let host = w.gw.ws_host(ID_A);
-    let origin = format!("http://{host}");
-    let cookie = format!("session={OWNER_SESSION}");
-    let mut ws = ws_connect(
-        w.gw.addr,
-        &host,
-        "/agent/ws",
-        &[("origin", &origin), ("cookie", &cookie)],
-    )
-    .await
-    .expect("upgrade");
+    let mut ws = ws_connect_as_owner(w.gw.addr, &w.gw.ws_host(ID_A), "/agent/ws").await;
     assert_eq!(ws_roundtrip(&mut ws, "before").await, "upstream-a:before");
     let pings = ws_idle(&mut ws, Duration::from_secs(70)).await;
     assert!(pings >= 3, "pinged every 15 s while idle: {pings}");
@@ -189,17 +170,7 @@ async fn websocket_idle_for_70s_still_round_trips() {
 async fn messages_after_the_buffers_were_released_arrive_whole() {
     let w = World::start("").await;
     w.redis.workspace(ID_A, &w.a.addr.to_string());
-    let host = w.gw.ws_host(ID_A);
-    let origin = format!("http://{host}");
-    let cookie = format!("session={OWNER_SESSION}");
-    let mut ws = ws_connect(
-        w.gw.addr,
-        &host,
-        "/agent/ws",
-        &[("origin", &origin), ("cookie", &cookie)],
-    )
-    .await
-    .expect("upgrade");
+    let mut ws = ws_connect_as_owner(w.gw.addr, &w.gw.ws_host(ID_A), "/agent/ws").await;
     assert_eq!(ws_roundtrip(&mut ws, "before").await, "upstream-a:before");
     let big: String = (0..40_000)
         .map(|i| char::from(b'a' + (i % 26) as u8))
@@ -458,12 +429,7 @@ async fn idle_dropping_relay(to: std::net::SocketAddr, idle: Duration) -> std::n
 }
 
 async fn open_through(w: &World, via: std::net::SocketAddr) -> Ws {
-    let host = w.gw.ws_host(ID_A);
-    let origin = format!("http://{host}");
-    let cookie = format!("session={OWNER_SESSION}");
-    ws_connect(via, &host, "/", &[("origin", &origin), ("cookie", &cookie)])
-        .await
-        .expect("upgrade")
+    ws_connect_as_owner(via, &w.gw.ws_host(ID_A), "/").await
 }
 
 /// Issue #18: pings every 15 s keep an idle WebSocket through a balancer that drops idle

@@ -67,15 +67,19 @@ impl<V> Entry<V> {
 /// bytes in the slot and a 40-byte block besides.
 #[derive(Clone)]
 enum Key {
-    Inline { len: u8, bytes: [u8; 38] },
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
     Heap(Box<str>),
 }
+
+/// The longest key held in the slot: with its length and the variant's tag, as large as a
+/// `Box<str>` variant aligned to 8 makes the enum anyway (40 bytes).
+const INLINE_KEY: usize = 38;
 
 impl From<&str> for Key {
     fn from(key: &str) -> Key {
         match u8::try_from(key.len()) {
-            Ok(len) if key.len() <= 38 => {
-                let mut bytes = [0u8; 38];
+            Ok(len) if key.len() <= INLINE_KEY => {
+                let mut bytes = [0u8; INLINE_KEY];
                 bytes[..key.len()].copy_from_slice(key.as_bytes());
                 Key::Inline { len, bytes }
             }
@@ -419,7 +423,7 @@ mod tests {
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(
                 matches!(Key::from(k.as_str()), Key::Inline { .. }),
-                k.len() <= 38
+                k.len() <= INLINE_KEY
             );
             cache
                 .get_or_fetch(
@@ -616,20 +620,26 @@ mod tests {
         assert_eq!((v, o), (2, Outcome::Miss), "the old read was not stored");
     }
 
+    /// A request for `key` whose fetch never answers (a client that waits until aborted).
+    fn spawn_stuck_fetch(
+        cache: &Arc<Cache<u32>>,
+        key: &'static str,
+    ) -> tokio::task::JoinHandle<(u32, Outcome)> {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_fetch(key, |_| async {
+                    std::future::pending::<()>().await;
+                    (1, Some(Duration::from_secs(60)))
+                })
+                .await
+        })
+    }
+
     #[tokio::test]
     async fn a_fetch_whose_requests_all_left_is_not_joined() {
         let cache: Arc<Cache<u32>> = Arc::new(Cache::new(100));
-        let stuck = {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .get_or_fetch("k", |_| async {
-                        std::future::pending::<()>().await;
-                        (1, Some(Duration::from_secs(60)))
-                    })
-                    .await
-            })
-        };
+        let stuck = spawn_stuck_fetch(&cache, "k");
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(cache.flights().len(), 1);
         stuck.abort();
@@ -673,15 +683,7 @@ mod tests {
         let cache: Arc<Cache<u32>> = Arc::new(Cache::new(100));
         let mut tasks = Vec::new();
         for _ in 0..8 {
-            let cache = cache.clone();
-            tasks.push(tokio::spawn(async move {
-                cache
-                    .get_or_fetch("k", |_| async {
-                        std::future::pending::<()>().await;
-                        (1, Some(Duration::from_secs(60)))
-                    })
-                    .await
-            }));
+            tasks.push(spawn_stuck_fetch(&cache, "k"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(cache.flights().get("k").map(|b| b.waiting), Some(8));

@@ -596,6 +596,16 @@ pub async fn ws_connect(
     Ok(ws)
 }
 
+/// Open a WebSocket on `path` with the workspace owner's session cookie, from the host's own
+/// origin (a browser's page on that workspace); panics if the upgrade is refused.
+pub async fn ws_connect_as_owner(gw: SocketAddr, host: &str, path: &str) -> Ws {
+    let origin = format!("http://{host}");
+    let cookie = format!("session={OWNER_SESSION}");
+    ws_connect(gw, host, path, &[("origin", &origin), ("cookie", &cookie)])
+        .await
+        .expect("upgrade")
+}
+
 /// Send a text message and return the reply text.
 pub async fn ws_roundtrip(ws: &mut Ws, msg: &str) -> String {
     use futures_util::{SinkExt, StreamExt};
