@@ -52,7 +52,7 @@ fn main() {
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect();
                     (
-                        Ok(Some(RecordRef::new(Cached::new(record)))),
+                        Ok(Some(Cached::new(record))),
                         Some(Duration::from_secs(3600)),
                     )
                 })

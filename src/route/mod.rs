@@ -642,7 +642,7 @@ mod tests {
             ("10.0.0.5:3000", "u1")
         );
         assert!(
-            matches!(both.upstream.get(), Some((s, p)) if *s == ws.record_shape() && p.get().is_ok())
+            matches!(both.upstream().get(), Some((s, p)) if *s == ws.record_shape() && p.get().is_ok())
         );
         // The cached parse, with a port route's port applied on top.
         let r = record::read(ws_port, "k", &both, Some(4000)).expect("read");
@@ -650,7 +650,7 @@ mod tests {
         // Another shape reads its own field, and does not take over the cache.
         let r = record::read(ide, "k", &both, None).expect("read");
         assert_eq!(r.upstream.expect("upstream").to_string(), "10.0.0.6:8080");
-        assert!(matches!(both.upstream.get(), Some((s, _)) if *s == ws.record_shape()));
+        assert!(matches!(both.upstream().get(), Some((s, _)) if *s == ws.record_shape()));
 
         // A failure is remembered with the record, and still a failure the second time.
         let bad = rec(&[("backend", "10.0.0.5:99999"), ("owner", "u1")]);

@@ -30,13 +30,13 @@ pub fn read<'r>(
     record: &'r Cached,
     port: Option<u16>,
 ) -> Result<RouteRecord<'r>, GatewayError> {
-    let upstream = match record.upstream.get() {
+    let upstream = match record.upstream().get() {
         Some((shape, parsed)) if *shape == route.record_shape() => parsed.get(),
         _ => {
             let parsed = parse_upstream(route, key, record);
             // Another route shape may have filled it first: then this one parses each time.
             let _ = record
-                .upstream
+                .upstream()
                 .set((route.record_shape(), super::store::Parsed::new(&parsed)));
             parsed
         }

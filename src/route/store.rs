@@ -17,25 +17,40 @@ use std::time::Duration;
 /// One Redis hash, as the app wrote it.
 pub type Record = crate::FastMap<String, String>;
 
-/// A record as the cache holds it: the hash's fields and values in one allocation, and the
-/// upstream that routing parsed from it, so a cache hit does not parse the same fields again.
-/// The hash never changes once cached (a new read makes a new `Cached`), so neither does the
-/// parse. A million cached workspaces is a memory target (issue #20): a map of `String`s cost
-/// about 500 bytes a record in nine allocations; this is two allocations and the bytes.
-#[derive(Debug)]
-pub struct Cached {
-    /// `field NUL value NUL` for each pair. A field name with a NUL is not kept (no name
-    /// edgegate reads has one); a value with a NUL is kept as U+FFFD, which no field edgegate
-    /// reads accepts, so it fails closed as the value itself would (a missing field would not
-    /// always: a session without `expires_at` does not expire).
-    pairs: Box<str>,
-    /// The parse (upstream address, or why it failed) and the shape of the route that made it
-    /// (`Route::record_shape`): a route that reads other fields parses for itself.
-    pub(crate) upstream: std::sync::OnceLock<(u64, Parsed)>,
+/// A record as the cache holds it, shared (a clone is a count): the hash's fields and values
+/// and the upstream that routing parsed from it, so a cache hit does not parse the same fields
+/// again, in one allocation. The hash never changes once cached (a new read makes a new
+/// `Cached`), so neither does the parse. A million cached workspaces is a memory target (issue
+/// #20): a map of `String`s cost about 500 bytes a record in nine allocations; this is one
+/// allocation of 56 bytes and the text (the bench's records: 95 bytes, in a 96-byte block).
+///
+/// The text is `field NUL value NUL` for each pair, UTF-8 but for the names of `NAMES`, which
+/// are kept as two bytes (`NAMED` and the name's index from 1). A field name with a NUL is not
+/// kept (no name edgegate reads has one); a value with a NUL is kept as U+FFFD, which no field
+/// edgegate reads accepts, so it fails closed as the value itself would (a missing field would
+/// not always: a session without `expires_at` does not expire).
+#[derive(Clone)]
+pub struct Cached(triomphe::ThinArc<Upstream, u8>);
+
+/// The parse (upstream address, or why it failed) and the shape of the route that made it
+/// (`Route::record_shape`): a route that reads other fields parses for itself.
+pub(crate) type Upstream = std::sync::OnceLock<(u64, Parsed)>;
+
+/// A shared cached record. `triomphe`'s `Arc` has no weak count and its thin pointer keeps the
+/// text's length in the allocation: 8 bytes in the cache's slot.
+pub type RecordRef = Cached;
+
+/// A record's allocation besides its text: the count, the parse and the text's length.
+const SHARED: usize = 8 + std::mem::size_of::<Upstream>() + 8;
+
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
 }
 
 /// An upstream parse as a cached record keeps it: 24 bytes where the `Result` it stands for
-/// takes 40, which with a weak-count-free `Arc` puts a record's `Cached` in 64 bytes, not 96.
+/// takes 40.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Parsed {
     Ip(std::net::IpAddr, u16),
@@ -66,35 +81,90 @@ impl Parsed {
     }
 }
 
-/// A shared cached record. `triomphe`'s `Arc` has no weak count: 8 bytes less per record,
-/// which is what puts one in a smaller size class (see `Parsed`).
-pub type RecordRef = triomphe::Arc<Cached>;
+/// The field names of the contract's records (SPEC §3, and the fields edgegate writes or reads
+/// by default), which a cached record keeps as two bytes each: a million records each spelling
+/// out `backend`, `owner` and `status` was 17 bytes a record, and the size class below.
+const NAMES: [&str; 8] = [
+    "backend",
+    "owner",
+    "status",
+    "target",
+    "user",
+    "expires_at",
+    "org",
+    "last_activity",
+];
+
+/// Starts a name kept by its index in `NAMES`. Never a byte of UTF-8, so never the start of a
+/// name or value kept as text.
+const NAMED: u8 = 0xFF;
+
+/// How `name` is kept in a record's text: two bytes (in `buf`) for a name of `NAMES`, else its
+/// own bytes.
+fn stored_name<'a>(name: &'a str, buf: &'a mut [u8; 2]) -> &'a [u8] {
+    // A `match` on the names (by length, then bytes) rather than a search of `NAMES`: every
+    // request reads three fields.
+    let i = match name {
+        "backend" => 0,
+        "owner" => 1,
+        "status" => 2,
+        "target" => 3,
+        "user" => 4,
+        "expires_at" => 5,
+        "org" => 6,
+        "last_activity" => 7,
+        _ => return name.as_bytes(),
+    };
+    // The index counts from 1: a 0 would read as the name's end.
+    *buf = [NAMED, i + 1];
+    buf
+}
+
+/// A kept name read back.
+fn read_name(stored: &[u8]) -> Option<&str> {
+    match stored {
+        [NAMED, i] => NAMES.get(usize::from(i.wrapping_sub(1))).copied(),
+        text => std::str::from_utf8(text).ok(),
+    }
+}
 
 impl Cached {
     pub fn new(record: Record) -> Cached {
-        let size = record.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-        let mut pairs = String::with_capacity(size);
+        let size = record
+            .iter()
+            .map(|(k, v)| stored_name(k, &mut [0; 2]).len() + v.len() + 2)
+            .sum();
+        let mut pairs = Vec::with_capacity(size);
         for (k, v) in &record {
             if k.contains('\0') {
                 continue;
             }
-            pairs.push_str(k);
-            pairs.push('\0');
-            pairs.push_str(if v.contains('\0') { "\u{FFFD}" } else { v });
-            pairs.push('\0');
+            pairs.extend_from_slice(stored_name(k, &mut [0; 2]));
+            pairs.push(0);
+            pairs.extend_from_slice(if v.contains('\0') { "\u{FFFD}" } else { v }.as_bytes());
+            pairs.push(0);
         }
-        Cached {
-            pairs: pairs.into_boxed_str(),
-            upstream: std::sync::OnceLock::new(),
-        }
+        Cached(triomphe::ThinArc::from_header_and_slice(
+            Upstream::new(),
+            &pairs,
+        ))
+    }
+
+    /// The upstream parse, once routing has made it.
+    pub(crate) fn upstream(&self) -> &Upstream {
+        &self.0.header.header
+    }
+
+    fn pairs(&self) -> &[u8] {
+        &self.0.slice
     }
 
     /// The value of `field`, if the hash has it: one pass over the bytes, comparing only at
     /// the start of each field.
     pub fn get(&self, field: &str) -> Option<&str> {
-        let text = &*self.pairs;
-        let bytes = text.as_bytes();
-        let name = field.as_bytes();
+        let bytes = self.pairs();
+        let mut buf = [0; 2];
+        let name = stored_name(field, &mut buf);
         let mut at = 0;
         while at < bytes.len() {
             let value = at + name.len() + 1;
@@ -103,7 +173,9 @@ impl Cached {
             let field_end = at + bytes[at..].iter().position(|&b| b == 0)?;
             let value_end = field_end + 1 + bytes[field_end + 1..].iter().position(|&b| b == 0)?;
             if is_it {
-                return text.get(value..value_end);
+                return bytes
+                    .get(value..value_end)
+                    .and_then(|v| std::str::from_utf8(v).ok());
             }
             at = value_end + 1;
         }
@@ -112,13 +184,16 @@ impl Cached {
 
     /// Every field and its value, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut parts = self.pairs.split('\0');
-        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+        let mut parts = self.pairs().split(|&b| b == 0);
+        std::iter::from_fn(move || {
+            let (name, value) = (parts.next()?, parts.next()?);
+            Some((read_name(name)?, std::str::from_utf8(value).ok()?))
+        })
     }
 
     /// The bytes the fields and values take.
     pub fn text_len(&self) -> usize {
-        self.pairs.len()
+        self.pairs().len()
     }
 }
 
@@ -190,9 +265,9 @@ impl super::cache::Weigh for Lookup {
     /// The record's fields and values, and what each costs in its map.
     fn weight(&self) -> usize {
         match self {
-            // The record's text, its `Cached` and `Arc` (the entry's own slot is the cache's
-            // overhead).
-            Ok(Some(rec)) => rec.text_len() + std::mem::size_of::<Cached>() + 8,
+            // The record's text and the rest of its allocation (the entry's own slot is the
+            // cache's overhead).
+            Ok(Some(rec)) => rec.text_len() + SHARED,
             _ => 0,
         }
     }
@@ -333,7 +408,7 @@ impl Records {
                     .store
                     .fetch(key)
                     .await
-                    .map(|r| r.map(|r| RecordRef::new(Cached::new(r))))
+                    .map(|r| r.map(Cached::new))
                     .map_err(Box::new);
                 if let (Err(StoreFailure::Unavailable(_)), true) =
                     (res.as_ref().map_err(|f| &**f), stale_ok)
@@ -908,18 +983,26 @@ pub fn build(
 mod tests {
     use super::*;
 
-    /// A cached record's shared part is 8 bytes of count and the `Cached`: 64 bytes, one of the
-    /// allocator's size classes. Growing it past that costs every cached record the next class
-    /// up (80 or 96 bytes): the million-workspace target in docs/BENCHMARKS.md counts on it.
+    /// A cached record is one allocation: 8 bytes of count, the parse, the text's length and
+    /// the text, and a pointer in the cache's slot. Growing any of them costs every cached
+    /// record (a million-workspace target in docs/BENCHMARKS.md counts on it): the bench's
+    /// records take 95 bytes, in the allocator's 96-byte class.
     #[test]
-    fn a_cached_record_fits_in_64_bytes() {
+    fn a_cached_record_is_one_allocation_of_56_bytes_and_its_text() {
         assert_eq!(std::mem::size_of::<Parsed>(), 24);
+        assert_eq!(std::mem::size_of::<Upstream>(), 40);
+        assert_eq!(SHARED, 56);
+        assert_eq!(std::mem::size_of::<Cached>(), 8);
         assert_eq!(std::mem::size_of::<Lookup>(), 16);
-        assert!(
-            std::mem::size_of::<Cached>() + 8 <= 64,
-            "{}",
-            std::mem::size_of::<Cached>()
-        );
+        let bench: Record = [
+            ("backend", "127.0.0.1:50879"),
+            ("owner", "bench"),
+            ("status", "running"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(SHARED + Cached::new(bench).text_len(), 95);
     }
 
     #[test]
@@ -961,5 +1044,50 @@ mod tests {
             ]
         );
         assert!(Cached::new(Record::default()).get("").is_none());
+    }
+
+    /// The contract's names are kept as two bytes each, and nothing else reads as one of them:
+    /// not a longer or shorter name, not a value that spells one, not a name that is text.
+    #[test]
+    fn the_contract_names_are_kept_short_and_read_back_only_as_themselves() {
+        let pairs = [
+            ("backend", "10.0.0.1:8080"),
+            ("backendx", "owner"),
+            ("own", "status"),
+            ("owner", "backend"),
+            ("status", "running"),
+            ("last_activity", "1765000000"),
+            ("\u{FF}\u{1}", "\u{FF}"),
+        ];
+        let record: Record = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let c = Cached::new(record);
+        for (k, v) in pairs {
+            assert_eq!(c.get(k), Some(v), "{k}");
+        }
+        for absent in [
+            "back",
+            "backendxx",
+            "ownerx",
+            "statu",
+            "user",
+            "running",
+            "\u{FF}",
+        ] {
+            assert_eq!(c.get(absent), None, "{absent}");
+        }
+        let mut all: Vec<_> = c.iter().collect();
+        all.sort();
+        let mut want = pairs.to_vec();
+        want.sort();
+        assert_eq!(all, want);
+        let three: Record = [("backend", "b"), ("owner", "o"), ("status", "s")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        // Three names of two bytes, three one-byte values and six NULs.
+        assert_eq!(Cached::new(three).text_len(), 6 + 3 + 6);
     }
 }
