@@ -1,0 +1,186 @@
+//! The response relay of a request without a body (pingora-proxy patch 0001, "relay in
+//! sequence"): what the two joined halves did, the one future must still do. The request's end
+//! reaches the upstream, the answer reaches the client, both connections are kept for the next
+//! request, and a client that leaves (or sends bytes no request announced) while the upstream
+//! has not answered ends the upstream request at once instead of at the read timeout.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// What the silent upstream saw on one connection.
+#[derive(Debug, PartialEq)]
+enum Upstream {
+    /// The request arrived (its first line).
+    Request(String),
+    /// The proxy closed the connection.
+    Closed,
+}
+
+/// An upstream that reads each request and never answers, reporting what it sees; each
+/// connection lives at most 30 s.
+async fn silent_upstream() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Upstream>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let life = tokio::time::sleep(Duration::from_secs(30));
+                tokio::pin!(life);
+                loop {
+                    tokio::select! {
+                        n = s.read(&mut buf) => match n {
+                            Ok(0) | Err(_) => {
+                                let _ = tx.send(Upstream::Closed);
+                                return;
+                            }
+                            Ok(n) => {
+                                let text = String::from_utf8_lossy(&buf[..n]);
+                                let line = text.lines().next().unwrap_or("").to_string();
+                                let _ = tx.send(Upstream::Request(line));
+                            }
+                        },
+                        _ = &mut life => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Upstream>, limit: Duration) -> Option<Upstream> {
+    tokio::time::timeout(limit, rx.recv()).await.ok().flatten()
+}
+
+fn get(host: &str, path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: session={OWNER_SESSION}\r\n\r\n")
+}
+
+/// The upstream's read timeout is far beyond the 10 s the test waits: only the relay's watch
+/// of the client can end the upstream request inside it.
+const LONG_READ: &str = "[upstream]\nread_timeout_ms = 600000\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_the_answer_ends_the_upstream_request() {
+    let w = World::start(LONG_READ).await;
+    let (addr, mut seen) = silent_upstream().await;
+    w.redis.workspace(ID_A, &addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+
+    let mut client = tokio::net::TcpStream::connect(w.gw.addr)
+        .await
+        .expect("connect");
+    client
+        .write_all(get(&host, "/slow").as_bytes())
+        .await
+        .expect("write");
+    assert_eq!(
+        next(&mut seen, Duration::from_secs(10)).await,
+        Some(Upstream::Request("GET /slow HTTP/1.1".into()))
+    );
+    drop(client);
+    assert_eq!(
+        next(&mut seen, Duration::from_secs(10)).await,
+        Some(Upstream::Closed),
+        "the upstream request outlived its client"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_bodyless_request_end_it_and_never_reach_the_upstream() {
+    let w = World::start(LONG_READ).await;
+    let (addr, mut seen) = silent_upstream().await;
+    w.redis.workspace(ID_A, &addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+
+    let mut client = tokio::net::TcpStream::connect(w.gw.addr)
+        .await
+        .expect("connect");
+    client
+        .write_all(get(&host, "/first").as_bytes())
+        .await
+        .expect("write");
+    assert_eq!(
+        next(&mut seen, Duration::from_secs(10)).await,
+        Some(Upstream::Request("GET /first HTTP/1.1".into()))
+    );
+    // Not a pipelined request that edgegate takes (it does not pipeline): bytes no request
+    // announced, smuggled behind a request without a body.
+    client
+        .write_all(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(
+        next(&mut seen, Duration::from_secs(10)).await,
+        Some(Upstream::Closed),
+        "the upstream request outlived the client's extra bytes"
+    );
+    // The client's connection is closed too, with nothing of /smuggled answered.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the client connection stayed open");
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_relayed_in_sequence_keep_both_connections_for_the_next_request() {
+    let w = World::start("").await;
+    w.redis.workspace(ID_A, &w.a.addr.to_string());
+    let host = w.gw.ws_host(ID_A);
+    let mut client = tokio::net::TcpStream::connect(w.gw.addr)
+        .await
+        .expect("connect");
+    let mut buf = Vec::new();
+    for i in 0..20 {
+        client
+            .write_all(get(&host, &format!("/seq/{i}")).as_bytes())
+            .await
+            .expect("write");
+        // One whole response (the echo upstream sends a Content-Length) before the next.
+        buf.clear();
+        let body_end = loop {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk))
+                .await
+                .expect("an answer within 10 s")
+                .expect("read");
+            assert!(n > 0, "the client connection closed after {i} answers");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("a content-length");
+                if buf.len() >= end + 4 + len {
+                    break end + 4 + len;
+                }
+            }
+        };
+        assert_eq!(buf.len(), body_end, "nothing beyond the answer");
+        let r = parse_response(&buf);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.body.contains(&format!("/seq/{i}")), "{}", r.body);
+    }
+    let seen = w.a.seen();
+    assert_eq!(seen.len(), 20);
+    assert!(
+        seen.iter().all(|s| s.conn == seen[0].conn),
+        "one upstream connection carried them all: {:?}",
+        seen.iter().map(|s| s.conn).collect::<Vec<_>>()
+    );
+}
