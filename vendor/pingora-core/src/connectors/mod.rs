@@ -430,7 +430,10 @@ async fn do_connect_inner<P: Peer + Send + Sync>(
         let local_addr = stream
             .get_socket_digest()
             .and_then(|digest| digest.local_addr().and_then(|addr| addr.as_inet()).copied());
-        let tls_stream = tls::connect(stream, peer, alpn_override, tls_ctx)
+        // Boxed: the handshake's future is ~7.5 KB, and unboxed it sizes every future that
+        // awaits a connection (a proxy's per-request future among them, which is moved into
+        // its box whole on every request, plain-text or pooled ones included).
+        let tls_stream = Box::pin(tls::connect(stream, peer, alpn_override, tls_ctx))
             .await
             .map_err(|e| attach_connect_local_addr(e, local_addr))?;
         Ok(Box::new(tls_stream))
