@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if matches_pooled(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -474,6 +474,25 @@ impl PreferredHttpVersion {
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
+/// Whether a pooled `stream` is connected to `peer`. For a direct TCP peer this compares the
+/// address the stream's socket digest read once for the connection, rather than asking the
+/// kernel (`getpeername`) on every reuse; whether the connection still works is
+/// `test_reusable_stream`'s to say. Peers through a proxy, Unix sockets and streams without a
+/// digest are checked on the descriptor as before.
+#[cfg(unix)]
+fn matches_pooled<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    use crate::protocols::l4::socket::SocketAddr as PeerAddr;
+    if peer.get_proxy().is_none() {
+        if let (PeerAddr::Inet(want), Some(digest)) = (peer.address(), stream.get_socket_digest()) {
+            if let Some(PeerAddr::Inet(got)) = digest.peer_addr() {
+                // 0.0.0.0 as a destination is skipped as `check_fd_match` skips it.
+                return (want.ip().is_unspecified() && want.is_ipv4()) || got == want;
+            }
+        }
+    }
+    peer.matches_fd(stream.id())
+}
+
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
@@ -603,6 +622,31 @@ mod tests {
         assert!(l4_timing.offload_wait_duration.is_none());
         connector.release_stream(stream, peer.reuse_hash(), None);
 
+        let (_, reused) = connector.get_stream(&peer).await.unwrap();
+        assert!(reused);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn test_pooled_stream_matches_by_its_digest() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+        let connector = TransportConnector::new(None);
+        let peer = BasicPeer::new(&addr.to_string());
+        let stream = connector.new_stream(&peer).await.unwrap();
+        let _server = accept.await.unwrap();
+        assert!(matches_pooled(&peer, &stream));
+        // Another port on the same host, and another host: not this stream's peer.
+        let other_port = BasicPeer::new(&format!("127.0.0.1:{}", addr.port() ^ 1));
+        assert!(!matches_pooled(&other_port, &stream));
+        let other_host = BasicPeer::new(&format!("127.0.0.2:{}", addr.port()));
+        assert!(!matches_pooled(&other_host, &stream));
+        // The same, on the descriptor (the check it stands in for).
+        assert!(peer.matches_fd(stream.id()));
+        assert!(!other_port.matches_fd(stream.id()));
+        // Released and taken again from the pool: reused, by the digest's address.
+        connector.release_stream(stream, peer.reuse_hash(), None);
         let (_, reused) = connector.get_stream(&peer).await.unwrap();
         assert!(reused);
     }
