@@ -430,7 +430,8 @@ pub struct ListenConfig {
     /// default is 64 KiB). 0, the default: unbuffered.
     #[serde(default = "default_read_buffer")]
     pub read_buffer_bytes: usize,
-    /// Read buffer per TLS client connection (one TLS record is up to 16 KiB + overhead).
+    /// Read buffer per TLS client connection, under rustls (which reads into a buffer of its
+    /// own). 0, the default: unbuffered.
     #[serde(default = "default_tls_read_buffer")]
     pub tls_read_buffer_bytes: usize,
 }
@@ -477,8 +478,12 @@ fn default_read_buffer() -> usize {
     0
 }
 
+/// None, as for plain HTTP: rustls reads each record into its own buffer, so one under it
+/// was a copy and a 16 KiB block every idle TLS connection held. Unbuffered: an idle TLS
+/// keep-alive connection 34.7 -> 17.2 KiB (nginx 15.2, HAProxy 15.5), and no more CPU per
+/// request (24.7 against 25.6 µs, interleaved; docs/BENCHMARKS.md, "Scale").
 fn default_tls_read_buffer() -> usize {
-    16 * 1024 + 256
+    0
 }
 
 fn default_listen() -> Vec<String> {

@@ -7,6 +7,7 @@ needs; each part can also be run alone:
     python3 benches/load/scale.py cold [--records 400000]
     python3 benches/load/scale.py idle [--counts 1000,8000]
     python3 benches/load/scale.py workers
+    python3 benches/load/scale.py tls [--counts 1000,3000]
 
 workspaces  N records in Redis, every one requested once (cache ttl 1 h, so all stay cached),
             then: RSS per cached record, CPU per request at saturation and p50/p99 at a fixed
@@ -20,6 +21,9 @@ cold        every request a workspace no earlier request named (so never in the 
             they cost.
 idle        KiB per idle WebSocket and per idle keep-alive connection, at each count, for
             edgegate, plain Pingora, nginx and HAProxy (RSS growth of the process tree).
+tls         KiB per idle kept-alive connection over TLS (one GET each, then held), edgegate
+            with its default TLS read buffer and without one, beside nginx and HAProxy
+            (not in the default parts: it takes a few minutes more).
 workers     two workers each (edgegate threads = 2, nginx worker_processes 2, plain Pingora
             2 threads), unpinned: req/s and CPU per request, interleaved rounds.
 
@@ -345,7 +349,7 @@ def nginx_conf(work, name, body, workers=1):
     return path
 
 
-def haproxy_conf(work, name, listen, backend):
+def haproxy_conf(work, name, listen, backend, bind_opts=""):
     path = os.path.join(work, f"{name}.cfg")
     with open(path, "w") as f:
         f.write(f"""global
@@ -358,7 +362,7 @@ defaults
   timeout tunnel 3600s
   timeout http-keep-alive 300s
 frontend fe
-  bind 127.0.0.1:{listen}
+  bind 127.0.0.1:{listen}{bind_opts}
   default_backend be
 backend be
   http-reuse always
@@ -425,6 +429,110 @@ def part_idle(a, work):
                         cells.append(held_kib(p, lambda k: opener(port, k), n))
                     finally:
                         procs.stop()
+            print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
+    finally:
+        backend.stop()
+    print()
+
+def part_tls(a, work):
+    """Idle kept-alive connections over TLS (each served one GET, then held): what a browser
+    holds open. edgegate with its default TLS read buffer and without one, beside nginx and
+    HAProxy terminating TLS the same way (one self-signed P-256 certificate, TLS 1.3)."""
+    print("## idle keep-alive connections over TLS: RSS growth per connection (KiB)\n")
+    counts = [int(x) for x in a.counts.split(",")]
+    import resource
+    import ssl
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    cert, key = os.path.join(work, "tls.crt"), os.path.join(work, "tls.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:*.bench.test", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    pem = os.path.join(work, "tls.pem")
+    with open(pem, "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    client.set_alpn_protocols(["http/1.1"])
+    req = (f"GET / HTTP/1.1\r\nHost: {h.HOST}\r\nCookie: session={h.SESSION}\r\n\r\n").encode()
+
+    def hold(port, n):
+        socks = []
+        for _ in range(n):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s = client.wrap_socket(raw, server_hostname=h.HOST)
+            s.sendall(req)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise SystemExit(f"port {port}: TLS connection closed before a response")
+                buf += chunk
+            if not buf.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"port {port}: {buf[:80]!r}")
+            head, _, body = buf.partition(b"\r\n\r\n")
+            length = next((int(v.strip()) for k, _, v in (l.partition(b":")
+                           for l in head.split(b"\r\n")[1:])
+                           if k.strip().lower() == b"content-length"), 0)
+            while len(body) < length:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise SystemExit(f"port {port}: body cut short")
+                body += chunk
+            socks.append(s)
+        return socks
+
+    backend = h.Procs()
+    try:
+        up, rp = h.start_backend(backend, work, None)
+        print("| proxy | " + " | ".join(f"{n:,} held" for n in counts) + " |")
+        print("| --- |" + " ---: |" * len(counts))
+        rows = [("nginx", None), ("edgegate, `tls_read_buffer_bytes` 16640 (default)", None),
+                ("edgegate, `tls_read_buffer_bytes` 0", 0)]
+        if shutil.which("haproxy"):
+            rows.insert(1, ("HAProxy", None))
+        for name, buf in rows:
+            cells = []
+            for n in counts:
+                procs = h.Procs()
+                try:
+                    port = h.free_port()
+                    if name == "nginx":
+                        p = procs.start("nginx", ["nginx", "-c", nginx_conf(work, f"tls-{port}", f"""
+  keepalive_timeout 300s;
+  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
+           ssl_protocols TLSv1.3;
+           location / {{ proxy_pass http://up; proxy_http_version 1.1;
+                        proxy_set_header Connection ""; proxy_set_header Host $host; }} }}
+""")])
+                    elif name == "HAProxy":
+                        p = procs.start(name, ["haproxy", "-db", "-f", haproxy_conf(
+                            work, f"tls-{port}", port, f"127.0.0.1:{up}",
+                            f" ssl crt {pem} alpn http/1.1 ssl-min-ver TLSv1.3")])
+                    else:
+                        eg, adm = h.free_port(), h.free_port()
+                        cfg = edgegate_conf(work, eg, adm, rp, "ttl_ms = 3600000\n")
+                        with open(cfg) as f:
+                            text = f.read()
+                        extra = f"tls_read_buffer_bytes = {buf}\n" if buf is not None else ""
+                        text = text.replace(f'http = ["127.0.0.1:{eg}"]\n',
+                                            f'http = ["127.0.0.1:{eg}"]\n{extra}'
+                                            f'[[listen.tls]]\naddr = "127.0.0.1:{port}"\n'
+                                            f'h2 = false\n[[listen.tls.certs]]\n'
+                                            f'cert_file = "{cert}"\nkey_file = "{key}"\n'
+                                            f'names = ["*.bench.test"]\n')
+                        with open(cfg, "w") as f:
+                            f.write(text)
+                        p = procs.start("edgegate", [os.path.join(h.ROOT, "target/release/edgegate"),
+                                                     "run", "-c", cfg])
+                        h.wait_port(eg)
+                    h.wait_port(port)
+                    cells.append(held_kib(p, lambda k: hold(port, k), n))
+                finally:
+                    procs.stop()
             print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
     finally:
         backend.stop()
@@ -527,6 +635,9 @@ def main():
                 part_idle(sub, work)
             elif part == "workers":
                 part_workers(sub, work)
+            elif part == "tls":
+                sub.counts = a.counts or "1000,3000"
+                part_tls(sub, work)
             else:
                 raise SystemExit(f"unknown part {part!r}")
     finally:
