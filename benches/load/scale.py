@@ -22,7 +22,7 @@ cold        every request a workspace no earlier request named (so never in the 
 idle        KiB per idle WebSocket and per idle keep-alive connection, at each count, for
             edgegate, plain Pingora, nginx and HAProxy (RSS growth of the process tree).
 tls         KiB per idle kept-alive connection over TLS (one GET each, then held), edgegate
-            with its default TLS read buffer and without one, beside nginx and HAProxy
+            without a TLS read buffer (the default) and with 16 KiB, beside nginx and HAProxy
             (not in the default parts: it takes a few minutes more).
 workers     two workers each (edgegate threads = 2, nginx worker_processes 2, plain Pingora
             2 threads), unpinned: req/s and CPU per request, interleaved rounds.
@@ -436,7 +436,7 @@ def part_idle(a, work):
 
 def part_tls(a, work):
     """Idle kept-alive connections over TLS (each served one GET, then held): what a browser
-    holds open. edgegate with its default TLS read buffer and without one, beside nginx and
+    holds open. edgegate without a TLS read buffer (the default) and with 16 KiB, beside nginx and
     HAProxy terminating TLS the same way (one self-signed P-256 certificate, TLS 1.3)."""
     print("## idle keep-alive connections over TLS: RSS growth per connection (KiB)\n")
     counts = [int(x) for x in a.counts.split(",")]
@@ -489,8 +489,8 @@ def part_tls(a, work):
         up, rp = h.start_backend(backend, work, None)
         print("| proxy | " + " | ".join(f"{n:,} held" for n in counts) + " |")
         print("| --- |" + " ---: |" * len(counts))
-        rows = [("nginx", None), ("edgegate, `tls_read_buffer_bytes` 16640 (default)", None),
-                ("edgegate, `tls_read_buffer_bytes` 0", 0)]
+        rows = [("nginx", None), ("edgegate, `tls_read_buffer_bytes` 16640", 16640),
+                ("edgegate, `tls_read_buffer_bytes` 0 (the default)", 0)]
         if shutil.which("haproxy"):
             rows.insert(1, ("HAProxy", None))
         for name, buf in rows:
@@ -517,7 +517,7 @@ def part_tls(a, work):
                         cfg = edgegate_conf(work, eg, adm, rp, "ttl_ms = 3600000\n")
                         with open(cfg) as f:
                             text = f.read()
-                        extra = f"tls_read_buffer_bytes = {buf}\n" if buf is not None else ""
+                        extra = f"tls_read_buffer_bytes = {buf}\n"
                         text = text.replace(f'http = ["127.0.0.1:{eg}"]\n',
                                             f'http = ["127.0.0.1:{eg}"]\n{extra}'
                                             f'[[listen.tls]]\naddr = "127.0.0.1:{port}"\n'
