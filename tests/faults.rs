@@ -411,30 +411,3 @@ async fn slow_header_clients_get_408_or_a_close_while_others_are_served() {
     assert!(took >= Duration::from_millis(800), "cut after {took:?}");
     assert!(w.a.seen().iter().all(|s| s.target != "/ka/3"));
 }
-
-/// Read one response with a Content-Length body from a kept-alive connection (bounded).
-async fn read_response(s: &mut tokio::net::TcpStream) -> Resp {
-    let fut = async {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = s.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "closed before a whole response");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + len {
-                    return parse_response(&buf);
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .expect("a response within 10 s")
-}

@@ -70,24 +70,34 @@ fn get(host: &str, path: &str) -> String {
 /// of the client can end the upstream request inside it.
 const LONG_READ: &str = "[upstream]\nread_timeout_ms = 600000\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_leaves_before_the_answer_ends_the_upstream_request() {
+/// A gateway in front of the silent upstream, and a client whose `GET path` has reached it.
+async fn request_left_unanswered(
+    path: &str,
+) -> (
+    World,
+    tokio::net::TcpStream,
+    mpsc::UnboundedReceiver<Upstream>,
+) {
     let w = World::start(LONG_READ).await;
     let (addr, mut seen) = silent_upstream().await;
     w.redis.workspace(ID_A, &addr.to_string());
-    let host = w.gw.ws_host(ID_A);
-
     let mut client = tokio::net::TcpStream::connect(w.gw.addr)
         .await
         .expect("connect");
     client
-        .write_all(get(&host, "/slow").as_bytes())
+        .write_all(get(&w.gw.ws_host(ID_A), path).as_bytes())
         .await
         .expect("write");
     assert_eq!(
         next(&mut seen, Duration::from_secs(10)).await,
-        Some(Upstream::Request("GET /slow HTTP/1.1".into()))
+        Some(Upstream::Request(format!("GET {path} HTTP/1.1")))
     );
+    (w, client, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_the_answer_ends_the_upstream_request() {
+    let (_w, client, mut seen) = request_left_unanswered("/slow").await;
     drop(client);
     assert_eq!(
         next(&mut seen, Duration::from_secs(10)).await,
@@ -98,22 +108,7 @@ async fn a_client_that_leaves_before_the_answer_ends_the_upstream_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_after_a_bodyless_request_end_it_and_never_reach_the_upstream() {
-    let w = World::start(LONG_READ).await;
-    let (addr, mut seen) = silent_upstream().await;
-    w.redis.workspace(ID_A, &addr.to_string());
-    let host = w.gw.ws_host(ID_A);
-
-    let mut client = tokio::net::TcpStream::connect(w.gw.addr)
-        .await
-        .expect("connect");
-    client
-        .write_all(get(&host, "/first").as_bytes())
-        .await
-        .expect("write");
-    assert_eq!(
-        next(&mut seen, Duration::from_secs(10)).await,
-        Some(Upstream::Request("GET /first HTTP/1.1".into()))
-    );
+    let (_w, mut client, mut seen) = request_left_unanswered("/first").await;
     // Not a pipelined request that edgegate takes (it does not pipeline): bytes no request
     // announced, smuggled behind a request without a body.
     client
@@ -144,35 +139,14 @@ async fn answers_relayed_in_sequence_keep_both_connections_for_the_next_request(
     let mut client = tokio::net::TcpStream::connect(w.gw.addr)
         .await
         .expect("connect");
-    let mut buf = Vec::new();
     for i in 0..20 {
         client
             .write_all(get(&host, &format!("/seq/{i}")).as_bytes())
             .await
             .expect("write");
         // One whole response (the echo upstream sends a Content-Length) before the next.
-        buf.clear();
-        let body_end = loop {
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk))
-                .await
-                .expect("an answer within 10 s")
-                .expect("read");
-            assert!(n > 0, "the client connection closed after {i} answers");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .expect("a content-length");
-                if buf.len() >= end + 4 + len {
-                    break end + 4 + len;
-                }
-            }
-        };
-        assert_eq!(buf.len(), body_end, "nothing beyond the answer");
+        let (buf, end) = read_response_bytes(&mut client).await;
+        assert_eq!(buf.len(), end, "nothing beyond the answer");
         let r = parse_response(&buf);
         assert_eq!(r.status, 200, "{r:?}");
         assert!(r.body.contains(&format!("/seq/{i}")), "{}", r.body);

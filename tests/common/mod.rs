@@ -543,6 +543,40 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Resp {
     parse_response(&buf)
 }
 
+/// Read one response with a Content-Length body (none: an empty one) from a kept-alive
+/// connection, bounded by 10 s. Returns what was read and where the response ends in it (what
+/// follows, if anything, the peer sent beyond the response).
+pub async fn read_response_bytes(s: &mut TcpStream) -> (Vec<u8>, usize) {
+    let fut = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before a whole response");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return (buf, end + 4 + len);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("a response within 10 s")
+}
+
+/// `read_response_bytes`, parsed.
+pub async fn read_response(s: &mut TcpStream) -> Resp {
+    parse_response(&read_response_bytes(s).await.0)
+}
+
 pub fn parse_response(buf: &[u8]) -> Resp {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
