@@ -23,12 +23,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 
-def hold_keepalive(port, n, host):
-    """Open n connections, one request each, kept alive; return the sockets."""
+def hold_keepalive(port, n, host, wrap=None):
+    """Open n connections, one request each, kept alive; return the sockets. `wrap` (a socket
+    to a socket) puts each connection under TLS first."""
     req = (f"GET / HTTP/1.1\r\nHost: {host}\r\nCookie: session={h.SESSION}\r\n\r\n").encode()
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if wrap:
+            s = wrap(s)
         s.sendall(req)
         buf = b""
         while b"\r\n\r\n" not in buf:

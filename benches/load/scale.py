@@ -418,17 +418,9 @@ def part_idle(a, work):
         print("| --- |" + " ---: |" * (2 * len(counts)))
         for name in names:
             cells = []
-            # A fresh proxy for every measurement: memory that closed connections gave back
-            # would otherwise be reused by the next ones and read as less growth.
             for target, opener in ((wu, lambda port, k: h.hold_websockets(port, k, h.WS_HOST)),
                                    (up, lambda port, k: hold_keepalive(port, k))):
-                for n in counts:
-                    procs = h.Procs()
-                    try:
-                        p, port = start(procs, name, target)
-                        cells.append(held_kib(p, lambda k: opener(port, k), n))
-                    finally:
-                        procs.stop()
+                cells += fresh_cells(counts, lambda procs: start(procs, name, target), opener)
             print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
     finally:
         backend.stop()
@@ -456,51 +448,17 @@ def part_tls(a, work):
     client.check_hostname = False
     client.verify_mode = ssl.CERT_NONE
     client.set_alpn_protocols(["http/1.1"])
-    req = (f"GET / HTTP/1.1\r\nHost: {h.HOST}\r\nCookie: session={h.SESSION}\r\n\r\n").encode()
-
-    def hold(port, n):
-        socks = []
-        for _ in range(n):
-            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-            s = client.wrap_socket(raw, server_hostname=h.HOST)
-            s.sendall(req)
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise SystemExit(f"port {port}: TLS connection closed before a response")
-                buf += chunk
-            if not buf.startswith(b"HTTP/1.1 200"):
-                raise SystemExit(f"port {port}: {buf[:80]!r}")
-            head, _, body = buf.partition(b"\r\n\r\n")
-            length = next((int(v.strip()) for k, _, v in (l.partition(b":")
-                           for l in head.split(b"\r\n")[1:])
-                           if k.strip().lower() == b"content-length"), 0)
-            while len(body) < length:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise SystemExit(f"port {port}: body cut short")
-                body += chunk
-            socks.append(s)
-        return socks
+    tls = lambda raw: client.wrap_socket(raw, server_hostname=h.HOST)  # noqa: E731
 
     backend = h.Procs()
     try:
         up, rp = h.start_backend(backend, work, None)
-        print("| proxy | " + " | ".join(f"{n:,} held" for n in counts) + " |")
-        print("| --- |" + " ---: |" * len(counts))
-        rows = [("nginx", None), ("edgegate, `tls_read_buffer_bytes` 16640", 16640),
-                ("edgegate, `tls_read_buffer_bytes` 0 (the default)", 0)]
-        if shutil.which("haproxy"):
-            rows.insert(1, ("HAProxy", None))
-        for name, buf in rows:
-            cells = []
-            for n in counts:
-                procs = h.Procs()
-                try:
-                    port = h.free_port()
-                    if name == "nginx":
-                        p = procs.start("nginx", ["nginx", "-c", nginx_conf(work, f"tls-{port}", f"""
+
+        def start(procs, name, buf):
+            """The proxy `name` terminating TLS in front of the upstream: (process, port)."""
+            port = h.free_port()
+            if name == "nginx":
+                p = procs.start("nginx", ["nginx", "-c", nginx_conf(work, f"tls-{port}", f"""
   keepalive_timeout 300s;
   upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
   server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
@@ -508,35 +466,57 @@ def part_tls(a, work):
            location / {{ proxy_pass http://up; proxy_http_version 1.1;
                         proxy_set_header Connection ""; proxy_set_header Host $host; }} }}
 """)])
-                    elif name == "HAProxy":
-                        p = procs.start(name, ["haproxy", "-db", "-f", haproxy_conf(
-                            work, f"tls-{port}", port, f"127.0.0.1:{up}",
-                            f" ssl crt {pem} alpn http/1.1 ssl-min-ver TLSv1.3")])
-                    else:
-                        eg, adm = h.free_port(), h.free_port()
-                        cfg = edgegate_conf(work, eg, adm, rp, "ttl_ms = 3600000\n")
-                        with open(cfg) as f:
-                            text = f.read()
-                        extra = f"tls_read_buffer_bytes = {buf}\n"
-                        text = text.replace(f'http = ["127.0.0.1:{eg}"]\n',
-                                            f'http = ["127.0.0.1:{eg}"]\n{extra}'
-                                            f'[[listen.tls]]\naddr = "127.0.0.1:{port}"\n'
-                                            f'h2 = false\n[[listen.tls.certs]]\n'
-                                            f'cert_file = "{cert}"\nkey_file = "{key}"\n'
-                                            f'names = ["*.bench.test"]\n')
-                        with open(cfg, "w") as f:
-                            f.write(text)
-                        p = procs.start("edgegate", [os.path.join(h.ROOT, "target/release/edgegate"),
-                                                     "run", "-c", cfg])
-                        h.wait_port(eg)
-                    h.wait_port(port)
-                    cells.append(held_kib(p, lambda k: hold(port, k), n))
-                finally:
-                    procs.stop()
+            elif name == "HAProxy":
+                p = procs.start(name, ["haproxy", "-db", "-f", haproxy_conf(
+                    work, f"tls-{port}", port, f"127.0.0.1:{up}",
+                    f" ssl crt {pem} alpn http/1.1 ssl-min-ver TLSv1.3")])
+            else:
+                eg, adm = h.free_port(), h.free_port()
+                cfg = edgegate_conf(work, eg, adm, rp, "ttl_ms = 3600000\n")
+                with open(cfg) as f:
+                    text = f.read()
+                text = text.replace(f'http = ["127.0.0.1:{eg}"]\n',
+                                    f'http = ["127.0.0.1:{eg}"]\ntls_read_buffer_bytes = {buf}\n'
+                                    f'[[listen.tls]]\naddr = "127.0.0.1:{port}"\nh2 = false\n'
+                                    f'[[listen.tls.certs]]\ncert_file = "{cert}"\n'
+                                    f'key_file = "{key}"\nnames = ["*.bench.test"]\n')
+                with open(cfg, "w") as f:
+                    f.write(text)
+                p = procs.start("edgegate", [os.path.join(h.ROOT, "target/release/edgegate"),
+                                             "run", "-c", cfg])
+                h.wait_port(eg)
+            h.wait_port(port)
+            return p, port
+
+        print("| proxy | " + " | ".join(f"{n:,} held" for n in counts) + " |")
+        print("| --- |" + " ---: |" * len(counts))
+        rows = [("nginx", None), ("edgegate, `tls_read_buffer_bytes` 16640", 16640),
+                ("edgegate, `tls_read_buffer_bytes` 0 (the default)", 0)]
+        if shutil.which("haproxy"):
+            rows.insert(1, ("HAProxy", None))
+        for name, buf in rows:
+            cells = fresh_cells(counts, lambda procs: start(procs, name, buf),
+                                lambda port, k: hold_keepalive(port, k, tls))
             print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
     finally:
         backend.stop()
     print()
+
+
+def fresh_cells(counts, start, opener):
+    """RSS growth per held connection at each of `counts`, a fresh proxy for every measurement
+    (memory that closed connections gave back would otherwise be reused by the next ones and
+    read as less growth). `start(procs)` starts the proxy, returning (process, port);
+    `opener(port, k)` opens and holds k connections."""
+    cells = []
+    for n in counts:
+        procs = h.Procs()
+        try:
+            p, port = start(procs)
+            cells.append(held_kib(p, lambda k: opener(port, k), n))
+        finally:
+            procs.stop()
+    return cells
 
 
 def held_kib(proc, opener, n):
@@ -553,9 +533,9 @@ def held_kib(proc, opener, n):
     return (after - before) / n
 
 
-def hold_keepalive(port, n):
+def hold_keepalive(port, n, wrap=None):
     import idle
-    return idle.hold_keepalive(port, n, h.HOST)
+    return idle.hold_keepalive(port, n, h.HOST, wrap)
 
 
 def part_workers(a, work):
