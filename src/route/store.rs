@@ -1046,6 +1046,17 @@ mod tests {
         assert!(Cached::new(Record::default()).get("").is_none());
     }
 
+    /// `stored_name`'s `match` and `NAMES` list the same names in the same order.
+    #[test]
+    fn every_contract_name_is_stored_by_its_index_and_read_back() {
+        for (i, name) in NAMES.iter().enumerate() {
+            let mut buf = [0; 2];
+            let stored = stored_name(name, &mut buf).to_vec();
+            assert_eq!(stored, [NAMED, i as u8 + 1], "{name}");
+            assert_eq!(read_name(&stored), Some(*name));
+        }
+    }
+
     /// The contract's names are kept as two bytes each, and nothing else reads as one of them:
     /// not a longer or shorter name, not a value that spells one, not a name that is text.
     #[test]
