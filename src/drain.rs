@@ -2,15 +2,17 @@
 //! message) and the record is gone or no longer `running`, the requests in flight to it end
 //! at once, on every instance.
 //!
-//! Every proxied request to a workspace holds (`Drains::hold`, from `connected_to_upstream`) a
-//! duplicate of its upstream connection's socket under the record key; the hold goes with the
-//! request's CTX. An invalidation of a held key re-reads the record (`Drains::check`, on the
+//! Every proxied request to a workspace holds (`Drains::hold`, from `connected_to_upstream`) its
+//! upstream connection's socket digest under the record key; the hold goes with the request's
+//! CTX. An invalidation of a held key re-reads the record (`Drains::check`, on the
 //! Redis runtime) and shuts the held sockets down if the workspace stopped: the upstream read
 //! fails, and the request ends with 503 `workspace_not_running` if its response had not
 //! started, else with the connection closed. Shutting down the upstream side, not the
 //! client's, works the same for HTTP/1 and HTTP/2 clients (an HTTP/2 connection carries other
-//! requests that must not end). A duplicate, not the raw descriptor: the socket stays ours
-//! until the hold is dropped, so a closed and reused descriptor number is never shut down.
+//! requests that must not end). The digest, not the raw descriptor: it shuts the socket down
+//! only while Pingora's stream owns it (vendored pingora-core, patch 0005), so a closed and
+//! reused descriptor number is never shut down, and no request pays for a duplicate
+//! descriptor (an `fcntl` and a `close` each, until that patch).
 //!
 //! WebSocket tunnels have their own loop and re-check there (`websocket`), closing with 1001.
 
@@ -19,7 +21,7 @@ use crate::ports::{Passed, PortRules};
 use crate::route::record::RUNNING;
 use crate::route::store::Records;
 use crate::FastMap;
-use std::os::fd::{BorrowedFd, RawFd};
+use pingora::protocols::SocketDigest;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -57,7 +59,7 @@ const NOT_CUT: u8 = 0;
 
 /// One request's hold on its upstream socket.
 struct Held {
-    sock: std::net::TcpStream,
+    sock: Arc<SocketDigest>,
     /// The route's status field (`None`: the record only drains when it is gone).
     status_field: Option<Arc<str>>,
     /// On the content site: how the request got onto its port.
@@ -118,23 +120,17 @@ impl Drains {
         })
     }
 
-    /// Hold the upstream socket `fd` of a request to the record `key_hash`. `None` when the
-    /// socket cannot be duplicated (out of descriptors): that request just does not drain.
+    /// Hold the upstream socket of a request to the record `key_hash`, by the socket digest
+    /// of its connection.
     pub fn hold(
         self: &Arc<Self>,
         key_hash: u64,
-        fd: RawFd,
+        sock: Arc<SocketDigest>,
         status_field: Option<Arc<str>>,
         access: Option<Passed>,
-    ) -> Option<Hold> {
-        // SAFETY: `fd` is the upstream connection Pingora hands `connected_to_upstream`, open
-        // for the duration of that call; it is only borrowed to be duplicated.
-        let owned = unsafe { BorrowedFd::borrow_raw(fd) }
-            .try_clone_to_owned()
-            .map_err(|e| log::warn!("cannot hold an upstream socket for draining: {e}"))
-            .ok()?;
+    ) -> Hold {
         let held = Arc::new(Held {
-            sock: std::net::TcpStream::from(owned),
+            sock,
             status_field,
             access,
             cut: AtomicU8::new(NOT_CUT),
@@ -145,11 +141,11 @@ impl Drains {
             .entry(key_hash)
             .or_default()
             .push(held.clone());
-        Some(Hold {
+        Hold {
             drains: self.clone(),
             key: key_hash,
             held,
-        })
+        }
     }
 
     /// Whether a request in flight holds `key_hash` (the invalidation listener asks before it
@@ -201,6 +197,7 @@ impl Drains {
                 .is_ok()
             {
                 // Both directions: the upstream read fails at once, whatever Pingora waits on.
+                // (`NotConnected`: the connection closed meanwhile, and the request with it.)
                 let _ = h.sock.shutdown(std::net::Shutdown::Both);
                 self.metrics
                     .drained
@@ -223,14 +220,18 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
+    fn digest(conn: &std::net::TcpStream) -> Arc<SocketDigest> {
+        Arc::new(SocketDigest::from_raw_fd(conn.as_raw_fd()))
+    }
+
     #[test]
     fn holds_are_released_with_their_request() {
         let drains = Drains::new(Arc::new(Metrics::new().expect("metrics")));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let conn =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let a = drains.hold(7, conn.as_raw_fd(), None, None).expect("hold");
-        let b = drains.hold(7, conn.as_raw_fd(), None, None).expect("hold");
+        let a = drains.hold(7, digest(&conn), None, None);
+        let b = drains.hold(7, digest(&conn), None, None);
         assert!(drains.holds(7));
         drop(a);
         assert!(drains.holds(7));

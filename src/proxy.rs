@@ -477,20 +477,22 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _reused: bool,
         _peer: &HttpPeer,
-        fd: std::os::unix::io::RawFd,
-        _digest: Option<&pingora::protocols::Digest>,
+        _fd: std::os::unix::io::RawFd,
+        digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         // Held for draining (`drain`): a retry's new connection replaces the first one's hold.
-        if let Some(plan) = &ctx.plan {
+        // Every TCP or Unix upstream connection has a socket digest; without one (none of
+        // Pingora's connectors makes such), the request would just not drain.
+        if let (Some(plan), Some(sock)) = (&ctx.plan, digest.and_then(|d| d.socket_digest.clone()))
+        {
             if let Some(key) = &plan.record_key {
-                let status_field = plan.status_field.clone();
-                ctx.hold = self.0.drains.hold(
+                ctx.hold = Some(self.0.drains.hold(
                     crate::auth::key_hash(key),
-                    fd,
-                    status_field,
+                    sock,
+                    plan.status_field.clone(),
                     plan.access.clone(),
-                );
+                ));
             }
         }
         Ok(())

@@ -88,6 +88,11 @@ pub struct SocketDigest {
     pub local_addr: OnceCell<Option<SocketAddr>>,
     /// Original destination address
     pub original_dst: OnceCell<Option<SocketAddr>>,
+    /// Whether a live stream owns the descriptor: set when the digest is attached to an
+    /// `l4::Stream`, cleared in that stream's `Drop` before the descriptor is closed.
+    /// `shutdown` acts only while it is set, and holds it while it acts.
+    #[cfg(unix)]
+    owned: std::sync::Mutex<bool>,
 }
 
 impl SocketDigest {
@@ -98,6 +103,39 @@ impl SocketDigest {
             peer_addr: OnceCell::new(),
             local_addr: OnceCell::new(),
             original_dst: OnceCell::new(),
+            owned: std::sync::Mutex::new(false),
+        }
+    }
+
+    #[cfg(unix)]
+    pub(crate) fn set_owned(&self, owned: bool) {
+        *self.owned.lock().unwrap_or_else(|p| p.into_inner()) = owned;
+    }
+
+    /// Shut the socket down (`shutdown(2)`) from any task or thread, for instance to end a
+    /// request whose read or write is pending in another task.
+    ///
+    /// This acts only while the stream that owns the descriptor lives: once that stream is
+    /// dropped it returns `NotConnected` and touches nothing, so a descriptor number the
+    /// kernel has since given to another socket is never shut down. A digest that was never
+    /// attached to a stream never acts.
+    #[cfg(unix)]
+    pub fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+        let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        if !*owned {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        }
+        let how = match how {
+            std::net::Shutdown::Read => libc::SHUT_RD,
+            std::net::Shutdown::Write => libc::SHUT_WR,
+            std::net::Shutdown::Both => libc::SHUT_RDWR,
+        };
+        // SAFETY: the descriptor is open and ours while `owned` is set, and the owning
+        // stream's Drop clears it (waiting for this lock) before the descriptor is closed.
+        if unsafe { libc::shutdown(self.raw_fd, how) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
         }
     }
 

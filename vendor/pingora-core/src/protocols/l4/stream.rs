@@ -815,12 +815,25 @@ impl GetSocketDigest for Stream {
     }
 
     fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+        #[cfg(unix)]
+        {
+            if let Some(old) = &self.socket_digest {
+                old.set_owned(false);
+            }
+            socket_digest.set_owned(true);
+        }
         self.socket_digest = Some(Arc::new(socket_digest))
     }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        // Before the descriptor is closed (with `self.stream`, after this body): a digest
+        // kept by someone else must not shut down whatever socket gets its number next.
+        #[cfg(unix)]
+        if let Some(digest) = &self.socket_digest {
+            digest.set_owned(false);
+        }
         if let Some(t) = self.tracer.as_ref() {
             t.0.on_disconnected();
         }
@@ -1080,6 +1093,45 @@ mod tests {
         stream.write_all(b"def").await.unwrap();
         stream.flush().await.unwrap();
         assert_eq!(peer.await.unwrap(), b"abcdef");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn test_socket_digest_shuts_down_only_while_owned() {
+        use std::io::ErrorKind::NotConnected;
+        use std::net::Shutdown;
+        use std::os::unix::io::AsRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let fd = tcp.as_raw_fd();
+        let mut stream: Stream = tcp.into();
+        // A digest no stream owns never acts.
+        let loose = SocketDigest::from_raw_fd(fd);
+        assert_eq!(loose.shutdown(Shutdown::Both).unwrap_err().kind(), NotConnected);
+        // A digest the stream replaced no longer acts.
+        stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
+        let first = stream.get_socket_digest().unwrap();
+        stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
+        assert_eq!(first.shutdown(Shutdown::Both).unwrap_err().kind(), NotConnected);
+        // The stream's digest shuts it down while the stream lives: the peer reads the end.
+        let digest = stream.get_socket_digest().unwrap();
+        digest.shutdown(Shutdown::Write).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+        // Once the stream is gone its descriptor number may go to another socket (often
+        // at once): the digest leaves that socket alone.
+        drop(stream);
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        let (mut other_server, _) = listener.accept().await.unwrap();
+        assert_eq!(digest.shutdown(Shutdown::Both).unwrap_err().kind(), NotConnected);
+        other.write_all(b"still open").await.unwrap();
+        other_server.read_exact(&mut buf[..5]).await.unwrap();
+        assert_eq!(&buf[..5], b"still");
+        other_server.write_all(b"yes").await.unwrap();
+        other.read_exact(&mut buf[..3]).await.unwrap();
+        assert_eq!(&buf[..3], b"yes");
     }
 
     #[tokio::test]
