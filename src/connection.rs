@@ -126,15 +126,37 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionApp<A> {
     /// stream); `false` when the connection is to close instead: the client closed it or sent
     /// a line that was refused, the keep-alive timeout passed, or idle connections are being
     /// dropped on a graceful stop.
-    async fn next_request(&self, stream: &mut Guarded) -> bool {
+    ///
+    /// `timer` is the connection's one keep-alive timer, armed at its first wait and moved
+    /// only when it fires before the current wait's end: a request costs no timer
+    /// registration. (A fresh `sleep` per wait was earlier than the timer driver's next wake,
+    /// so tokio woke its own driver for it: a `write` and an `epoll_wait` more per request,
+    /// `benches/load/syscalls.py`.)
+    async fn next_request(
+        &self,
+        stream: &mut Guarded,
+        timer: &mut Option<Pin<Box<Sleep>>>,
+    ) -> bool {
         let mut closing = self.closing_idle.subscribe();
         if *closing.borrow() {
             return false;
         }
-        tokio::select! {
-            read = stream.read_ahead() => read,
-            _ = tokio::time::sleep(self.keepalive) => false,
-            _ = closing.changed() => false,
+        let due = Instant::now() + self.keepalive;
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        let read = stream.read_ahead();
+        tokio::pin!(read);
+        loop {
+            tokio::select! {
+                read = &mut read => return read,
+                () = timer.as_mut() => {
+                    if Instant::now() >= due {
+                        return false;
+                    }
+                    // Armed for an earlier wait: this one ends later.
+                    timer.as_mut().reset(due);
+                }
+                _ = closing.changed() => return false,
+            }
         }
     }
 }
@@ -165,8 +187,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionApp<A> {
         let mut stream = Box::new(Guarded::new(stream, self.limit, self.max_head));
         // `None` for the connection's first request; then what the last one left for the next.
         let mut reused: Option<Option<pingora::apps::HttpPersistentSettings>> = None;
+        let mut keepalive = None;
         loop {
-            if reused.is_some() && !self.next_request(&mut stream).await {
+            if reused.is_some() && !self.next_request(&mut stream, &mut keepalive).await {
                 return None;
             }
             let mut session = ServerSession::new_http1(stream);

@@ -184,6 +184,38 @@ async fn f03a_an_idle_keep_alive_connection_is_closed_after_its_timeout() {
     );
 }
 
+/// The keep-alive timeout counts from the end of the last response, not the first: a
+/// connection used again before its timeout each time stays open past the first wait's end
+/// (the gateway keeps one timer per connection and moves it when it fires early).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f03a_the_keep_alive_timeout_restarts_with_each_request() {
+    let w = world("[limits]\nkeepalive_timeout_secs = 3\n").await;
+    let host = w.gw.ws_host(ID_A);
+    let mut s = TcpStream::connect(w.gw.addr).await.expect("connect");
+    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nCookie: session={OWNER_SESSION}\r\n\r\n");
+    for i in 0..3 {
+        if i > 0 {
+            // Two thirds of the timeout idle; the third request comes after the first
+            // wait's end (3 s after the first response).
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        s.write_all(req.as_bytes()).await.expect("write");
+        assert_eq!(read_one_response(&mut s).await.status, 200, "request {i}");
+    }
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the idle connection was still open after 15 s"
+    );
+    assert!(rest.is_empty(), "nothing but the close: {rest:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2700),
+        "the last wait had its whole timeout"
+    );
+}
+
 /// Finding 3b: a client that stops reading a large response held its connection and an
 /// upstream connection forever (no write timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
