@@ -27,13 +27,17 @@ impl Site {
 
     /// With another content route and `[ports]` table than `PORTS`.
     async fn start_with(extra: &str, ports: &str) -> Site {
+        // Records are read afresh on each request (a 1 ms cache): a test that rewrites one
+        // sees the change on its next request, without racing the invalidation message.
+        Self::start_cached("[cache]\nttl_ms = 1\nnegative_ttl_ms = 1\n", extra, ports).await
+    }
+
+    /// With the `[cache]` table `cache`.
+    async fn start_cached(cache: &str, extra: &str, ports: &str) -> Site {
         let redis = Redis::start();
         let a = upstream("upstream-a").await;
         let b = upstream("upstream-b").await;
         let app = upstream("app").await;
-        // Records are read afresh on each request (a 1 ms cache): a test that rewrites one
-        // sees the change on its next request, without racing the invalidation message.
-        let cache = "[cache]\nttl_ms = 1\nnegative_ttl_ms = 1\n";
         let text = with_content_domain(&config_text(
             free_port(),
             redis.port,
@@ -256,6 +260,19 @@ struct SignIn {
     host: String,
     app_target: String,
     state: String,
+}
+
+/// The `jti` of a JWT (its grant's id), read without checking the signature.
+fn jti_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("payload");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("b64"),
+    )
+    .expect("json");
+    claims["jti"].as_str().expect("jti").to_string()
 }
 
 /// The value a `Set-Cookie` sets for `name`.
@@ -835,17 +852,7 @@ async fn a_port_token_opens_its_port_from_a_header_until_its_grant_or_session_go
     tampered.push('x');
     assert_eq!(with(tampered, host.clone()).await.status, 401);
     // The grant deleted (and said so): revoked.
-    let gid = {
-        use base64::Engine;
-        let payload = token.split('.').nth(1).expect("payload");
-        let claims: serde_json::Value = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload)
-                .expect("b64"),
-        )
-        .expect("json");
-        claims["jti"].as_str().expect("jti").to_string()
-    };
+    let gid = jti_of(&token);
     let key = format!("edgegate:grant:{gid}");
     let _: () = redis::cmd("DEL")
         .arg(&key)
@@ -1011,6 +1018,64 @@ async fn explain_names_the_ports_visibility_and_the_rule() {
         "{}",
         a.report
     );
+}
+
+/// A grant revoked while its code is being exchanged stays revoked: the exchange extends the
+/// grant's expiry and never writes back the grant it read. (It did: a grant the app deleted
+/// between the gateway's read and its rewrite came back, and the port cookie worked.) The
+/// window is made wide here: a port cookie naming the code's grant puts the grant in the
+/// sessions cache, then the app deletes it without an invalidation message, so the exchange
+/// reads a grant that is already gone from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_revoked_during_its_exchange_is_not_brought_back() {
+    let s = Site::start_cached("[cache]\nttl_ms = 60000\n", "", PORTS).await;
+    s.workspace(ID_A, None);
+    let port = s.a_port();
+    let sign = s.begin(ID_A, port, "/").await;
+    let code_path = s
+        .authorize(&sign, Some(OWNER_SESSION))
+        .await
+        .expect("a code");
+    let code = code_path
+        .split("token=")
+        .nth(1)
+        .and_then(|t| t.split('&').next())
+        .expect("the code");
+    let gid = jti_of(code);
+    let id = edgegate::route::WorkspaceId::parse(ID_A).expect("id");
+    let probe = keys()
+        .mint_port(
+            edgegate::auth::token::TokenType::PortCookie,
+            &id,
+            port,
+            OWNER,
+            &gid,
+            60,
+            None,
+        )
+        .expect("mint");
+    // Read through the gateway (it opens the port): the grant is in the sessions cache now.
+    assert_eq!(s.open(ID_A, &probe).await, (200, Some(OWNER.into())));
+    let key = format!("edgegate:grant:{gid}");
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query(&mut s.w.redis.conn())
+        .expect("DEL");
+    let before = s.w.a.count();
+    let r = s.exchange(&sign.host, &code_path, Some(&sign.state)).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        !r.headers
+            .iter()
+            .any(|(k, v)| k == "set-cookie" && v.starts_with("edgegate_port=") && v.len() > 40),
+        "no port cookie: {r:?}"
+    );
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query(&mut s.w.redis.conn())
+        .expect("EXISTS");
+    assert!(!exists, "the revoked grant stays deleted");
+    assert_eq!(s.w.a.count(), before, "nothing reached the upstream");
 }
 
 // Found by an attacker's read of the first version (each failed then, passes now).

@@ -134,3 +134,33 @@ async fn redis_restart_is_survived_without_restarting_the_gateway() {
     .await;
     assert!(back, "reconnected within 5 s");
 }
+
+/// A grant's life is extended by its expiry alone, never by writing it back: a grant the app
+/// deleted (revoked) after the gateway read it stays deleted. (The code exchange used to
+/// rewrite the grant it had read, which brought back one revoked in between.)
+#[test]
+fn extending_a_record_never_brings_back_a_deleted_one() {
+    use redis::Commands;
+    let redis = Redis::start();
+    let app: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let text = config_text(free_port(), redis.port, app, "");
+    let config = edgegate::config::Config::parse(&text).expect("config");
+    let runtime = edgegate::route::store::RedisRuntime::new().expect("runtime");
+    let metrics = std::sync::Arc::new(edgegate::metrics::Metrics::new().expect("metrics"));
+    let store =
+        edgegate::route::store::build(&config, Some(&runtime), metrics, None).expect("store");
+    let handle = runtime.handle().expect("the Redis runtime");
+    redis.hset("grant:x", &[("kind", "session"), ("user", "alice")]);
+    let mut conn = redis.conn();
+    assert!(handle
+        .block_on(store.expire("grant:x", 600))
+        .expect("expire"));
+    let ttl: i64 = conn.ttl("grant:x").expect("ttl");
+    assert!((590..=600).contains(&ttl), "its expiry is set: {ttl}");
+    let _: i64 = conn.del("grant:x").expect("del");
+    assert!(!handle
+        .block_on(store.expire("grant:x", 600))
+        .expect("expire"));
+    let exists: bool = conn.exists("grant:x").expect("exists");
+    assert!(!exists, "a deleted grant stays deleted");
+}

@@ -333,11 +333,17 @@ impl PortEndpoints<'_> {
                 let ttl = s.expires_at.map_or(self.rules.cookie_ttl, |exp| {
                     self.rules.cookie_ttl.min(exp.saturating_sub(now()).max(1))
                 });
-                // The grant now lives as long as the cookie that stands for it.
-                self.rules
-                    .put_grant(self.records, &v.jti, &g, ttl)
+                // The grant now lives as long as the cookie that stands for it. Its expiry
+                // only: rewriting the grant read above would bring it back if the app deleted
+                // it (revoked it) in between.
+                if !self
+                    .rules
+                    .extend_grant(self.records, &v.jti, ttl)
                     .await
-                    .map_err(refuse(m))?;
+                    .map_err(refuse(m))?
+                {
+                    return Err((Some(m), GatewayError::Unauthenticated));
+                }
                 (m, v.jti, g.user, ttl)
             }
             Err(crate::auth::token::TokenError::WrongType) => {

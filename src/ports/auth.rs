@@ -78,6 +78,18 @@ impl PortRules {
         records.put_record(&self.grant_key(gid), &fields, ttl).await
     }
 
+    /// Make grant `gid` live `ttl` seconds from now, only if it still exists: `false` when it
+    /// was deleted (revoked) since it was read. Never writes it back, so a revocation that
+    /// lands between a read and this call stays a revocation.
+    pub async fn extend_grant(
+        &self,
+        records: &Records,
+        gid: &str,
+        ttl: u64,
+    ) -> Result<bool, GatewayError> {
+        records.expire(&self.grant_key(gid), ttl).await
+    }
+
     /// Grant `gid`, if it is still there and well formed (read through the secrets cache:
     /// never served stale, dropped by an invalidation of its key).
     pub async fn grant(&self, records: &Records, gid: &str) -> Result<Option<Grant>, GatewayError> {

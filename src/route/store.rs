@@ -226,6 +226,10 @@ pub trait RouteStore: Send + Sync {
         ttl_secs: u64,
     ) -> Result<(), StoreFailure>;
 
+    /// Set the expiry of the existing `key` to `ttl_secs` from now; `false` when there is no
+    /// such key (it is never created: a record deleted meanwhile stays deleted).
+    async fn expire(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreFailure>;
+
     /// The string at `key`, `None` when there is none.
     async fn get_string(&self, key: &str) -> Result<Option<String>, StoreFailure>;
 
@@ -356,6 +360,15 @@ impl Records {
                 log::warn!("route store cannot keep a grant: {f:?}");
                 GatewayError::StoreUnavailable
             })
+    }
+
+    /// Give the existing record `key` `ttl_secs` more from now (`RouteStore::expire`); `false`
+    /// when it is gone.
+    pub async fn expire(&self, key: &str, ttl_secs: u64) -> Result<bool, GatewayError> {
+        self.store.expire(key, ttl_secs.max(1)).await.map_err(|f| {
+            log::warn!("route store cannot extend a grant: {f:?}");
+            GatewayError::StoreUnavailable
+        })
     }
 
     /// A note `put` wrote, if it is still there.
@@ -538,6 +551,18 @@ impl RouteStore for StaticStore {
             (record, now + Duration::from_secs(ttl_secs)),
         );
         Ok(())
+    }
+
+    async fn expire(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreFailure> {
+        let now = std::time::Instant::now();
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match written.get_mut(key).filter(|(_, until)| *until > now) {
+            Some((_, until)) => {
+                *until = now + Duration::from_secs(ttl_secs);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn spend_once(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreFailure> {
@@ -733,6 +758,14 @@ impl RouteStore for RedisStore {
 
     async fn get_string(&self, key: &str) -> Result<Option<String>, StoreFailure> {
         self.run("get", redis::cmd("GET").arg(key)).await
+    }
+
+    async fn expire(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreFailure> {
+        // EXPIRE acts on an existing key only (1), and answers 0 for a missing one.
+        let set: i64 = self
+            .run("expire", redis::cmd("EXPIRE").arg(key).arg(ttl_secs))
+            .await?;
+        Ok(set == 1)
     }
 
     async fn put_record(
