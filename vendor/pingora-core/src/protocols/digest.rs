@@ -108,6 +108,11 @@ impl SocketDigest {
     }
 
     #[cfg(unix)]
+    pub(crate) fn raw_fd(&self) -> std::os::unix::io::RawFd {
+        self.raw_fd
+    }
+
+    #[cfg(unix)]
     pub(crate) fn set_owned(&self, owned: bool) {
         *self.owned.lock().unwrap_or_else(|p| p.into_inner()) = owned;
     }

@@ -820,7 +820,8 @@ impl GetSocketDigest for Stream {
             if let Some(old) = &self.socket_digest {
                 old.set_owned(false);
             }
-            socket_digest.set_owned(true);
+            // Only a digest of this stream's own descriptor may act on it.
+            socket_digest.set_owned(socket_digest.raw_fd() == self.as_raw_fd());
         }
         self.socket_digest = Some(Arc::new(socket_digest))
     }
@@ -1110,6 +1111,10 @@ mod tests {
         // A digest no stream owns never acts.
         let loose = SocketDigest::from_raw_fd(fd);
         assert_eq!(loose.shutdown(Shutdown::Both).unwrap_err().kind(), NotConnected);
+        // Nor does a digest of another descriptor given to the stream.
+        stream.set_socket_digest(SocketDigest::from_raw_fd(server.as_raw_fd()));
+        let foreign = stream.get_socket_digest().unwrap();
+        assert_eq!(foreign.shutdown(Shutdown::Both).unwrap_err().kind(), NotConnected);
         // A digest the stream replaced no longer acts.
         stream.set_socket_digest(SocketDigest::from_raw_fd(fd));
         let first = stream.get_socket_digest().unwrap();
