@@ -484,6 +484,7 @@ impl ProxyHttp for Gateway {
         // Held for draining (`drain`): a retry's new connection replaces the first one's hold.
         // Every TCP or Unix upstream connection has a socket digest; without one (none of
         // Pingora's connectors makes such), the request would just not drain.
+        ctx.hold = None;
         if let (Some(plan), Some(sock)) = (&ctx.plan, digest.and_then(|d| d.socket_digest.clone()))
         {
             if let Some(key) = &plan.record_key {
@@ -563,11 +564,16 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         if let Some(b) = body {
             ctx.bytes_out += b.len() as u64;
+        }
+        if end_of_stream {
+            // The upstream's part is over, and its connection may go back to the pool and
+            // carry another request: a drain must not reach it through this one's hold.
+            ctx.hold = None;
         }
         Ok(None)
     }
@@ -680,6 +686,9 @@ impl ProxyHttp for Gateway {
         }
         // This request is over; the next one on the connection gets its own header deadline.
         crate::connection::request_done(session.as_downstream().stream());
+        // Its upstream connection may be pooled already (Pingora releases it before this
+        // hook): a drain must not reach the next request on it through this one's hold.
+        ctx.hold = None;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.0.log.finish(session.req_header(), status, ctx);
         if let Some(tr) = ctx.trace.take() {
