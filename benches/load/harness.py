@@ -17,6 +17,7 @@ commands per edgegate request come from INFO commandstats.
 """
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -58,9 +59,29 @@ def wait_port(port, limit=20.0):
 
 
 def cpu_ticks(pid):
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid):
+    """(user, system) CPU ticks of a process, all its threads."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    return int(fields[11]), int(fields[12])
+
+
+def preemptions(pid):
+    """Involuntary context switches of a process, summed over its threads: times the kernel
+    took the CPU away from it (on the pinned layout, mostly for the upstream it just woke)."""
+    total = 0
+    for status in glob.glob(f"/proc/{pid}/task/*/status"):
+        try:
+            with open(status) as f:
+                for line in f:
+                    if line.startswith("nonvoluntary_ctxt_switches"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass  # a thread that ended
+    return total
 
 
 def rss_kib(pid):
@@ -306,6 +327,9 @@ def main():
                     help="record a perf profile of edgegate into FILE")
     ap.add_argument("--edgegate", default=os.path.join(ROOT, "target/release/edgegate"),
                     help="the edgegate binary to run (to compare two builds)")
+    ap.add_argument("--compare", metavar="BIN",
+                    help="another edgegate binary run beside the first in every round (an earlier "
+                         "build: its change's CPU per request, measured in the same run)")
     ap.add_argument("--pinned", action="store_true",
                     help="load generator on CPU 0; proxies, upstream and Redis on CPU 1")
     ap.add_argument("--pingora", default=PLAIN,
@@ -369,20 +393,36 @@ def main():
             if w["bad"] or w["requests"] == 0:
                 raise SystemExit(f"port {ps} does not answer 200 ({w})")
             proxies.append(("pingora*", same, ps))
+        if args.compare:
+            cb, cadm = free_port(), free_port()
+            os.makedirs(os.path.join(work, "compare"))
+            ccfg = edgegate_config(os.path.join(work, "compare"), cb, cadm, rp,
+                                   args.access_log or work + "/access-compare.log")
+            other = procs.start("edgegate-b", [args.compare, "run", "-c", ccfg], srv_cpu)
+            wait_port(cb)
+            w = wrk(cb, 1, gen_cpu)
+            if w["bad"] or w["requests"] == 0:
+                raise SystemExit(f"port {cb} does not answer 200 ({w})")
+            proxies.append(("edgegate-b", other, cb))
         results = {name: [] for name, _, _ in proxies}
         redis_per_req = []
         fixed_runs = {name: [] for name, _, _ in proxies}
         for r in range(args.rounds):
             for name, proc, port in proxies:
                 pids = tree_pids(proc.pid)
-                before = sum(cpu_ticks(p) for p in pids)
+                before = [cpu_split(p) for p in pids]
+                pre = sum(preemptions(p) for p in pids)
                 calls = redis_calls(rp) if name == "edgegate" else 0
                 w = wrk(port, args.seconds, gen_cpu)
                 if name == "edgegate":
                     # The INFO call itself is excluded in redis_calls.
                     redis_per_req.append((redis_calls(rp) - calls) / max(1, w["requests"]))
-                ticks = sum(cpu_ticks(p) for p in pids) - before
-                w["cpu_us"] = ticks / TICK * 1e6 / max(1, w["requests"])
+                after = [cpu_split(p) for p in pids]
+                per_req = TICK * max(1, w["requests"]) / 1e6
+                w["user_us"] = sum(a[0] - b[0] for a, b in zip(after, before)) / per_req
+                w["sys_us"] = sum(a[1] - b[1] for a, b in zip(after, before)) / per_req
+                w["cpu_us"] = w["user_us"] + w["sys_us"]
+                w["preempt"] = (sum(preemptions(p) for p in pids) - pre) / max(1, w["requests"])
                 w["rss"] = sum(rss_kib(p) for p in pids)
                 results[name].append(w)
                 print(f"round {r + 1} {name:9} {w['rps']:>9.0f} req/s  "
@@ -426,6 +466,12 @@ def main():
                   "(pingora*: plain Pingora built with edgegate's release profile; "
                   "pingora: with Cargo's release defaults)")
         print(f"edgegate Redis commands per request: {statistics.median(redis_per_req):.4f}")
+        # Where each proxy's CPU goes: its own code, the kernel on its behalf, and how often
+        # it was preempted (the servers share one CPU when pinned).
+        print("\nCPU per request, user + system, and preemptions per request:")
+        for name, _, _ in proxies:
+            print(f"  {name:10} {med(name, 'user_us'):5.1f} + {med(name, 'sys_us'):5.1f} us  "
+                  f"{med(name, 'preempt'):.2f}")
         bad = sum(x["bad"] for v in results.values() for x in v)
         if bad:
             print(f"WARNING: {bad} non-2xx responses during the runs")
