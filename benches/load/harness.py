@@ -327,9 +327,6 @@ def main():
                     help="record a perf profile of edgegate into FILE")
     ap.add_argument("--edgegate", default=os.path.join(ROOT, "target/release/edgegate"),
                     help="the edgegate binary to run (to compare two builds)")
-    ap.add_argument("--compare", metavar="BIN",
-                    help="another edgegate binary run beside the first in every round (an earlier "
-                         "build: its change's CPU per request, measured in the same run)")
     ap.add_argument("--pinned", action="store_true",
                     help="load generator on CPU 0; proxies, upstream and Redis on CPU 1")
     ap.add_argument("--pingora", default=PLAIN,
@@ -393,17 +390,6 @@ def main():
             if w["bad"] or w["requests"] == 0:
                 raise SystemExit(f"port {ps} does not answer 200 ({w})")
             proxies.append(("pingora*", same, ps))
-        if args.compare:
-            cb, cadm = free_port(), free_port()
-            os.makedirs(os.path.join(work, "compare"))
-            ccfg = edgegate_config(os.path.join(work, "compare"), cb, cadm, rp,
-                                   args.access_log or work + "/access-compare.log")
-            other = procs.start("edgegate-b", [args.compare, "run", "-c", ccfg], srv_cpu)
-            wait_port(cb)
-            w = wrk(cb, 1, gen_cpu)
-            if w["bad"] or w["requests"] == 0:
-                raise SystemExit(f"port {cb} does not answer 200 ({w})")
-            proxies.append(("edgegate-b", other, cb))
         results = {name: [] for name, _, _ in proxies}
         redis_per_req = []
         fixed_runs = {name: [] for name, _, _ in proxies}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """System calls per proxied request, by call: nginx, plain Pingora and edgegate, side by side.
 
-    python3 benches/load/syscalls.py [--requests N] [--edgegate BIN]
+    python3 benches/load/syscalls.py [--requests N] [--edgegate BIN]   (or benches/load/run --syscalls)
 
 Starts the same upstream, Redis and configuration as harness.py, warms each proxy, attaches
 `strace -c -f` to it (every thread), sends N GETs on one keep-alive connection and prints
