@@ -14,11 +14,11 @@
 use crate::access::AccessLog;
 use crate::config::Config;
 use crate::ctx::RequestCtx;
+use crate::first_per::FirstPer;
 use crate::metrics::Metrics;
 use crate::route::store::RouteStore;
-use crate::FastMap;
 use serde_json::json;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -30,10 +30,9 @@ const BATCH: usize = 256;
 pub struct Audit {
     file: AccessLog,
     stream: Option<mpsc::Sender<String>>,
-    interval: Duration,
-    /// When each (user, workspace, port, route) was last written, bounded by `max_entries`.
-    seen: Mutex<FastMap<u64, Instant>>,
-    max_entries: usize,
+    /// Each (user, workspace, port, route)'s first access per interval, bounded by
+    /// `cache.max_entries`.
+    seen: FirstPer<u64>,
     metrics: Arc<Metrics>,
 }
 
@@ -70,9 +69,10 @@ impl Audit {
         Ok(Some(Audit {
             file,
             stream,
-            interval: Duration::from_secs(a.http_interval_secs),
-            seen: Mutex::new(FastMap::default()),
-            max_entries: config.cache.max_entries,
+            seen: FirstPer::new(
+                Duration::from_secs(a.http_interval_secs),
+                config.cache.max_entries,
+            ),
             metrics,
         }))
     }
@@ -98,7 +98,7 @@ impl Audit {
         // event is built.
         if ctx.ws_opened.is_none() {
             let key = crate::stable_hash(&(user, workspace, port, route));
-            if !self.first_in_interval(key, Instant::now()) {
+            if !self.seen.first(&key, Instant::now()) {
                 return;
             }
         }
@@ -140,25 +140,6 @@ impl Audit {
             }
         }
     }
-
-    fn first_in_interval(&self, key: u64, now: Instant) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = seen.get(&key) {
-            if now.duration_since(*at) < self.interval {
-                return false;
-            }
-        }
-        if seen.len() >= self.max_entries && !seen.contains_key(&key) {
-            let interval = self.interval;
-            seen.retain(|_, at| now.duration_since(*at) < interval);
-            if seen.len() >= self.max_entries {
-                // Every access is new again: more events, never an unbounded map.
-                seen.clear();
-            }
-        }
-        seen.insert(key, now);
-        true
-    }
 }
 
 /// The stream writer: batches of queued events, one pipeline each, until the gateway (and its
@@ -197,12 +178,12 @@ mod tests {
             .expect("opens")
             .expect("on");
         let t0 = Instant::now();
-        assert!(audit.first_in_interval(1, t0));
-        assert!(!audit.first_in_interval(1, t0 + Duration::from_secs(59)));
-        assert!(audit.first_in_interval(1, t0 + Duration::from_secs(61)));
+        assert!(audit.seen.first(&1, t0));
+        assert!(!audit.seen.first(&1, t0 + Duration::from_secs(59)));
+        assert!(audit.seen.first(&1, t0 + Duration::from_secs(61)));
         for k in 0..100 {
-            audit.first_in_interval(k, t0);
+            audit.seen.first(&k, t0);
         }
-        assert!(audit.seen.lock().expect("lock").len() <= 8);
+        assert!(audit.seen.len() <= 8);
     }
 }

@@ -19,6 +19,7 @@ pub mod drain;
 pub mod error;
 pub mod explain;
 mod fast_stop;
+pub mod first_per;
 pub mod headers;
 pub mod lifecycle;
 pub mod limits;

@@ -14,11 +14,11 @@
 use crate::config::Config;
 use crate::decide::Action;
 use crate::error::GatewayError;
+use crate::first_per::FirstPer;
 use crate::metrics::Metrics;
 use crate::route::id::WorkspaceId;
 use crate::route::store::Records;
-use crate::FastMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the status values of the config mean.
@@ -80,9 +80,9 @@ pub struct Waker {
     interval: Duration,
     maxlen: u64,
     by: String,
-    /// When each workspace was last woken from here; bounded by `max_entries`.
-    recent: Mutex<FastMap<String, Instant>>,
-    max_entries: usize,
+    /// When each workspace was last woken from here; bounded by `cache.max_entries` (past
+    /// it, only the Redis marker dedupes until the map has room again).
+    recent: FirstPer<String>,
     metrics: Arc<Metrics>,
 }
 
@@ -100,14 +100,14 @@ impl Waker {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Waker {
         let lc = &config.lifecycle;
         let prefix = &config.redis.key_prefix;
+        let interval = Duration::from_secs(lc.wake_interval_secs);
         Waker {
             stream: format!("{prefix}{}", lc.wake_stream),
             marker_prefix: format!("{prefix}{}:once:", lc.wake_stream),
-            interval: Duration::from_secs(lc.wake_interval_secs),
+            interval,
             maxlen: lc.wake_stream_maxlen,
             by: host_name(),
-            recent: Mutex::new(FastMap::default()),
-            max_entries: config.cache.max_entries,
+            recent: FirstPer::new(interval, config.cache.max_entries),
             metrics,
         }
     }
@@ -151,10 +151,7 @@ impl Waker {
             Ok(false) => self.count(Woken::Repeated),
             Err(_) => {
                 // Not claimed after all: the next request tries again.
-                self.recent
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&w.key);
+                self.recent.forget(w.key.as_str());
                 self.count(Woken::Failed)
             }
         }
@@ -162,22 +159,7 @@ impl Waker {
 
     /// Whether this request is the one (on this instance) to publish for `key` now.
     fn claim(&self, key: &str, now: Instant) -> bool {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = recent.get(key) {
-            if now.duration_since(*at) < self.interval {
-                return false;
-            }
-        }
-        if recent.len() >= self.max_entries && !recent.contains_key(key) {
-            let interval = self.interval;
-            recent.retain(|_, at| now.duration_since(*at) < interval);
-            if recent.len() >= self.max_entries {
-                // Only the Redis marker dedupes until the map has room again.
-                recent.clear();
-            }
-        }
-        recent.insert(key.to_owned(), now);
-        true
+        self.recent.first(key, now)
     }
 
     fn count(&self, w: Woken) -> Woken {
@@ -258,6 +240,6 @@ mod tests {
         for i in 0..100 {
             w.claim(&format!("k{i}"), t0);
         }
-        assert!(w.recent.lock().expect("lock").len() <= 4);
+        assert!(w.recent.len() <= 4);
     }
 }
