@@ -276,3 +276,126 @@ async fn an_https_port_is_verified_unless_its_settings_say_not() {
         "no request went over the pooled connection"
     );
 }
+
+/// An upstream behind TLS that reads a request's head and then holds the connection without
+/// answering until the other side goes (bounded). Counts the heads it read.
+async fn holding_tls_upstream(
+    pki: &Pki,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let chain = vec![rustls::pki_types::CertificateDer::from(pem_to_der(
+        &std::fs::read(&pki.wild.0).expect("cert"),
+    ))];
+    let key = rustls::pki_types::PrivateKeyDer::try_from(pem_to_der(
+        &std::fs::read(&pki.wild.1).expect("key"),
+    ))
+    .expect("key der");
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let heads = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, heads) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                heads.fetch_add(1, Ordering::SeqCst);
+                let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// A workspace that stops ends its requests to an HTTPS port at once, as it does over plain
+/// TCP: the drain reaches the upstream socket under the TLS stream (the stream hands on its
+/// socket's digest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_workspace_ends_its_requests_over_tls_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = pki();
+    let redis = Redis::start();
+    redis.sessions();
+    let app = upstream("app").await;
+    let (gw, _) = gateway(&redis, app.addr, &pki);
+    let (addr, heads) = holding_tls_upstream(&pki).await;
+    let port = addr.port();
+    let record = |status: &str| {
+        redis.hset(
+            &format!("workspace:{ID_A}"),
+            &[
+                ("backend", &addr.to_string()),
+                ("owner", OWNER),
+                ("status", status),
+                (
+                    &format!("port.{port}"),
+                    r#"{"visibility":"public","protocol":"https","verify":false}"#,
+                ),
+            ],
+        )
+    };
+    record("running");
+    let host = format!(
+        "ws-{}--{port}.{CONTENT}:{}",
+        ID_A.to_ascii_lowercase(),
+        gw.port
+    );
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(format!("GET /poll HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            heads.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await,
+        "the request reached the upstream over TLS"
+    );
+    record("stopped");
+    redis.publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("the gateway ended the request (not the upstream's read timeout)")
+        .ok();
+    let r = parse_response(&answer);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "workspace_not_running"),
+        "{r:?}"
+    );
+}
