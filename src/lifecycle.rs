@@ -80,8 +80,8 @@ pub struct Waker {
     interval: Duration,
     maxlen: u64,
     by: String,
-    /// When each workspace was last woken from here; bounded by `cache.max_entries` (past
-    /// it, only the Redis marker dedupes until the map has room again).
+    /// When each workspace was last woken from here; bounded by `cache.max_entries` (when the
+    /// map starts over, only the Redis marker dedupes).
     recent: FirstPer<String>,
     metrics: Arc<Metrics>,
 }

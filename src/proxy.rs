@@ -562,7 +562,7 @@ impl ProxyHttp for Gateway {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Self::CTX,
@@ -571,11 +571,46 @@ impl ProxyHttp for Gateway {
             ctx.bytes_out += b.len() as u64;
         }
         if end_of_stream {
-            // The upstream's part is over, and its connection may go back to the pool and
-            // carry another request: a drain must not reach it through this one's hold.
-            ctx.hold = None;
+            if let Some(cause) = ctx.hold.as_ref().and_then(|h| h.cut()) {
+                // A body that runs until the upstream closes "ends" when the drain shuts the
+                // socket: the client must see a cut response, not a complete one.
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::ReadError,
+                    format!("workspace {} mid-response", cause.as_str()),
+                ));
+            }
+            if session.is_body_done() {
+                // The upstream's part is over (request body included), and its connection may
+                // go back to the pool and carry another request: a drain must not reach that
+                // one through this one's hold.
+                ctx.hold = None;
+            }
         }
         Ok(None)
+    }
+
+    /// Pingora's own rule (retry only an idempotent request, on a connection it had reused),
+    /// except for a request its workspace's drain ended: retried, it would go out again on
+    /// the decision the drain revoked.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let drained = ctx.hold.as_ref().is_some_and(|h| h.cut().is_some());
+        if drained
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     fn fail_to_connect(

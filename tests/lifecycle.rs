@@ -247,10 +247,14 @@ async fn a_new_interval_wakes_again_and_waking_can_be_turned_off() {
     assert!(entries(&off.redis).is_empty());
 }
 
-/// An upstream that holds every request open: `/stream` gets a chunked head and one chunk,
-/// anything else nothing at all. Counts the connections its peer closed.
+/// An upstream that holds requests open: `/warm` is answered whole (empty, kept alive) and
+/// the connection reads its next request; `/stream` gets a chunked head and one chunk;
+/// `/close-delimited` a head without a length and one line of a body that runs until the
+/// close; anything else nothing at all. Counts the request heads it read and the connections
+/// its peer closed.
 async fn holding_upstream() -> (
     std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -260,25 +264,38 @@ async fn holding_upstream() -> (
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let closed = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = closed.clone();
+    let heads = std::sync::Arc::new(AtomicUsize::new(0));
+    let (closed_count, head_count) = (closed.clone(), heads.clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let closed = counter.clone();
+            let (closed, heads) = (closed_count.clone(), head_count.clone());
             tokio::spawn(async move {
-                let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                let head = loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
                     }
-                }
+                    heads.fetch_add(1, Ordering::SeqCst);
+                    if !head.starts_with(b"GET /warm") {
+                        break head;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                };
                 if head.starts_with(b"GET /stream") {
                     let _ = s
                         .write_all(
                             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n",
                         )
                         .await;
+                } else if head.starts_with(b"GET /close-delimited") {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nfirst\n").await;
                 }
                 // Hold until the other side goes (bounded: the test ends well before).
                 let _ = tokio::time::timeout(Duration::from_secs(120), async {
@@ -294,7 +311,7 @@ async fn holding_upstream() -> (
             });
         }
     });
-    (addr, closed)
+    (addr, closed, heads)
 }
 
 /// Open a request through the gateway and return the connection once `until` was read.
@@ -344,8 +361,8 @@ async fn requests_in_flight_end_when_their_workspace_stops_on_every_instance() {
         "[upstream]\nread_timeout_ms = 60000\n",
     ));
     w.redis.wait_for_subscriber("edgegate:invalidate");
-    let (held_a, closed_a) = holding_upstream().await;
-    let (held_b, closed_b) = holding_upstream().await;
+    let (held_a, closed_a, _) = holding_upstream().await;
+    let (held_b, closed_b, _) = holding_upstream().await;
     w.redis.workspace(ID_A, &held_a.to_string());
     w.redis.workspace(ID_B, &held_b.to_string());
     let host = |gw: &Gateway, id: &str| gw.ws_host(id);
@@ -492,5 +509,89 @@ async fn websockets_close_with_1001_when_their_workspace_stops_or_goes() {
             "edgegate_websocket_closes_total{cause=\"workspace_gone\",route=\"workspace\"}"
         ),
         1
+    );
+}
+
+/// A drained request is not sent out again: Pingora retries an idempotent request whose
+/// reused upstream connection closed before the answer, and the drain's shutdown looks just
+/// like that; retried, the request would go out on the decision the drain revoked (and here
+/// hang on the upstream). And a body that runs until the upstream closes reaches the client
+/// cut, not looking complete (the shutdown looks like that close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_request_is_not_retried_and_a_body_until_close_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::start("[upstream]\nread_timeout_ms = 60000\n").await;
+    let (held, _, heads) = holding_upstream().await;
+    w.redis.workspace(ID_A, &held.to_string());
+    let host = w.gw.ws_host(ID_A);
+    let request = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: session={OWNER_SESSION}\r\n\r\n")
+    };
+    // One client connection: `/warm` answered whole (its upstream connection back in the
+    // pool before the next request on this connection is read), then the long poll on it.
+    let mut poll = tokio::net::TcpStream::connect(w.gw.addr)
+        .await
+        .expect("connect");
+    poll.write_all(request("/warm").as_bytes())
+        .await
+        .expect("write");
+    let mut warm = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !warm.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), poll.read(&mut buf))
+            .await
+            .expect("the warm answer")
+            .expect("read");
+        assert!(n > 0, "closed early");
+        warm.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        warm.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&warm)
+    );
+    poll.write_all(request("/poll").as_bytes())
+        .await
+        .expect("write");
+    let (mut body, head) = open_request(w.gw.addr, &host, "/close-delimited", b"first\n").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            heads.load(std::sync::atomic::Ordering::SeqCst) == 3
+        })
+        .await,
+        "both requests are in flight at the upstream"
+    );
+    w.redis.hset(
+        &format!("workspace:{ID_A}"),
+        &[
+            ("backend", &held.to_string()),
+            ("owner", OWNER),
+            ("status", "stopped"),
+        ],
+    );
+    w.redis
+        .publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
+    let answer = read_to_close(&mut poll).await;
+    let r = parse_response(&answer);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "workspace_not_running"),
+        "the long poll is told why, not sent out again"
+    );
+    assert_eq!(
+        heads.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "nothing went out again"
+    );
+    let rest = read_to_close(&mut body).await;
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("0\r\n\r\n"),
+        "the body until close is cut, not completed: {:?}",
+        String::from_utf8_lossy(&rest)
     );
 }
