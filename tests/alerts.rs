@@ -73,8 +73,7 @@ async fn the_dashboards_queries_are_valid_promql_over_series_a_gateway_exports()
     std::fs::write(dir.join("dashboard.yml"), rules).expect("write");
     promtool(&dir, &["check", "rules", "dashboard.yml"]);
     // Every metric they read exists in a running gateway's /metrics.
-    let w = World::start("").await;
-    let exported = w.gw.admin_get("/metrics").await.body;
+    let mut wanted = Vec::new();
     for q in &queries {
         let mut rest = q.as_str();
         while let Some(i) = rest.find(|c: char| c.is_ascii_lowercase()) {
@@ -87,18 +86,35 @@ async fn the_dashboards_queries_are_valid_promql_over_series_a_gateway_exports()
             // (the Prometheus test below scrapes that series from one).
             let needs_tls = word == "edgegate_tls_certificate_expiry_timestamp_seconds";
             if (word.starts_with("edgegate_") || word.starts_with("process_")) && !needs_tls {
-                let base = word.trim_end_matches("_bucket");
-                assert!(
-                    exported
-                        .lines()
-                        .any(|l| l.starts_with(&format!("# TYPE {base} "))
-                            || l.starts_with(&format!("# TYPE {word} "))),
-                    "{word} (in {q}) is not exported"
-                );
+                wanted.push((word.to_string(), q.clone()));
             }
             rest = &rest[end..];
         }
     }
+    let w = World::start("").await;
+    let missing = || async {
+        let exported = w.gw.admin_get("/metrics").await.body;
+        wanted
+            .iter()
+            .filter(|(word, _)| {
+                let base = word.trim_end_matches("_bucket");
+                !exported.lines().any(|l| {
+                    l.starts_with(&format!("# TYPE {base} "))
+                        || l.starts_with(&format!("# TYPE {word} "))
+                })
+            })
+            .map(|(word, q)| format!("{word} (in {q})"))
+            .collect::<Vec<_>>()
+    };
+    // Scraped again for a few seconds: a run of the whole suite once failed here on one
+    // scrape of a gateway just started (not reproduced alone, cause not found). A metric
+    // that is never exported still fails.
+    let _ = eventually(Duration::from_secs(5), || async {
+        missing().await.is_empty()
+    })
+    .await;
+    let left = missing().await;
+    assert!(left.is_empty(), "not exported: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
