@@ -62,13 +62,10 @@ impl<K: Hash + Eq> FirstPer<K> {
             .remove(key);
     }
 
-    /// Keys remembered now.
-    pub fn len(&self) -> usize {
+    /// Keys remembered now (for the tests of the bound).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -339,18 +339,6 @@ async fn open_request(
     (s, got)
 }
 
-/// Everything the gateway still sends, up to its close (bounded well below the upstream read
-/// timeout, which would end the request anyway).
-async fn read_to_close(s: &mut tokio::net::TcpStream) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
-        .await
-        .expect("the gateway ended the request (not the 60 s upstream timeout)")
-        .ok();
-    rest
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_end_when_their_workspace_stops_on_every_instance() {
     let w = World::start("[upstream]\nread_timeout_ms = 60000\n").await;
@@ -519,7 +507,7 @@ async fn websockets_close_with_1001_when_their_workspace_stops_or_goes() {
 /// cut, not looking complete (the shutdown looks like that close).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_request_is_not_retried_and_a_body_until_close_is_cut() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let w = World::start("[upstream]\nread_timeout_ms = 60000\n").await;
     let (held, _, heads) = holding_upstream().await;
     w.redis.workspace(ID_A, &held.to_string());
@@ -535,21 +523,8 @@ async fn a_drained_request_is_not_retried_and_a_body_until_close_is_cut() {
     poll.write_all(request("/warm").as_bytes())
         .await
         .expect("write");
-    let mut warm = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !warm.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), poll.read(&mut buf))
-            .await
-            .expect("the warm answer")
-            .expect("read");
-        assert!(n > 0, "closed early");
-        warm.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        warm.starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&warm)
-    );
+    let warm = read_response(&mut poll).await;
+    assert_eq!(warm.status, 200, "{warm:?}");
     poll.write_all(request("/poll").as_bytes())
         .await
         .expect("write");

@@ -291,22 +291,7 @@ async fn holding_tls_upstream(
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let chain = vec![rustls::pki_types::CertificateDer::from(pem_to_der(
-        &std::fs::read(&pki.wild.0).expect("cert"),
-    ))];
-    let key = rustls::pki_types::PrivateKeyDer::try_from(pem_to_der(
-        &std::fs::read(&pki.wild.1).expect("key"),
-    ))
-    .expect("key der");
-    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let acceptor = upstream_acceptor(pki);
     let heads = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = heads.clone();
     tokio::spawn(async move {
@@ -344,7 +329,7 @@ async fn holding_tls_upstream(
 /// socket's digest).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_workspace_ends_its_requests_over_tls_too() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let pki = pki();
     let redis = Redis::start();
     redis.sessions();
@@ -387,12 +372,7 @@ async fn a_stopped_workspace_ends_its_requests_over_tls_too() {
     );
     record("stopped");
     redis.publish("edgegate:invalidate", &format!("workspace:{ID_A}"));
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
-        .await
-        .expect("the gateway ended the request (not the upstream's read timeout)")
-        .ok();
-    let r = parse_response(&answer);
+    let r = parse_response(&read_to_close(&mut s).await);
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (503, "workspace_not_running"),

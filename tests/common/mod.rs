@@ -572,6 +572,17 @@ pub async fn read_response_bytes(s: &mut TcpStream) -> (Vec<u8>, usize) {
         .expect("a response within 10 s")
 }
 
+/// Everything the gateway still sends, up to its close (bounded at 10 s, well below the
+/// upstream read timeout that would end a request anyway).
+pub async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the gateway ended the request (not the upstream's read timeout)")
+        .ok();
+    rest
+}
+
 /// `read_response_bytes`, parsed.
 pub async fn read_response(s: &mut TcpStream) -> Resp {
     parse_response(&read_response_bytes(s).await.0)

@@ -145,12 +145,8 @@ pub async fn connect(
 
 pub type Snis = Arc<std::sync::Mutex<Vec<Option<String>>>>;
 
-/// A recording upstream behind TLS, serving the wildcard certificate; records each SNI.
-pub async fn tls_upstream(pki: &Pki) -> (edgegate::demo::EchoUpstream, Snis) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let up = edgegate::demo::EchoUpstream::unbound("tls-up", listener.local_addr().expect("addr"));
+/// A TLS acceptor for an upstream, serving the wildcard certificate.
+pub fn upstream_acceptor(pki: &Pki) -> tokio_rustls::TlsAcceptor {
     let chain = vec![rustls::pki_types::CertificateDer::from(pem_to_der(
         &std::fs::read(&pki.wild.0).expect("cert"),
     ))];
@@ -165,7 +161,16 @@ pub async fn tls_upstream(pki: &Pki) -> (edgegate::demo::EchoUpstream, Snis) {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// A recording upstream behind TLS, serving the wildcard certificate; records each SNI.
+pub async fn tls_upstream(pki: &Pki) -> (edgegate::demo::EchoUpstream, Snis) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = edgegate::demo::EchoUpstream::unbound("tls-up", listener.local_addr().expect("addr"));
+    let acceptor = upstream_acceptor(pki);
     let served = up.clone();
     let snis: Snis = Arc::default();
     let seen_snis = snis.clone();
