@@ -232,6 +232,17 @@ def ws_kib_per_conn(proc, port, n, host):
     return (after - before) / n
 
 
+def nginx_proxy(up, listen):
+    """nginx as the side-by-side proxy of the plain upstream `up`: kept-alive upstream
+    connections, the client's Host passed on. `listen`: what its `listen` directive says
+    (with TLS, the rest of the TLS directives after it)."""
+    return f"""
+  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
+  server {{ listen {listen};
+           location / {{ proxy_pass http://up; proxy_http_version 1.1;
+                        proxy_set_header Connection ""; proxy_set_header Host $host; }} }}"""
+
+
 def redis_calls(port):
     out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"],
                          capture_output=True, text=True).stdout
@@ -347,11 +358,8 @@ def main():
         up, rp = start_backend(procs, work, srv_cpu)
         ws_upstream = procs.start("ws-upstream", [os.path.join(ROOT, "target/release/examples/echo_upstream"),
                                                   f"127.0.0.1:{wu}"], srv_cpu)
-        nginx = procs.start("nginx", ["nginx", "-c", nginx_conf(work, "proxy", f"""
-  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{ng};
-           location / {{ proxy_pass http://up; proxy_http_version 1.1;
-                        proxy_set_header Connection ""; proxy_set_header Host $host; }} }}
+        nginx = procs.start("nginx", ["nginx", "-c", nginx_conf(work, "proxy", nginx_proxy(
+            up, f"127.0.0.1:{ng}") + f"""
   server {{ listen 127.0.0.1:{ngw};
            location / {{ proxy_pass http://127.0.0.1:{wu}; proxy_http_version 1.1;
                         proxy_read_timeout 3600s;

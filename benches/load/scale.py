@@ -458,14 +458,10 @@ def part_tls(a, work):
             """The proxy `name` terminating TLS in front of the upstream: (process, port)."""
             port = h.free_port()
             if name == "nginx":
-                p = procs.start("nginx", ["nginx", "-c", nginx_conf(work, f"tls-{port}", f"""
-  keepalive_timeout 300s;
-  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
-           ssl_protocols TLSv1.3;
-           location / {{ proxy_pass http://up; proxy_http_version 1.1;
-                        proxy_set_header Connection ""; proxy_set_header Host $host; }} }}
-""")])
+                p = procs.start("nginx", ["nginx", "-c", nginx_conf(
+                    work, f"tls-{port}", "\n  keepalive_timeout 300s;" + h.nginx_proxy(
+                        up, f"127.0.0.1:{port} ssl; ssl_certificate {cert}; "
+                            f"ssl_certificate_key {key};\n           ssl_protocols TLSv1.3"))])
             elif name == "HAProxy":
                 p = procs.start(name, ["haproxy", "-db", "-f", haproxy_conf(
                     work, f"tls-{port}", port, f"127.0.0.1:{up}",

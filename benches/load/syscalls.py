@@ -65,11 +65,8 @@ def main():
     try:
         ng, pp, eg, adm = (h.free_port() for _ in range(4))
         up, rp = h.start_backend(procs, work, None)
-        nginx = procs.start("nginx", ["nginx", "-c", h.nginx_conf(work, "proxy", f"""
-  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{ng};
-           location / {{ proxy_pass http://up; proxy_http_version 1.1;
-                        proxy_set_header Connection ""; proxy_set_header Host $host; }} }}""")])
+        nginx = procs.start("nginx", ["nginx", "-c", h.nginx_conf(
+            work, "proxy", h.nginx_proxy(up, f"127.0.0.1:{ng}"))])
         pingora = procs.start("pingora", [h.PLAIN, f"127.0.0.1:{pp}", f"127.0.0.1:{up}", "1"])
         cfg = h.edgegate_config(work, eg, adm, rp, os.path.join(work, "access.log"))
         edgegate = procs.start("edgegate", [args.edgegate, "run", "-c", cfg])
